@@ -1,0 +1,1 @@
+//! placeholder for dependency prebuild
