@@ -6,15 +6,15 @@
 //! as they arrive and act on whatever complete units come out.
 //!
 //! # Layout
-//! - [`line`]: splits a byte stream into command lines with a hard bound on line length.
-//! - [`command`]: parses one command line into a [`Command`] (verbs, paths, MAIL/RCPT parameters).
-//! - [`address`]: mailbox, path and domain grammar shared by MAIL, RCPT and EHLO.
-//! - [`reply`]: replies with enhanced status codes, written as single- or multi-line responses.
-//! - [`ehlo`]: the EHLO keyword list a server advertises.
-//! - [`data`]: the DATA receiver — dot-unstuffing, end-of-data detection, SMTP-smuggling defence.
-//! - [`mpc`]: Mail Policy Codes, the EHLO `MPC` policy line and its evaluation.
-//! - [`received`]: the `Received:` trace header and RFC 5322 dates.
-//! - [`limits`]: the RFC 5321 §4.5.3.1 size limits.
+//! - [`line`] — splits a byte stream into command lines with a hard bound on line length.
+//! - [`command`] — parses one command line into a [`Command`] (verbs, paths, MAIL/RCPT parameters).
+//! - [`address`] — mailbox, path and domain grammar shared by MAIL, RCPT and EHLO.
+//! - [`reply`] — replies with enhanced status codes, written as single- or multi-line responses.
+//! - [`ehlo`] — the EHLO keyword list a server advertises.
+//! - [`data`] — the DATA receiver — dot-unstuffing, end-of-data detection, SMTP-smuggling defence.
+//! - [`mpc`] — Mail Policy Codes, the EHLO `MPC` policy line and its evaluation.
+//! - [`received`] — the `Received:` trace header and RFC 5322 dates.
+//! - [`limits`] — the RFC 5321 §4.5.3.1 size limits.
 #![forbid(unsafe_code)]
 
 pub mod address;

@@ -1,0 +1,160 @@
+//! Group commit: one thread takes pending enqueues from many sessions and commits them with a
+//! single directory fsync, sled batch and flush+fsync, then answers each.
+//!
+//! The submission channel is bounded: when it is full, [`Committer::submit`] fails at once
+//! and the session answers 451 4.3.0 instead of buffering without limit. A commit failure
+//! marks the committer unhealthy (a flag read without I/O on every new message) until a later
+//! commit succeeds.
+
+use crate::queue::{NewMessage, Queue, QueueId};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// A commit failed; cloneable so one failure can answer a whole batch.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("queue commit failed: {0}")]
+pub struct CommitError(pub String);
+
+/// Why a message was not accepted for commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The commit queue is full (backpressure).
+    #[error("commit queue full")]
+    Full,
+    /// Storage failed recently or the committer stopped.
+    #[error("storage unavailable")]
+    Unavailable,
+}
+
+/// Called once with the outcome of a submitted message.
+pub type Responder = Box<dyn FnOnce(Result<QueueId, CommitError>) + Send>;
+
+/// Tuning for the committer (from the config file's `[queue]` section).
+#[derive(Debug, Clone, Copy)]
+pub struct CommitterConfig {
+    /// Most messages in one commit.
+    pub batch_max: usize,
+    /// How long to wait for more messages after the first before committing
+    /// (latency traded for fewer fsyncs under load; 0 commits whatever is already waiting).
+    pub batch_wait: Duration,
+    /// Pending messages allowed before submit reports `Full`.
+    pub capacity: usize,
+}
+
+/// Counters for logs and benches.
+#[derive(Debug, Default)]
+pub struct CommitStats {
+    /// Commits performed.
+    pub commits: AtomicU64,
+    /// Messages committed.
+    pub messages: AtomicU64,
+    /// Failed commits.
+    pub failures: AtomicU64,
+}
+
+/// Handle to the commit thread. Cloning shares the same thread.
+#[derive(Clone)]
+pub struct Committer {
+    tx: Sender<(NewMessage, Responder)>,
+    healthy: Arc<AtomicBool>,
+    stats: Arc<CommitStats>,
+}
+
+impl std::fmt::Debug for Committer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Committer")
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+impl Committer {
+    /// Start the commit thread over `queue`. It stops when every handle is dropped.
+    pub fn start(queue: Arc<Queue>, config: CommitterConfig) -> std::io::Result<Self> {
+        let (tx, rx) = crossbeam_channel::bounded(config.capacity.max(1));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let stats = Arc::new(CommitStats::default());
+        let (h, s) = (healthy.clone(), stats.clone());
+        std::thread::Builder::new()
+            .name("queue-commit".into())
+            .spawn(move || run(&queue, &rx, config, &h, &s))?;
+        Ok(Self { tx, healthy, stats })
+    }
+
+    /// Hand a message to the committer; `respond` is called once it is durable (or failed).
+    pub fn submit(&self, msg: NewMessage, respond: Responder) -> Result<(), SubmitError> {
+        if !self.is_healthy() {
+            return Err(SubmitError::Unavailable);
+        }
+        self.tx.try_send((msg, respond)).map_err(|e| match e {
+            TrySendError::Full(_) => SubmitError::Full,
+            TrySendError::Disconnected(_) => SubmitError::Unavailable,
+        })
+    }
+
+    /// Whether the last commit succeeded (no I/O).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Messages waiting for the next commit.
+    pub fn backlog(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Commit counters.
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+}
+
+fn run(
+    queue: &Queue,
+    rx: &Receiver<(NewMessage, Responder)>,
+    config: CommitterConfig,
+    healthy: &AtomicBool,
+    stats: &CommitStats,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + config.batch_wait;
+        while batch.len() < config.batch_max {
+            let next = if config.batch_wait.is_zero() {
+                rx.try_recv().ok()
+            } else {
+                rx.recv_deadline(deadline).ok()
+            };
+            match next {
+                Some(item) => batch.push(item),
+                None => break,
+            }
+        }
+        let (messages, responders): (Vec<NewMessage>, Vec<Responder>) = batch.into_iter().unzip();
+        match queue.enqueue_batch(&messages) {
+            Ok(ids) => {
+                healthy.store(true, Ordering::Relaxed);
+                stats.commits.fetch_add(1, Ordering::Relaxed);
+                stats
+                    .messages
+                    .fetch_add(u64::try_from(ids.len()).unwrap_or(0), Ordering::Relaxed);
+                for (respond, id) in responders.into_iter().zip(ids) {
+                    respond(Ok(id));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = messages.len(), "queue commit failed; answering 451 until a commit succeeds");
+                healthy.store(false, Ordering::Relaxed);
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                let err = CommitError(e.to_string());
+                for respond in responders {
+                    respond(Err(err.clone()));
+                }
+                // Let the next submission probe storage again after a pause.
+                std::thread::sleep(Duration::from_millis(100));
+                healthy.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+}

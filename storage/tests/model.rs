@@ -1,0 +1,255 @@
+//! Model test: random operation sequences against the real queue and an in-memory model,
+//! compared after every step, including across close/reopen (which resets leases).
+
+use amtp_storage::{Completion, NewMessage, Origin, Queue, QueueId, RecipientState};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone)]
+struct ModelMsg {
+    body: Vec<u8>,
+    recipients: Vec<(String, RecipientState)>,
+    /// `None`: due since before the test's time base (enqueue time or a lease reset).
+    due_at: Option<u64>,
+    attempts: u32,
+    lease_until: u64,
+}
+
+fn new_message(rng: &mut fastrand::Rng) -> NewMessage {
+    let n = rng.usize(1..4);
+    let size = if rng.u8(..10) == 0 {
+        rng.usize(130_000..200_000)
+    } else {
+        rng.usize(0..5000)
+    };
+    NewMessage {
+        sender: if rng.bool() {
+            String::new()
+        } else {
+            format!("s{}@a.test", rng.u32(..))
+        },
+        recipients: (0..n).map(|i| format!("r{i}@b.test")).collect(),
+        mpc: rng.bool().then(|| "com/optin".to_string()),
+        origin: Origin::Submission,
+        listener: "submission".into(),
+        client_ip: "127.0.0.1".into(),
+        auth_user: None,
+        message_id: Some(format!("<{}@a.test>", rng.u64(..))),
+        body: {
+            let mut v = vec![0u8; size];
+            rng.fill(&mut v);
+            v
+        },
+    }
+}
+
+fn check(queue: &Queue, model: &HashMap<QueueId, ModelMsg>, base: u64, rng: &mut fastrand::Rng) {
+    let listed = queue.list().unwrap();
+    assert_eq!(listed.len(), model.len(), "message count");
+    for (id, rec) in &listed {
+        let m = model
+            .get(id)
+            .unwrap_or_else(|| panic!("{id} in queue but not in model"));
+        let states: Vec<(String, RecipientState)> = rec
+            .recipients
+            .iter()
+            .map(|r| (r.address.clone(), r.state))
+            .collect();
+        assert_eq!(states, m.recipients, "{id} recipients");
+        assert_eq!(rec.attempts, m.attempts, "{id} attempts");
+        assert_eq!(rec.lease_until, m.lease_until, "{id} lease");
+        if let Some(due) = m.due_at {
+            assert_eq!(rec.next_attempt, due, "{id} next attempt");
+        } else {
+            assert!(rec.next_attempt < base, "{id} due before base");
+        }
+        assert_eq!(queue.body(*id).unwrap(), m.body, "{id} body");
+    }
+    let t = base + rng.u64(0..2_000);
+    let mut due = queue.due(t, usize::MAX).unwrap();
+    due.sort();
+    let mut expected: Vec<QueueId> = model
+        .iter()
+        .filter(|(_, m)| m.due_at.is_none_or(|d| d <= t))
+        .map(|(id, _)| *id)
+        .collect();
+    expected.sort();
+    assert_eq!(due, expected, "due at base+{}", t - base);
+}
+
+#[test]
+fn random_operations_match_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = std::env::var("MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("MODEL_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let base = amtp_storage::now_ms() + 1_000_000_000;
+    let mut model: HashMap<QueueId, ModelMsg> = HashMap::new();
+    let (mut queue, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.messages, 0);
+    for step in 0..400 {
+        let ids: Vec<QueueId> = model.keys().copied().collect();
+        let pick = |rng: &mut fastrand::Rng| (!ids.is_empty()).then(|| ids[rng.usize(..ids.len())]);
+        match rng.u8(..100) {
+            0..=29 => {
+                let batch: Vec<NewMessage> = (0..rng.usize(1..5))
+                    .map(|_| new_message(&mut rng))
+                    .collect();
+                let new_ids = queue.enqueue_batch(&batch).unwrap();
+                assert_eq!(new_ids.len(), batch.len());
+                for (id, m) in new_ids.into_iter().zip(batch) {
+                    let recipients = m
+                        .recipients
+                        .iter()
+                        .map(|r| (r.clone(), RecipientState::Pending))
+                        .collect();
+                    assert!(
+                        model
+                            .insert(
+                                id,
+                                ModelMsg {
+                                    body: m.body,
+                                    recipients,
+                                    due_at: None,
+                                    attempts: 0,
+                                    lease_until: 0
+                                }
+                            )
+                            .is_none(),
+                        "id reused"
+                    );
+                }
+            }
+            30..=44 => {
+                if let Some(id) = pick(&mut rng) {
+                    let now = base + rng.u64(0..1000);
+                    let until = now + rng.u64(1..1000);
+                    let m = model.get_mut(&id).unwrap();
+                    let got = queue.lease(id, now, until).unwrap();
+                    if m.lease_until > now {
+                        assert!(
+                            got.is_none(),
+                            "step {step}: lease granted over a live lease"
+                        );
+                    } else {
+                        assert!(got.is_some());
+                        m.lease_until = until;
+                        m.due_at = Some(until);
+                    }
+                }
+            }
+            45..=59 => {
+                if let Some(id) = pick(&mut rng) {
+                    let at = base + rng.u64(0..2000);
+                    queue.reschedule(id, at).unwrap();
+                    let m = model.get_mut(&id).unwrap();
+                    m.lease_until = 0;
+                    m.due_at = Some(at);
+                    m.attempts += 1;
+                }
+            }
+            60..=79 => {
+                if let Some(id) = pick(&mut rng) {
+                    let m = model.get_mut(&id).unwrap();
+                    let outcomes: Vec<(String, RecipientState, Option<String>)> = m
+                        .recipients
+                        .iter()
+                        .filter_map(|(a, _)| {
+                            let state = match rng.u8(..3) {
+                                0 => return None,
+                                1 => RecipientState::Delivered,
+                                _ => RecipientState::Failed,
+                            };
+                            Some((a.clone(), state, Some("250 ok".to_string())))
+                        })
+                        .collect();
+                    for (a, s, _) in &outcomes {
+                        m.recipients.iter_mut().find(|(x, _)| x == a).unwrap().1 = *s;
+                    }
+                    let all_final = m
+                        .recipients
+                        .iter()
+                        .all(|(_, s)| *s != RecipientState::Pending);
+                    let got = queue.complete(id, &outcomes).unwrap();
+                    if all_final {
+                        assert_eq!(got, Completion::Removed);
+                        model.remove(&id);
+                    } else {
+                        assert_eq!(got, Completion::Pending);
+                        // complete() keeps the due entry where it was.
+                    }
+                }
+            }
+            80..=89 => {
+                if let Some(id) = pick(&mut rng) {
+                    queue.remove(id).unwrap();
+                    model.remove(&id);
+                }
+                queue.remove(QueueId(u64::MAX)).unwrap();
+            }
+            _ => {
+                drop(queue);
+                let (q, report) = Queue::open(dir.path()).unwrap();
+                queue = q;
+                assert_eq!(report.messages, model.len());
+                assert_eq!(report.orphans_removed, 0);
+                assert!(report.missing_bodies.is_empty());
+                let leased = model.values().filter(|m| m.lease_until != 0).count();
+                assert_eq!(report.leases_reset, leased, "leases reset on open");
+                for m in model.values_mut().filter(|m| m.lease_until != 0) {
+                    m.lease_until = 0;
+                    m.due_at = None;
+                }
+            }
+        }
+        check(&queue, &model, base, &mut rng);
+    }
+}
+
+#[test]
+fn orphan_bodies_are_removed_and_locks_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    // A second open in the same process hits sled's lock.
+    let err = Queue::open(dir.path()).unwrap_err();
+    assert!(err.to_string().contains("locked"), "{err}");
+    drop(queue);
+    std::fs::write(
+        dir.path().join("spool").join(format!("{:016x}", 99u64)),
+        b"orphan",
+    )
+    .unwrap();
+    let (_q, report) = Queue::open(dir.path()).unwrap();
+    assert_eq!(report.orphans_removed, 1);
+    assert!(
+        !dir.path()
+            .join("spool")
+            .join(format!("{:016x}", 99u64))
+            .exists()
+    );
+}
+
+#[test]
+fn corrupt_database_is_refused_not_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (q, _) = Queue::open(dir.path()).unwrap();
+        let mut rng = fastrand::Rng::with_seed(1);
+        q.enqueue_batch(&[new_message(&mut rng)]).unwrap();
+    }
+    let conf = dir.path().join("db").join("conf");
+    std::fs::write(&conf, b"garbage that is not a sled config").unwrap();
+    let err = Queue::open(dir.path()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("corrupt") || text.contains("queue database"),
+        "{text}"
+    );
+    // Nothing was recreated behind our back.
+    assert_eq!(
+        std::fs::read(&conf).unwrap(),
+        b"garbage that is not a sled config"
+    );
+}
