@@ -1,1 +1,35 @@
-//! placeholder for dependency prebuild
+//! `amtp-actors` — the relay's actors, the messages between them, and the pure logic they
+//! drive.
+//!
+//! Data path: a [`listener`] per bound address accepts and applies connection limits, then
+//! hands the connection to a [`worker`] in a pool of arbiters (one per core by default), which
+//! runs the TLS handshake and the [`session`]. The session is a pure state machine; its driver
+//! performs the effects it asks for — ask the [`policy`] actor about AUTH, hand the message to
+//! the [`queue_actor`], which group-commits through `amtp-storage` before the 250 is sent.
+//! [`wiring`] starts and connects them; [`admin`] answers queue queries over a Unix socket.
+//!
+//! # Layout
+//! - [`messages`] — every cross-actor message type.
+//! - [`config`] — per-component configuration sections (serde), [`units`] for "30s"/"25MB".
+//! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
+//! - [`session`] — state machine, SASL, driver and stream.
+//! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
+//! - [`limits`] — connection limits and permits.
+//! - [`tls`] — certificate loading and rustls configuration.
+//! - [`admin`] — queue listing text, admin socket server and client.
+//! - [`wiring`] — starts everything (the only module naming concrete actor types).
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod config;
+pub mod limits;
+pub mod listener;
+pub mod messages;
+pub mod policy;
+pub mod queue_actor;
+pub mod session;
+pub mod tls;
+pub mod units;
+pub mod wiring;
+pub mod worker;

@@ -11,6 +11,7 @@
 //! - [`address`] — mailbox, path and domain grammar shared by MAIL, RCPT and EHLO.
 //! - [`reply`] — replies with enhanced status codes, written as single- or multi-line responses.
 //! - [`ehlo`] — the EHLO keyword list a server advertises.
+//! - [`headers`] — header lookup (Message-ID, MPC) without a full message parser.
 //! - [`data`] — the DATA receiver — dot-unstuffing, end-of-data detection, SMTP-smuggling defence.
 //! - [`mpc`] — Mail Policy Codes, the EHLO `MPC` policy line and its evaluation.
 //! - [`received`] — the `Received:` trace header and RFC 5322 dates.
@@ -21,6 +22,7 @@ pub mod address;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod headers;
 pub mod limits;
 pub mod line;
 pub mod mpc;

@@ -1,0 +1,266 @@
+//! The configuration of each component, as it appears in the TOML file.
+//!
+//! Each struct is one section; every field has a doc comment and a default that suits a
+//! production edge relay. `deny_unknown_fields` turns typos into start-up errors. The binary
+//! composes these into the whole file, validates cross-field rules, and names the offending
+//! field in its errors; docs/CONFIG.md documents every field.
+
+use crate::units::{ByteSize, HumanDuration};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What a listener is for (spec/AMTP.md §8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerRole {
+    /// Inbound SMTP (production port 25): local domains without AUTH, STARTTLS offered.
+    Mx,
+    /// Submission (587): STARTTLS, then AUTH, required before MAIL.
+    Submission,
+    /// Implicit-TLS submission (465): AUTH required before MAIL.
+    Submissions,
+}
+
+impl ListenerRole {
+    /// Whether MAIL requires a successful AUTH first.
+    pub fn requires_auth(self) -> bool {
+        matches!(self, Self::Submission | Self::Submissions)
+    }
+
+    /// Whether TLS starts on connect.
+    pub fn implicit_tls(self) -> bool {
+        self == Self::Submissions
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mx => "mx",
+            Self::Submission => "submission",
+            Self::Submissions => "submissions",
+        }
+    }
+}
+
+/// One `[[listener]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Unique name for logs and queue records, e.g. "mx".
+    pub name: String,
+    /// `mx`, `submission` or `submissions`.
+    pub role: ListenerRole,
+    /// Address and port to bind, e.g. "0.0.0.0:25" or "[::]:587". Port 0 picks a free port
+    /// (the chosen address is logged).
+    pub address: SocketAddr,
+    /// Most simultaneous connections on this listener; more get `421 4.7.0`.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Most simultaneous connections from one client IP; more get `421 4.7.0`.
+    #[serde(default = "defaults::max_connections_per_ip")]
+    pub max_connections_per_ip: usize,
+    /// Offer SMTP AUTH. Default: on for submission/submissions, off for mx.
+    pub auth: Option<bool>,
+    /// Offer CRAM-MD5 besides PLAIN and LOGIN (users need a `cram_md5` secret; see
+    /// docs/CONFIG.md for the trade-off).
+    #[serde(default)]
+    pub cram_md5: bool,
+    /// Offer AUTH before TLS. Insecure: passwords cross the network in clear. Off by default.
+    #[serde(default)]
+    pub allow_insecure_auth: bool,
+}
+
+impl ListenerConfig {
+    /// Whether AUTH is offered on this listener.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth.unwrap_or(self.role.requires_auth())
+    }
+}
+
+/// `[session]`: limits that apply to every SMTP session.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Largest message accepted (advertised in EHLO SIZE; `552 5.3.4` beyond it).
+    #[serde(default = "defaults::max_message_size")]
+    pub max_message_size: ByteSize,
+    /// Most recipients per message; more get `452 4.5.3`.
+    #[serde(default = "defaults::max_recipients")]
+    pub max_recipients: usize,
+    /// How long to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    #[serde(default = "defaults::command_timeout")]
+    pub command_timeout: HumanDuration,
+    /// How long to wait for each chunk of DATA (RFC 5321 §4.5.3.2.6: 3 minutes).
+    #[serde(default = "defaults::data_timeout")]
+    pub data_timeout: HumanDuration,
+    /// How long a TLS handshake may take.
+    #[serde(default = "defaults::tls_handshake_timeout")]
+    pub tls_handshake_timeout: HumanDuration,
+    /// Errors (5xx replies to bad commands) before `421` and disconnect.
+    #[serde(default = "defaults::max_errors")]
+    pub max_errors: u32,
+    /// Name the authenticated user in the Received header (privacy: off by default).
+    #[serde(default)]
+    pub received_auth_user: bool,
+}
+
+/// `[auth]`: SMTP AUTH users and brute-force protection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The users file (TOML `[[user]]` entries; see docs/CONFIG.md). Required when any
+    /// listener offers AUTH.
+    pub users_file: Option<PathBuf>,
+    /// Window over which failed AUTH attempts are counted.
+    #[serde(default = "defaults::failure_window")]
+    pub failure_window: HumanDuration,
+    /// Failures from one client IP within the window before it is locked out.
+    #[serde(default = "defaults::max_failures_per_ip")]
+    pub max_failures_per_ip: u32,
+    /// Failures for one user name within the window before that user is locked out.
+    #[serde(default = "defaults::max_failures_per_user")]
+    pub max_failures_per_user: u32,
+    /// How long a lock-out lasts (`454 4.7.0` and disconnect meanwhile).
+    #[serde(default = "defaults::lockout")]
+    pub lockout: HumanDuration,
+    /// Password hashes verified at once (argon2 is deliberately slow); 0 = one per core.
+    #[serde(default)]
+    pub verify_workers: usize,
+}
+
+/// `[queue]`: the durable queue and group commit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Most messages made durable by one flush+fsync.
+    #[serde(default = "defaults::batch_max")]
+    pub batch_max: usize,
+    /// How long the committer waits for more messages after the first one. Higher trades
+    /// per-message latency for fewer fsyncs under load; 0 commits what is already waiting.
+    #[serde(default = "defaults::batch_wait")]
+    pub batch_wait: HumanDuration,
+    /// Messages waiting for commit before new ones get `451 4.3.0` (backpressure).
+    #[serde(default = "defaults::commit_capacity")]
+    pub capacity: usize,
+    /// How long a session waits for its commit before answering `451 4.3.0`.
+    #[serde(default = "defaults::enqueue_timeout")]
+    pub enqueue_timeout: HumanDuration,
+}
+
+/// `[pools]`: actor pool sizes (see docs/TUNING.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Connection workers: arbiters (threads) that run TLS handshakes and sessions.
+    /// 0 = one per CPU core.
+    #[serde(default)]
+    pub connection_workers: usize,
+    /// Mailbox bound of each connection worker; when every worker's mailbox is full new
+    /// connections get `421 4.3.2`.
+    #[serde(default = "defaults::worker_mailbox")]
+    pub worker_mailbox: usize,
+}
+
+/// Resolve "0 = one per core".
+pub fn per_core(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    } else {
+        n
+    }
+}
+
+macro_rules! default_impl {
+    ($($ty:ident),*) => {$(
+        impl Default for $ty {
+            fn default() -> Self {
+                toml::from_str("").expect(concat!("defaults of ", stringify!($ty), " must parse"))
+            }
+        }
+    )*};
+}
+default_impl!(SessionConfig, AuthConfig, QueueConfig, PoolConfig);
+
+/// Default values, one function per field (serde needs functions).
+pub mod defaults {
+    use super::*;
+
+    pub(crate) fn max_connections() -> usize {
+        10_000
+    }
+    pub(crate) fn max_connections_per_ip() -> usize {
+        50
+    }
+    pub(crate) fn max_message_size() -> ByteSize {
+        ByteSize(25_000_000)
+    }
+    pub(crate) fn max_recipients() -> usize {
+        100
+    }
+    pub(crate) fn command_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    pub(crate) fn data_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(180))
+    }
+    pub(crate) fn tls_handshake_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(10))
+    }
+    pub(crate) fn max_errors() -> u32 {
+        10
+    }
+    pub(crate) fn failure_window() -> HumanDuration {
+        HumanDuration(Duration::from_secs(600))
+    }
+    pub(crate) fn max_failures_per_ip() -> u32 {
+        10
+    }
+    pub(crate) fn max_failures_per_user() -> u32 {
+        5
+    }
+    pub(crate) fn lockout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(900))
+    }
+    pub(crate) fn batch_max() -> usize {
+        128
+    }
+    pub(crate) fn batch_wait() -> HumanDuration {
+        HumanDuration(Duration::from_millis(1))
+    }
+    pub(crate) fn commit_capacity() -> usize {
+        4096
+    }
+    pub(crate) fn enqueue_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub(crate) fn worker_mailbox() -> usize {
+        1024
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_unknown_fields_are_refused() {
+        assert_eq!(
+            SessionConfig::default().max_message_size,
+            ByteSize(25_000_000)
+        );
+        assert_eq!(AuthConfig::default().lockout.0, Duration::from_secs(900));
+        let err = toml::from_str::<SessionConfig>("max_mesage_size = \"1MB\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `max_mesage_size`"), "{err}");
+        let l: ListenerConfig =
+            toml::from_str("name = \"s\"\nrole = \"submission\"\naddress = \"127.0.0.1:0\"")
+                .unwrap();
+        assert!(l.auth_enabled());
+        let l: ListenerConfig =
+            toml::from_str("name = \"m\"\nrole = \"mx\"\naddress = \"127.0.0.1:0\"").unwrap();
+        assert!(!l.auth_enabled());
+    }
+}

@@ -1,0 +1,116 @@
+//! Connection limits per listener: a global count and a per-client-IP count.
+//!
+//! [`ConnectionLimits::try_acquire`] hands out a [`ConnectionPermit`] that releases its slots
+//! when dropped, wherever the connection ends (worker, handshake failure, panic).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitExceeded {
+    /// The listener's `max_connections`.
+    Global,
+    /// The listener's `max_connections_per_ip`.
+    PerIp,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// Shared by a listener and the permits it hands out.
+#[derive(Debug)]
+pub struct ConnectionLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    counts: Mutex<Counts>,
+}
+
+impl ConnectionLimits {
+    /// Limits for one listener.
+    pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max_total,
+            max_per_ip,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    /// Take a slot for `ip`, or say which limit is reached.
+    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnectionPermit, LimitExceeded> {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.total >= self.max_total {
+            return Err(LimitExceeded::Global);
+        }
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.max_per_ip {
+            return Err(LimitExceeded::PerIp);
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(ConnectionPermit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+
+    /// Connections currently open.
+    pub fn active(&self) -> usize {
+        self.counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .total
+    }
+}
+
+/// One open connection's slots; released on drop.
+#[derive(Debug)]
+pub struct ConnectionPermit {
+    limits: Arc<ConnectionLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        let mut c = self
+            .limits
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_and_per_ip_limits_release_on_drop() {
+        let l = ConnectionLimits::new(3, 2);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let p1 = l.try_acquire(a).unwrap();
+        let _p2 = l.try_acquire(a).unwrap();
+        assert_eq!(l.try_acquire(a).unwrap_err(), LimitExceeded::PerIp);
+        let _p3 = l.try_acquire(b).unwrap();
+        assert_eq!(l.try_acquire(b).unwrap_err(), LimitExceeded::Global);
+        drop(p1);
+        assert_eq!(l.active(), 2);
+        assert!(l.try_acquire(a).is_ok());
+        assert_eq!(l.counts.lock().unwrap().per_ip.len(), 2);
+    }
+}

@@ -1,0 +1,162 @@
+//! The listener actor: one per bound address. Accepts connections, enforces the connection
+//! limits, and hands each connection to a connection worker (round robin over the pool).
+//!
+//! Refusals are answered on the wire (`421 4.7.0` over a limit, `421 4.3.2` when every worker's
+//! mailbox is full) and closed, never queued. Accept errors (e.g. EMFILE) back off
+//! exponentially from 10 ms to 1 s instead of spinning.
+
+use crate::config::ListenerConfig;
+use crate::limits::{ConnectionLimits, LimitExceeded};
+use crate::messages::{Connection, StopAccepting};
+use actix::dev::SendError;
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// See the module docs.
+pub struct ListenerActor {
+    socket: Option<std::net::TcpListener>,
+    config: Arc<ListenerConfig>,
+    limits: Arc<ConnectionLimits>,
+    workers: Vec<Recipient<Connection>>,
+    hostname: Arc<str>,
+    accepting: Option<SpawnHandle>,
+}
+
+impl ListenerActor {
+    /// Over an already-bound socket (binding happens before the actor system starts, so that
+    /// a port conflict is a clear start-up error).
+    pub fn new(
+        socket: std::net::TcpListener,
+        config: Arc<ListenerConfig>,
+        limits: Arc<ConnectionLimits>,
+        workers: Vec<Recipient<Connection>>,
+        hostname: Arc<str>,
+    ) -> Self {
+        Self {
+            socket: Some(socket),
+            config,
+            limits,
+            workers,
+            hostname,
+            accepting: None,
+        }
+    }
+}
+
+impl Actor for ListenerActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(socket) = self.socket.take() else {
+            return;
+        };
+        let listener = match socket
+            .set_nonblocking(true)
+            .and_then(|()| TcpListener::from_std(socket))
+        {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(listener = %self.config.name, error = %e, "cannot use listening socket");
+                ctx.stop();
+                return;
+            }
+        };
+        let accept = accept_loop(
+            listener,
+            self.config.clone(),
+            self.limits.clone(),
+            self.workers.clone(),
+            self.hostname.clone(),
+        );
+        self.accepting = Some(ctx.spawn(actix::fut::wrap_future(accept)));
+    }
+}
+
+impl Handler<StopAccepting> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, _: StopAccepting, ctx: &mut Self::Context) {
+        if let Some(handle) = self.accepting.take() {
+            ctx.cancel_future(handle);
+        }
+        ctx.stop();
+    }
+}
+
+async fn refuse(mut stream: TcpStream, reply: String) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply.as_bytes())).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    config: Arc<ListenerConfig>,
+    limits: Arc<ConnectionLimits>,
+    workers: Vec<Recipient<Connection>>,
+    hostname: Arc<str>,
+) {
+    let mut next = 0usize;
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(e) => {
+                tracing::warn!(listener = %config.name, error = %e, backoff_ms = backoff.as_millis(), "accept failed; backing off");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let permit = match limits.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(which) => {
+                let why = match which {
+                    LimitExceeded::Global => "Too many connections",
+                    LimitExceeded::PerIp => "Too many connections from your address",
+                };
+                tracing::info!(listener = %config.name, %peer, limit = ?which, "connection refused: limit reached");
+                actix::spawn(refuse(
+                    stream,
+                    format!("421 4.7.0 {hostname} {why}, try again later\r\n"),
+                ));
+                continue;
+            }
+        };
+        let std_stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "cannot hand over connection");
+                continue;
+            }
+        };
+        let mut pending = Some(Connection {
+            stream: std_stream,
+            peer,
+            listener: config.clone(),
+            permit,
+        });
+        for _ in 0..workers.len() {
+            let Some(msg) = pending.take() else { break };
+            let worker = &workers[next % workers.len()];
+            next = next.wrapping_add(1);
+            if let Err(SendError::Full(m) | SendError::Closed(m)) = worker.try_send(msg) {
+                pending = Some(m);
+            }
+        }
+        if let Some(msg) = pending {
+            tracing::warn!(listener = %config.name, %peer, "all connection workers are saturated; refusing");
+            if let Ok(stream) = TcpStream::from_std(msg.stream) {
+                actix::spawn(refuse(
+                    stream,
+                    format!("421 4.3.2 {hostname} System busy, try again later\r\n"),
+                ));
+            }
+        }
+    }
+}

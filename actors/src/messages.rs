@@ -1,0 +1,80 @@
+//! Every message that crosses between actors, in one place.
+//!
+//! Actors hold `Recipient<M>` for these types, never each other's concrete types; only
+//! [`crate::wiring`] names actors. Results are values: a denied AUTH or a full queue is an
+//! outcome the session turns into a reply, not an error.
+
+use crate::auth::Credentials;
+use crate::config::ListenerConfig;
+use crate::limits::ConnectionPermit;
+use actix::Message;
+use amtp_storage::{NewMessage, QueueId};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Listener → connection worker: a new client connection to serve.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Connection {
+    /// The socket, deregistered from the listener's reactor (`into_std`) so the worker's
+    /// arbiter owns its I/O.
+    pub stream: std::net::TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The listener it arrived on.
+    pub listener: Arc<ListenerConfig>,
+    /// Held for the connection's lifetime: releases its slot in the connection limits.
+    pub permit: ConnectionPermit,
+}
+
+/// Session → policy: check SMTP AUTH credentials (with brute-force throttling).
+#[derive(Debug, Message)]
+#[rtype(result = "AuthOutcome")]
+pub struct Authenticate {
+    /// The client's IP (failures are counted per IP).
+    pub ip: IpAddr,
+    /// What the client sent.
+    pub credentials: Credentials,
+}
+
+/// The policy actor's answer to [`Authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// Valid; the canonical user name.
+    Success(String),
+    /// Invalid credentials (`535 5.7.8`).
+    Failed,
+    /// The IP or user is locked out (`454 4.7.0` and disconnect).
+    Locked,
+    /// The policy actor could not answer in time (`454 4.7.0`, the client may retry).
+    Unavailable,
+}
+
+/// Session → queue: make this message durable; answered once it is on disk.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<QueueId, EnqueueError>")]
+pub struct Enqueue(pub Box<NewMessage>);
+
+/// Why a message was not queued (all become `451 4.3.0`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnqueueError {
+    /// The commit queue is full: backpressure.
+    #[error("queue busy (commit backlog full)")]
+    Busy,
+    /// Storage is unhealthy or the queue actor is gone or too slow.
+    #[error("queue unavailable")]
+    Unavailable,
+    /// The commit failed.
+    #[error("commit failed: {0}")]
+    Failed(String),
+}
+
+/// Admin socket → queue: a read-only query (`list`, `show ID`); the answer is the text to print.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<String, String>")]
+pub struct AdminQuery(pub String);
+
+/// Wiring → listener: stop accepting (shutdown).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct StopAccepting;

@@ -1,0 +1,73 @@
+//! The queue actor: the sessions' door to durable storage.
+//!
+//! It hands each message to the group committer without blocking (a full commit backlog or
+//! unhealthy storage is answered at once, and becomes 451 4.3.0), and answers the admin
+//! socket's read-only queries off the reactor.
+
+use crate::admin;
+use crate::messages::{AdminQuery, Enqueue, EnqueueError};
+use actix::prelude::*;
+use amtp_storage::{Committer, Queue, QueueId, SubmitError};
+use std::sync::Arc;
+
+/// See the module docs.
+pub struct QueueActor {
+    queue: Arc<Queue>,
+    committer: Committer,
+}
+
+impl QueueActor {
+    /// Over an open queue and its committer.
+    pub fn new(queue: Arc<Queue>, committer: Committer) -> Self {
+        Self { queue, committer }
+    }
+}
+
+impl Actor for QueueActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Handlers only do a non-blocking channel send, so a deep mailbox drains fast.
+        ctx.set_mailbox_capacity(8192);
+    }
+}
+
+impl Handler<Enqueue> for QueueActor {
+    type Result = ResponseFuture<Result<QueueId, EnqueueError>>;
+
+    fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let submitted = self.committer.submit(
+            *msg.0,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        match submitted {
+            Err(SubmitError::Full) => Box::pin(std::future::ready(Err(EnqueueError::Busy))),
+            Err(SubmitError::Unavailable) => {
+                Box::pin(std::future::ready(Err(EnqueueError::Unavailable)))
+            }
+            Ok(()) => Box::pin(async move {
+                match rx.await {
+                    Ok(Ok(id)) => Ok(id),
+                    Ok(Err(e)) => Err(EnqueueError::Failed(e.0)),
+                    Err(_) => Err(EnqueueError::Unavailable),
+                }
+            }),
+        }
+    }
+}
+
+impl Handler<AdminQuery> for QueueActor {
+    type Result = ResponseFuture<Result<String, String>>;
+
+    fn handle(&mut self, msg: AdminQuery, _ctx: &mut Self::Context) -> Self::Result {
+        let queue = self.queue.clone();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || admin::answer(&queue, &msg.0))
+                .await
+                .unwrap_or_else(|e| Err(format!("query failed: {e}")))
+        })
+    }
+}

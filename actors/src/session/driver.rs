@@ -1,0 +1,266 @@
+//! The async loop that runs a [`Session`] over a stream: reads with timeouts into bounded
+//! buffers, feeds the state machine, and performs its actions (write replies, STARTTLS,
+//! receive DATA, ask the policy and queue actors).
+//!
+//! Replies to pipelined commands are written in order and flushed when no further complete
+//! command is buffered (RFC 2920), and always before waiting on the client.
+
+use super::stream::{MaybeTls, tls_info};
+use super::{Action, Session};
+use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
+use actix::Recipient;
+use amtp_proto::{DataReceiver, LineBuffer, LineError, Progress, limits};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+
+/// What a session needs from the rest of the relay.
+#[derive(Clone)]
+pub struct SessionDeps {
+    /// The policy actor (AUTH).
+    pub policy: Recipient<Authenticate>,
+    /// The queue actor.
+    pub queue: Recipient<Enqueue>,
+    /// For STARTTLS, when a certificate is configured.
+    pub tls: Option<TlsAcceptor>,
+    /// How long to wait for the queue to make a message durable.
+    pub enqueue_timeout: Duration,
+}
+
+/// How the session ended, for the one log line per session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// QUIT, or we closed after a fatal reply (too many errors, lock-out).
+    Closed,
+    /// The client went away without QUIT.
+    Disconnected,
+    /// The client went away in the middle of DATA (nothing was queued).
+    DisconnectedInData,
+    /// The client stopped sending; we said 421.
+    Timeout,
+    /// The STARTTLS handshake failed.
+    TlsFailed,
+    /// A read or write failed.
+    IoError,
+}
+
+impl Outcome {
+    /// For logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Disconnected => "disconnected",
+            Self::DisconnectedInData => "disconnected-in-data",
+            Self::Timeout => "timeout",
+            Self::TlsFailed => "tls-failed",
+            Self::IoError => "io-error",
+        }
+    }
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Run `session` on `io` until it ends.
+pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
+    io: MaybeTls<S>,
+    session: &mut Session,
+    deps: &SessionDeps,
+) -> Outcome {
+    let mut d = Driver {
+        io,
+        session,
+        deps,
+        lines: LineBuffer::new(limits::AUTH_LINE),
+        out: Vec::with_capacity(1024),
+        buf: vec![0; READ_CHUNK],
+    };
+    let outcome = d.serve().await;
+    let _ = timeout(Duration::from_secs(5), d.io.shutdown()).await;
+    outcome
+}
+
+struct Driver<'a, S> {
+    io: MaybeTls<S>,
+    session: &'a mut Session,
+    deps: &'a SessionDeps,
+    lines: LineBuffer,
+    out: Vec<u8>,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
+    async fn serve(&mut self) -> Outcome {
+        self.session.greeting().write_to(&mut self.out);
+        let command_timeout = self.session.ctx.limits.command_timeout.0;
+        loop {
+            while let Some(item) = self.lines.next_line() {
+                let actions = match item {
+                    Err(LineError::TooLong) => self.session.on_line_too_long(),
+                    Ok(line) if self.session.expects_sasl_line() => {
+                        self.session.on_sasl_line(&line)
+                    }
+                    Ok(line) => self.session.on_command(amtp_proto::command::parse(&line)),
+                };
+                if let Some(end) = self.perform(actions).await {
+                    return end;
+                }
+            }
+            if self.flush().await.is_err() {
+                return Outcome::IoError;
+            }
+            match timeout(command_timeout, self.io.read(&mut self.buf)).await {
+                Err(_) => {
+                    let actions = self.session.on_timeout();
+                    self.perform(actions).await;
+                    return Outcome::Timeout;
+                }
+                Ok(Ok(0)) => return Outcome::Disconnected,
+                Ok(Ok(n)) => self.lines.push(&self.buf[..n]),
+                Ok(Err(_)) => return Outcome::IoError,
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.out.is_empty() {
+            let w = timeout(
+                self.session.ctx.limits.command_timeout.0,
+                self.io.write_all(&self.out),
+            )
+            .await;
+            self.out.clear();
+            w.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
+            self.io.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Perform actions in order; follow-up actions from the session run before the rest.
+    /// Returns `Some` when the session is over.
+    async fn perform(&mut self, actions: Vec<Action>) -> Option<Outcome> {
+        let mut todo: VecDeque<Action> = actions.into();
+        while let Some(action) = todo.pop_front() {
+            let follow = match action {
+                Action::Reply(r) => {
+                    r.write_to(&mut self.out);
+                    continue;
+                }
+                Action::Close => {
+                    let _ = self.flush().await;
+                    return Some(Outcome::Closed);
+                }
+                Action::StartTls => {
+                    if self.flush().await.is_err() {
+                        return Some(Outcome::IoError);
+                    }
+                    // RFC 3207 §6: anything the client pipelined after STARTTLS is discarded.
+                    let _ = self.lines.take_unconsumed();
+                    match self.upgrade().await {
+                        Some(info) => {
+                            self.session.on_tls_established(info);
+                            continue;
+                        }
+                        None => return Some(Outcome::TlsFailed),
+                    }
+                }
+                Action::ReceiveData => {
+                    if self.flush().await.is_err() {
+                        return Some(Outcome::IoError);
+                    }
+                    match self.receive_data().await {
+                        Ok(result) => {
+                            let now = std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs());
+                            self.session.on_data(result, now)
+                        }
+                        Err(Outcome::Timeout) => {
+                            let actions = self.session.on_timeout();
+                            Box::pin(self.perform(actions)).await;
+                            return Some(Outcome::Timeout);
+                        }
+                        Err(end) => return Some(end),
+                    }
+                }
+                Action::Verify(credentials) => {
+                    let ask = self.deps.policy.send(Authenticate {
+                        ip: self.session.ctx.peer.ip(),
+                        credentials,
+                    });
+                    let outcome =
+                        match timeout(self.session.ctx.limits.command_timeout.0, ask).await {
+                            Ok(Ok(outcome)) => outcome,
+                            _ => AuthOutcome::Unavailable,
+                        };
+                    self.session.on_auth_outcome(outcome)
+                }
+                Action::Enqueue(message) => {
+                    let result = match timeout(
+                        self.deps.enqueue_timeout,
+                        self.deps.queue.send(Enqueue(message)),
+                    )
+                    .await
+                    {
+                        Ok(Ok(r)) => r,
+                        Ok(Err(_)) | Err(_) => Err(EnqueueError::Unavailable),
+                    };
+                    self.session.on_enqueued(result)
+                }
+            };
+            for a in follow.into_iter().rev() {
+                todo.push_front(a);
+            }
+        }
+        None
+    }
+
+    async fn upgrade(&mut self) -> Option<super::TlsInfo> {
+        let acceptor = self.deps.tls.clone()?;
+        let MaybeTls::Plain(plain) = std::mem::replace(&mut self.io, MaybeTls::Upgrading) else {
+            return None;
+        };
+        match timeout(
+            self.session.ctx.limits.tls_handshake_timeout.0,
+            acceptor.accept(plain),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => {
+                let info = tls_info(&tls);
+                self.io = MaybeTls::Tls(Box::new(tls));
+                Some(info)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.session.ctx.peer, error = %e, "STARTTLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    /// Receive one message. Bytes after the end marker go back to the line buffer.
+    async fn receive_data(&mut self) -> Result<Result<Vec<u8>, amtp_proto::DataError>, Outcome> {
+        let limits = self.session.ctx.limits.clone();
+        let max = usize::try_from(limits.max_message_size.0).unwrap_or(usize::MAX);
+        let mut rx = DataReceiver::new(max);
+        let pending = self.lines.take_unconsumed();
+        if let Progress::Done { consumed } = rx.feed(&pending) {
+            self.lines.push(&pending[consumed..]);
+            return Ok(rx.finish());
+        }
+        loop {
+            let n = match timeout(limits.data_timeout.0, self.io.read(&mut self.buf)).await {
+                Err(_) => return Err(Outcome::Timeout),
+                Ok(Ok(0)) => return Err(Outcome::DisconnectedInData),
+                Ok(Ok(n)) => n,
+                Ok(Err(_)) => return Err(Outcome::IoError),
+            };
+            if let Progress::Done { consumed } = rx.feed(&self.buf[..n]) {
+                self.lines.push(&self.buf[consumed..n]);
+                return Ok(rx.finish());
+            }
+        }
+    }
+}

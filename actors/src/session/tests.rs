@@ -1,0 +1,511 @@
+//! Layer 2: session dialogues. First the pure state machine (command in, replies out), then
+//! the driver over an in-memory pipe with stand-in policy and queue actors.
+
+use super::driver::{self, Outcome, SessionDeps};
+use super::stream::MaybeTls;
+use super::*;
+use crate::config::{ListenerRole, SessionConfig};
+use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
+use crate::units::{ByteSize, HumanDuration};
+use actix::prelude::*;
+use amtp_proto::command::parse;
+use base64::Engine;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn listener(role: ListenerRole) -> Arc<ListenerConfig> {
+    Arc::new(ListenerConfig {
+        name: role.as_str().into(),
+        role,
+        address: "127.0.0.1:0".parse().unwrap(),
+        max_connections: 10,
+        max_connections_per_ip: 10,
+        auth: None,
+        cram_md5: true,
+        allow_insecure_auth: false,
+    })
+}
+
+fn ctx(role: ListenerRole, limits: SessionConfig) -> SessionContext {
+    SessionContext {
+        hostname: Arc::from("relay.test"),
+        listener: listener(role),
+        limits: Arc::new(limits),
+        local_domains: Arc::new(["example.test".to_string()].into_iter().collect()),
+        peer: "127.0.0.5:40000".parse().unwrap(),
+        tls_available: true,
+        cram_md5: true,
+        nonce: "abc".into(),
+    }
+}
+
+fn tls() -> TlsInfo {
+    TlsInfo {
+        version: "TLSv1.3".into(),
+        cipher: "TLS13_AES_128_GCM_SHA256".into(),
+    }
+}
+
+/// Feed lines; return every reply code, in order, and the last actions' kinds.
+fn codes(session: &mut Session, lines: &[&str]) -> Vec<u16> {
+    let mut out = Vec::new();
+    for line in lines {
+        let actions = if session.expects_sasl_line() {
+            session.on_sasl_line(line.as_bytes())
+        } else {
+            session.on_command(parse(line.as_bytes()))
+        };
+        for a in actions {
+            match a {
+                Action::Reply(r) => out.push(r.code),
+                Action::Verify(Credentials::Password { user, password }) => {
+                    let outcome = if user == "alice" && password == "pw" {
+                        AuthOutcome::Success(user)
+                    } else {
+                        AuthOutcome::Failed
+                    };
+                    out.extend(
+                        session
+                            .on_auth_outcome(outcome)
+                            .into_iter()
+                            .filter_map(|a| {
+                                if let Action::Reply(r) = a {
+                                    Some(r.code)
+                                } else {
+                                    None
+                                }
+                            }),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn mx_dialogues() {
+    let cases: &[(&[&str], &[u16])] = &[
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<u@example.test>",
+                "DATA",
+            ],
+            &[250, 250, 250, 354],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<u@elsewhere.test>",
+            ],
+            &[250, 250, 550],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<Postmaster>",
+            ],
+            &[250, 250, 250],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<u@EXAMPLE.test.>",
+            ],
+            &[250, 250, 250],
+        ),
+        (&["MAIL FROM:<a@b.test>"], &[503]),
+        (&["EHLO c.test", "RCPT TO:<u@example.test>"], &[250, 503]),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "MAIL FROM:<a@b.test>",
+            ],
+            &[250, 250, 503],
+        ),
+        (
+            &["EHLO c.test", "MAIL FROM:<a@b.test>", "DATA"],
+            &[250, 250, 554],
+        ),
+        (&["EHLO c.test", "DATA"], &[250, 503]),
+        (
+            &["EHLO c.test", "MAIL FROM:<a@b.test> SIZE=999999999"],
+            &[250, 552],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RSET",
+                "MAIL FROM:<a@b.test>",
+            ],
+            &[250, 250, 250, 250],
+        ),
+        (
+            &[
+                "HELO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<u@example.test>",
+            ],
+            &[250, 250, 250],
+        ),
+        (&["EHLO c.test", "AUTH PLAIN"], &[250, 502]),
+        (&["NOOP", "VRFY bob", "HELP", "QUIT"], &[250, 252, 214, 221]),
+        (&["EHLO c.test", "STARTTLS"], &[250, 220]),
+        (
+            &["EHLO c.test", "MAIL FROM:<a@b.test>", "STARTTLS"],
+            &[250, 250, 503],
+        ),
+    ];
+    for (lines, expected) in cases {
+        let mut s = Session::new(
+            ctx(
+                ListenerRole::Mx,
+                SessionConfig {
+                    max_message_size: ByteSize(1000),
+                    ..SessionConfig::default()
+                },
+            ),
+            None,
+        );
+        assert_eq!(codes(&mut s, lines), *expected, "{lines:?}");
+    }
+}
+
+#[test]
+fn submission_dialogues() {
+    let plain = |u: &str, p: &str| {
+        format!(
+            "AUTH PLAIN {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{u}\0{p}"))
+        )
+    };
+    let ok = plain("alice", "pw");
+    let bad = plain("alice", "nope");
+    let ok_s: &str = &ok;
+    let bad_s: &str = &bad;
+    // Before TLS.
+    let cases: &[(&[&str], &[u16])] = &[
+        (&["EHLO c.test", ok_s], &[250, 530]),
+        (&["EHLO c.test", "MAIL FROM:<a@b.test>"], &[250, 530]),
+    ];
+    for (lines, expected) in cases {
+        let mut s = Session::new(
+            ctx(ListenerRole::Submission, SessionConfig::default()),
+            None,
+        );
+        assert_eq!(codes(&mut s, lines), *expected, "plain {lines:?}");
+    }
+    // After TLS.
+    let cases: &[(&[&str], &[u16])] = &[
+        (&["EHLO c.test", "MAIL FROM:<a@b.test>"], &[250, 530]),
+        (
+            &[
+                "EHLO c.test",
+                ok_s,
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<x@remote.test>",
+            ],
+            &[250, 235, 250, 250],
+        ),
+        (
+            &["EHLO c.test", bad_s, "MAIL FROM:<a@b.test>"],
+            &[250, 535, 530],
+        ),
+        (&["EHLO c.test", ok_s, ok_s], &[250, 235, 503]),
+        (&["AUTH PLAIN"], &[503]),
+        (&["EHLO c.test", "AUTH PLAIN", "*"], &[250, 334, 501]),
+        (&["EHLO c.test", "AUTH PLAIN", "@@@"], &[250, 334, 501]),
+        (&["EHLO c.test", "AUTH XOAUTH2"], &[250, 504]),
+        (
+            &["EHLO c.test", "AUTH LOGIN", "YWxpY2U=", "cHc="],
+            &[250, 334, 334, 235],
+        ),
+        (&["EHLO c.test", "STARTTLS"], &[250, 503]),
+    ];
+    for (lines, expected) in cases {
+        let mut s = Session::new(
+            ctx(ListenerRole::Submission, SessionConfig::default()),
+            Some(tls()),
+        );
+        assert_eq!(codes(&mut s, lines), *expected, "tls {lines:?}");
+    }
+}
+
+#[test]
+fn ehlo_advertises_what_is_allowed() {
+    let ehlo = |role, tls: Option<TlsInfo>| {
+        let mut s = Session::new(ctx(role, SessionConfig::default()), tls);
+        let Action::Reply(r) = s.on_command(parse(b"EHLO c.test")).remove(0) else {
+            panic!()
+        };
+        r.lines
+    };
+    let plain = ehlo(ListenerRole::Submission, None);
+    assert!(plain.contains(&"STARTTLS".to_string()));
+    assert!(
+        !plain.iter().any(|l| l.starts_with("AUTH")),
+        "no AUTH before TLS: {plain:?}"
+    );
+    let secure = ehlo(ListenerRole::Submission, Some(tls()));
+    assert!(!secure.contains(&"STARTTLS".to_string()));
+    assert!(
+        secure.contains(&"AUTH PLAIN LOGIN CRAM-MD5".to_string()),
+        "{secure:?}"
+    );
+    for kw in [
+        "PIPELINING",
+        "SIZE 25000000",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(secure.contains(&kw.to_string()), "{kw} in {secure:?}");
+    }
+    assert!(
+        !ehlo(ListenerRole::Mx, Some(tls()))
+            .iter()
+            .any(|l| l.starts_with("AUTH"))
+    );
+}
+
+#[test]
+fn consecutive_errors_close_the_session() {
+    let mut s = Session::new(
+        ctx(
+            ListenerRole::Mx,
+            SessionConfig {
+                max_errors: 3,
+                ..SessionConfig::default()
+            },
+        ),
+        None,
+    );
+    assert_eq!(
+        codes(&mut s, &["JUNK", "JUNK", "NOOP", "JUNK", "JUNK"]),
+        vec![500, 500, 250, 500, 500]
+    );
+    assert_eq!(codes(&mut s, &["JUNK"]), vec![500, 421]);
+    assert!(s.is_closed());
+}
+
+#[test]
+fn received_header_and_envelope() {
+    let mut s = Session::new(
+        ctx(
+            ListenerRole::Submission,
+            SessionConfig {
+                received_auth_user: false,
+                ..SessionConfig::default()
+            },
+        ),
+        Some(tls()),
+    );
+    codes(
+        &mut s,
+        &[
+            "EHLO c.test",
+            &format!(
+                "AUTH PLAIN {}",
+                base64::engine::general_purpose::STANDARD.encode("\0alice\0pw")
+            ),
+            "MAIL FROM:<a@b.test> MPC=com/optin",
+            "RCPT TO:<x@remote.test>",
+            "DATA",
+        ],
+    );
+    let actions = s.on_data(
+        Ok(b"Message-ID: <m1@b.test>\r\nSubject: t\r\n\r\nhello\r\n".to_vec()),
+        0,
+    );
+    let [Action::Enqueue(m)] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    let text = String::from_utf8_lossy(&m.body);
+    assert!(text.starts_with("Received: from c.test ([127.0.0.5])\r\n\tby relay.test (amtp-relay) with ESMTPSA\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)"), "{text}");
+    assert!(
+        !text.contains("alice"),
+        "user not revealed unless configured"
+    );
+    assert!(text.ends_with("Message-ID: <m1@b.test>\r\nSubject: t\r\n\r\nhello\r\n"));
+    assert_eq!(
+        (
+            m.sender.as_str(),
+            m.recipients.clone(),
+            m.mpc.as_deref(),
+            m.message_id.as_deref()
+        ),
+        (
+            "a@b.test",
+            vec!["x@remote.test".to_string()],
+            Some("com/optin"),
+            Some("<m1@b.test>")
+        )
+    );
+    assert_eq!(m.origin, Origin::Submission);
+    assert_eq!(codes(&mut s, &[]), Vec::<u16>::new());
+    let r = s.on_enqueued(Ok(QueueId(0xab)));
+    assert!(
+        matches!(&r[0], Action::Reply(r) if r.code == 250 && r.text().contains("00000000000000ab"))
+    );
+    let r = s.on_enqueued(Err(EnqueueError::Busy));
+    assert!(matches!(&r[0], Action::Reply(r) if r.code == 451));
+}
+
+// ---- Driver over an in-memory pipe -------------------------------------------------------
+
+struct FakePolicy;
+impl Actor for FakePolicy {
+    type Context = Context<Self>;
+}
+impl Handler<Authenticate> for FakePolicy {
+    type Result = MessageResult<Authenticate>;
+    fn handle(&mut self, msg: Authenticate, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(match msg.credentials {
+            Credentials::Password { user, password } if user == "alice" && password == "pw" => {
+                AuthOutcome::Success(user)
+            }
+            _ => AuthOutcome::Failed,
+        })
+    }
+}
+
+struct FakeQueue(Arc<AtomicUsize>);
+impl Actor for FakeQueue {
+    type Context = Context<Self>;
+}
+impl Handler<Enqueue> for FakeQueue {
+    type Result = MessageResult<Enqueue>;
+    fn handle(&mut self, _: Enqueue, _: &mut Context<Self>) -> Self::Result {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        MessageResult(Ok(QueueId(u64::try_from(n).unwrap())))
+    }
+}
+
+/// Run a session over a pipe, send `input` (then close our write side unless `hold_open`),
+/// and return everything the server wrote plus the outcome and the number of enqueues.
+async fn dialogue(
+    limits: SessionConfig,
+    input: Vec<u8>,
+    hold_open: bool,
+) -> (String, Outcome, usize) {
+    let enqueued = Arc::new(AtomicUsize::new(0));
+    let deps = SessionDeps {
+        policy: FakePolicy.start().recipient(),
+        queue: FakeQueue(enqueued.clone()).start().recipient(),
+        tls: None,
+        enqueue_timeout: Duration::from_secs(5),
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
+    let server_task =
+        actix::spawn(
+            async move { driver::run(MaybeTls::Plain(server), &mut session, &deps).await },
+        );
+    let (mut rd, mut wr) = tokio::io::split(client);
+    wr.write_all(&input).await.unwrap();
+    if !hold_open {
+        wr.shutdown().await.unwrap();
+    }
+    let mut out = Vec::new();
+    rd.read_to_end(&mut out).await.unwrap();
+    let outcome = server_task.await.unwrap();
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        outcome,
+        enqueued.load(Ordering::SeqCst),
+    )
+}
+
+fn reply_codes(wire: &str) -> Vec<&str> {
+    wire.lines()
+        .filter(|l| l.len() >= 4 && &l[3..4] == " ")
+        .map(|l| &l[..3])
+        .collect()
+}
+
+#[actix_rt::test]
+async fn pipelined_transaction_is_answered_in_order() {
+    let input = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nRCPT TO:<v@example.test>\r\nDATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n".to_vec();
+    let (wire, outcome, n) = dialogue(SessionConfig::default(), input, false).await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "250", "250", "250", "250", "354", "250", "221"],
+        "{wire}"
+    );
+    assert_eq!((outcome, n), (Outcome::Closed, 1));
+}
+
+#[actix_rt::test]
+async fn smuggling_is_refused_and_smuggled_commands_are_not_run() {
+    let input = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\nhi\n.\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nevil\r\n.\r\nQUIT\r\n".to_vec();
+    let (wire, _, n) = dialogue(SessionConfig::default(), input, false).await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "250", "250", "250", "354", "554", "221"],
+        "{wire}"
+    );
+    assert_eq!(n, 0, "nothing queued");
+}
+
+#[actix_rt::test]
+async fn junk_flood_ends_with_421() {
+    let input = b"JUNK\r\n".repeat(1000);
+    let (wire, outcome, _) = dialogue(
+        SessionConfig {
+            max_errors: 10,
+            ..SessionConfig::default()
+        },
+        input,
+        false,
+    )
+    .await;
+    let codes = reply_codes(&wire);
+    assert_eq!(codes.len(), 12, "{wire}");
+    assert!(codes[1..11].iter().all(|c| *c == "500"));
+    assert_eq!(codes[11], "421");
+    assert_eq!(outcome, Outcome::Closed);
+}
+
+#[actix_rt::test]
+async fn silent_client_times_out_with_421() {
+    let limits = SessionConfig {
+        command_timeout: HumanDuration(Duration::from_millis(200)),
+        ..SessionConfig::default()
+    };
+    let (wire, outcome, _) = dialogue(limits, b"EHLO c.test\r\n".to_vec(), true).await;
+    assert_eq!(reply_codes(&wire), ["220", "250", "421"], "{wire}");
+    assert!(wire.contains("421 4.4.2"));
+    assert_eq!(outcome, Outcome::Timeout);
+}
+
+#[actix_rt::test]
+async fn disconnect_mid_data_queues_nothing() {
+    let input = b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\nSubject: half\r\n".to_vec();
+    let (wire, outcome, n) = dialogue(SessionConfig::default(), input, false).await;
+    assert_eq!(reply_codes(&wire), ["220", "250", "250", "250", "354"]);
+    assert_eq!((outcome, n), (Outcome::DisconnectedInData, 0));
+}
+
+#[actix_rt::test]
+async fn over_long_lines_are_refused_and_the_session_continues() {
+    let mut input = format!("NOOP {}\r\n", "x".repeat(600)).into_bytes();
+    input.extend_from_slice(format!("{}\r\n", "y".repeat(20_000)).as_bytes());
+    input.extend_from_slice(b"NO\0OP\r\nNOOP\r\nQUIT\r\n");
+    let (wire, _, _) = dialogue(SessionConfig::default(), input, false).await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "500", "500", "500", "250", "221"],
+        "{wire}"
+    );
+    assert!(wire.contains("Line too long"));
+    assert!(wire.contains("NUL character"));
+}

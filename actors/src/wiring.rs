@@ -1,0 +1,175 @@
+//! Wiring: starts every actor and connects them. The only module that names concrete actor
+//! types; everything else talks through `Recipient<M>` and the types in [`crate::messages`].
+//!
+//! Must be called inside a running actix `System`. Sockets are bound, the queue opened, TLS
+//! and users loaded by the caller beforehand, so every start-up error happens before the
+//! first connection is accepted.
+
+use crate::auth::users::UserDb;
+use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, SessionConfig, per_core};
+use crate::limits::ConnectionLimits;
+use crate::listener::ListenerActor;
+use crate::messages::{Connection, StopAccepting};
+use crate::policy::PolicyActor;
+use crate::queue_actor::QueueActor;
+use crate::session::driver::SessionDeps;
+use crate::worker::{ConnectionWorker, WorkerShared};
+use actix::prelude::*;
+use amtp_storage::{Committer, CommitterConfig, Queue};
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Everything needed to start the relay.
+pub struct RelaySettings {
+    /// Our host name.
+    pub hostname: String,
+    /// Local domains (normalised: lower case, no trailing dot).
+    pub local_domains: HashSet<String>,
+    /// Listeners with their already-bound sockets.
+    pub listeners: Vec<(ListenerConfig, std::net::TcpListener)>,
+    /// `[session]`.
+    pub session: SessionConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// `[queue]`.
+    pub queue: QueueConfig,
+    /// `[pools]`.
+    pub pools: PoolConfig,
+    /// The server TLS configuration, if a certificate is configured.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// SMTP AUTH users.
+    pub users: Arc<UserDb>,
+    /// The opened queue.
+    pub queue_store: Arc<Queue>,
+    /// Where to serve admin queries.
+    pub admin_socket: Option<PathBuf>,
+}
+
+/// A running relay.
+pub struct Relay {
+    listeners: Vec<Addr<ListenerActor>>,
+    limits: Vec<Arc<ConnectionLimits>>,
+    workers: Vec<Arbiter>,
+    committer: Committer,
+    admin: Option<SpawnHandleTask>,
+}
+
+/// Keeps the admin socket task; aborted on shutdown.
+struct SpawnHandleTask(tokio::task::JoinHandle<()>);
+
+/// Start all actors. Returns once they are running.
+pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
+    let committer = Committer::start(
+        settings.queue_store.clone(),
+        CommitterConfig {
+            batch_max: settings.queue.batch_max,
+            batch_wait: settings.queue.batch_wait.0,
+            capacity: settings.queue.capacity,
+        },
+    )?;
+    let queue = QueueActor::new(settings.queue_store.clone(), committer.clone()).start();
+    let policy_arbiter = Arbiter::new();
+    let users = settings.users.clone();
+    let auth = settings.auth.clone();
+    let policy = PolicyActor::start_in_arbiter(&policy_arbiter.handle(), move |_| {
+        PolicyActor::new(users, &auth)
+    });
+    let deps = SessionDeps {
+        policy: policy.recipient(),
+        queue: queue.clone().recipient(),
+        tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        enqueue_timeout: settings.queue.enqueue_timeout.0,
+    };
+    let hostname: Arc<str> = Arc::from(settings.hostname.as_str());
+    let shared = Arc::new(WorkerShared {
+        deps,
+        hostname: hostname.clone(),
+        limits: Arc::new(settings.session.clone()),
+        local_domains: Arc::new(settings.local_domains.clone()),
+        cram_secrets: settings.users.has_cram_secrets(),
+        mailbox: settings.pools.worker_mailbox,
+    });
+    let n_workers = per_core(settings.pools.connection_workers);
+    let mut workers = Vec::with_capacity(n_workers + 1);
+    let mut recipients: Vec<Recipient<Connection>> = Vec::with_capacity(n_workers);
+    for _ in 0..n_workers {
+        let arbiter = Arbiter::new();
+        let shared = shared.clone();
+        let addr = ConnectionWorker::start_in_arbiter(&arbiter.handle(), move |_| {
+            ConnectionWorker::new(shared)
+        });
+        recipients.push(addr.recipient());
+        workers.push(arbiter);
+    }
+    workers.push(policy_arbiter);
+    let mut listeners = Vec::new();
+    let mut limits = Vec::new();
+    for (config, socket) in settings.listeners {
+        let l = ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
+        limits.push(l.clone());
+        let actor = ListenerActor::new(
+            socket,
+            Arc::new(config),
+            l,
+            recipients.clone(),
+            hostname.clone(),
+        );
+        listeners.push(actor.start());
+    }
+    let admin = settings.admin_socket.map(|path| {
+        let queue = queue.recipient();
+        SpawnHandleTask(actix::spawn(async move {
+            if let Err(e) = crate::admin::serve(&path, queue).await {
+                tracing::error!(path = %path.display(), error = %e, "admin socket failed; `amtp-relay queue` cannot reach this relay");
+            }
+        }))
+    });
+    tracing::info!(connection_workers = n_workers, "relay started");
+    Ok(Relay {
+        listeners,
+        limits,
+        workers,
+        committer,
+        admin,
+    })
+}
+
+impl Relay {
+    /// Connections open across all listeners.
+    pub fn active_connections(&self) -> usize {
+        self.limits.iter().map(|l| l.active()).sum()
+    }
+
+    /// Stop accepting, let open sessions finish for up to `grace`, then stop the workers.
+    /// Messages already acknowledged are on disk; a session cut short had not been
+    /// answered 250, so its client will retry.
+    pub async fn shutdown(self, grace: Duration) {
+        for l in &self.listeners {
+            let _ = l.send(StopAccepting).await;
+        }
+        if let Some(admin) = &self.admin {
+            admin.0.abort();
+        }
+        let deadline = Instant::now() + grace;
+        while self.active_connections() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left = self.active_connections();
+        if left > 0 {
+            tracing::warn!(
+                sessions = left,
+                "shutdown grace period over; closing remaining sessions"
+            );
+        }
+        // Let in-flight commits finish before the process exits.
+        let wait_commits = Instant::now() + Duration::from_secs(5);
+        while self.committer.backlog() > 0 && Instant::now() < wait_commits {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for w in &self.workers {
+            w.stop();
+        }
+    }
+}

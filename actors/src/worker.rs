@@ -1,0 +1,143 @@
+//! Connection workers: the pool that runs TLS handshakes and sessions, one actor per arbiter
+//! (thread), so the CPU-heavy handshake work and session parsing spread across cores.
+//!
+//! A worker receives a [`Connection`], re-registers the socket with its own arbiter's reactor,
+//! performs the implicit-TLS handshake when the listener asks for it, and runs the session
+//! there (STARTTLS upgrades happen on the same thread). It logs one line per session.
+
+use crate::config::SessionConfig;
+use crate::messages::Connection;
+use crate::session::driver::{self, SessionDeps};
+use crate::session::stream::{MaybeTls, tls_info};
+use crate::session::{Session, SessionContext};
+use actix::prelude::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// What every session on every worker shares.
+pub struct WorkerShared {
+    /// Actor recipients and TLS.
+    pub deps: SessionDeps,
+    /// Our host name.
+    pub hostname: Arc<str>,
+    /// Session limits.
+    pub limits: Arc<SessionConfig>,
+    /// Local domains.
+    pub local_domains: Arc<HashSet<String>>,
+    /// Whether any user has a CRAM-MD5 secret.
+    pub cram_secrets: bool,
+    /// Mailbox bound.
+    pub mailbox: usize,
+}
+
+/// See the module docs.
+pub struct ConnectionWorker {
+    shared: Arc<WorkerShared>,
+}
+
+impl ConnectionWorker {
+    /// A worker over the shared session dependencies.
+    pub fn new(shared: Arc<WorkerShared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl Actor for ConnectionWorker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.shared.mailbox);
+    }
+}
+
+impl Handler<Connection> for ConnectionWorker {
+    type Result = ();
+
+    fn handle(&mut self, conn: Connection, _ctx: &mut Self::Context) {
+        actix::spawn(serve_connection(conn, self.shared.clone()));
+    }
+}
+
+fn nonce() -> String {
+    let mut b = [0u8; 6];
+    if getrandom::fill(&mut b).is_err() {
+        // Uniqueness, not secrecy, is what the Received id needs; CRAM-MD5 challenges add a
+        // counter and the host name. Fall back to the clock.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        b.copy_from_slice(&t.to_le_bytes()[..6]);
+    }
+    crate::auth::cram::hex(&b)
+}
+
+async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
+    let started = Instant::now();
+    let Connection {
+        stream,
+        peer,
+        listener,
+        permit,
+    } = conn;
+    let _permit = permit;
+    let stream = match tokio::net::TcpStream::from_std(stream) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "cannot register connection");
+            return;
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (io, tls) = if listener.role.implicit_tls() {
+        let Some(acceptor) = shared.deps.tls.clone() else {
+            tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
+            return;
+        };
+        match tokio::time::timeout(
+            shared.limits.tls_handshake_timeout.0,
+            acceptor.accept(stream),
+        )
+        .await
+        {
+            Ok(Ok(tls)) => {
+                let info = tls_info(&tls);
+                (MaybeTls::Tls(Box::new(tls)), Some(info))
+            }
+            Ok(Err(e)) => {
+                tracing::info!(listener = %listener.name, %peer, error = %e, outcome = "tls-handshake-failed", "session");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(listener = %listener.name, %peer, outcome = "tls-handshake-timeout", "session");
+                return;
+            }
+        }
+    } else {
+        (MaybeTls::Plain(stream), None)
+    };
+    let ctx = SessionContext {
+        hostname: shared.hostname.clone(),
+        cram_md5: listener.cram_md5 && shared.cram_secrets,
+        listener: listener.clone(),
+        limits: shared.limits.clone(),
+        local_domains: shared.local_domains.clone(),
+        peer,
+        tls_available: shared.deps.tls.is_some(),
+        nonce: nonce(),
+    };
+    let mut session = Session::new(ctx, tls);
+    let outcome = driver::run(io, &mut session, &shared.deps).await;
+    tracing::info!(
+        listener = %listener.name,
+        %peer,
+        helo = session.helo().unwrap_or("-"),
+        tls = session.tls().map_or("-", |t| t.version.as_str()),
+        user = session.user().unwrap_or("-"),
+        accepted = session.accepted,
+        rejected = session.rejected,
+        outcome = outcome.as_str(),
+        ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "session"
+    );
+}
