@@ -126,6 +126,24 @@ impl Queue {
     /// Open the queue in `dir` (creating it if empty), reconcile, and reset leases.
     /// Refuses a corrupt database and one locked by another process.
     pub fn open(dir: &Path) -> Result<(Self, OpenReport), StorageError> {
+        let queue = Self::open_raw(dir)?;
+        let report = queue.reconcile()?;
+        Ok((queue, report))
+    }
+
+    /// Open an existing queue for inspection (`amtp-relay queue list` on a stopped relay):
+    /// no reconciliation, no lease reset, no repairs — what a crash left is shown as it is.
+    pub fn open_for_inspection(dir: &Path) -> Result<Self, StorageError> {
+        if !dir.join("db").exists() {
+            return Err(StorageError::io(
+                format!("opening queue {}", dir.display()),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no queue database here"),
+            ));
+        }
+        Self::open_raw(dir)
+    }
+
+    fn open_raw(dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(dir).map_err(|e| {
             StorageError::io(format!("creating queue directory {}", dir.display()), e)
         })?;
@@ -181,8 +199,7 @@ impl Queue {
             log_file,
             db_path,
         };
-        let report = queue.reconcile()?;
-        Ok((queue, report))
+        Ok(queue)
     }
 
     fn reconcile(&self) -> Result<OpenReport, StorageError> {

@@ -1,0 +1,103 @@
+//! `amtp-relay serve`: prepare the data directory, load TLS and users, open the queue, bind
+//! every listener — all before the actor system starts — then run until SIGTERM/SIGINT.
+
+use crate::config::Config;
+use crate::devinit;
+use amtp_actors::auth::users::UserDb;
+use amtp_actors::wiring::{self, RelaySettings};
+use amtp_storage::Queue;
+use anyhow::{Context, Result};
+use std::sync::Arc;
+
+/// Run the relay.
+pub fn run(config: Config) -> Result<()> {
+    let file = &config.file;
+    devinit::data_dir(&config.data_dir)?;
+    if file.tls.generate_dev_certificate
+        && let Some((cert, key)) = &config.tls_files
+        && devinit::certificate(&file.server.hostname, cert, key)?
+    {
+        tracing::info!(certificate = %cert.display(), ca = %cert.with_file_name("ca.pem").display(), "generated development CA and ECDSA P-256 server certificate");
+    }
+    if file.server.create_dev_user
+        && let Some(users) = &config.users_file
+    {
+        let password_file = config.data_dir.join("dev-password");
+        if devinit::dev_user(&password_file, users)? {
+            tracing::info!(user = "dev", password_file = %password_file.display(), "created development user");
+        }
+        tracing::info!(user = "dev", password_file = %password_file.display(), "development user `dev`: its password is in this file");
+    }
+    let tls = match &config.tls_files {
+        Some((cert, key)) => Some(amtp_actors::tls::server_config(cert, key)?),
+        None => None,
+    };
+    let users = match &config.users_file {
+        Some(p) if p.exists() => Arc::new(UserDb::load(p)?),
+        _ => Arc::new(UserDb::empty()),
+    };
+    let (queue, report) = Queue::open(&config.queue_dir())
+        .with_context(|| format!("opening the queue in {}", config.queue_dir().display()))?;
+    tracing::info!(
+        messages = report.messages,
+        leases_reset = report.leases_reset,
+        orphans_removed = report.orphans_removed,
+        recovered = report.recovered,
+        "queue opened"
+    );
+    if !report.missing_bodies.is_empty() {
+        tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without a body file; inspect with `amtp-relay queue show`");
+    }
+    let mut listeners = Vec::new();
+    for l in &file.listeners {
+        let socket = std::net::TcpListener::bind(l.address)
+            .with_context(|| format!("cannot bind listener `{}` on {}", l.name, l.address))?;
+        let bound = socket.local_addr()?;
+        tracing::info!(listener = %l.name, role = l.role.as_str(), address = %bound, "listening");
+        listeners.push((l.clone(), socket));
+    }
+    let settings = RelaySettings {
+        hostname: file.server.hostname.clone(),
+        local_domains: config.local_domains.clone(),
+        listeners,
+        session: file.session.clone(),
+        auth: file.auth.clone(),
+        queue: file.queue.clone(),
+        pools: file.pools.clone(),
+        tls,
+        users,
+        queue_store: Arc::new(queue),
+        admin_socket: Some(config.admin_socket()),
+    };
+    let grace = file.server.shutdown_grace.0;
+    let admin_socket = config.admin_socket();
+    let system = actix::System::new();
+    let result = system.block_on(async move {
+        let relay = wiring::start(settings)?;
+        wait_for_signal().await;
+        tracing::info!(
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            "shutting down"
+        );
+        relay.shutdown(grace).await;
+        Ok::<_, anyhow::Error>(())
+    });
+    let _ = std::fs::remove_file(admin_socket);
+    tracing::info!("stopped");
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
