@@ -44,7 +44,7 @@ pub fn find(message: &[u8], name: &str) -> Option<String> {
             value.push_str(String::from_utf8_lossy(next).trim());
             lines.next();
         }
-        return Some(value);
+        return Some(value.trim().to_string());
     }
     None
 }
