@@ -1,0 +1,305 @@
+//! The SMTP service end to end: local delivery, relay control, submission with STARTTLS and
+//! each AUTH mechanism, implicit TLS, brute-force lock-out, clean shutdown and the queue CLI.
+
+use crate::harness::{Client, Relay};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+
+fn plain(user: &str, password: &str) -> String {
+    B64.encode(format!("\0{user}\0{password}"))
+}
+
+#[test]
+fn mail_to_a_local_domain_is_queued_durably_and_listed() {
+    let relay = Relay::start("");
+    let mut c = Client::connect(relay.addr("mx"));
+    assert!(
+        c.greeting.text().contains("relay.test ESMTP"),
+        "{}",
+        c.greeting
+    );
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(ehlo.lines.contains(&"STARTTLS".to_string()), "{ehlo:?}");
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "no AUTH on mx: {ehlo:?}"
+    );
+    let r = c.send_mail(
+        "alice@sender.test",
+        &["bob@example.test"],
+        "Subject: hello\r\nMessage-ID: <e2e-1@sender.test>\r\n\r\nbody line\r\n",
+    );
+    assert_eq!(
+        (r.code, r.status.unwrap().to_string()),
+        (250, "2.0.0".to_string()),
+        "{r}"
+    );
+    let id = r.text().rsplit(' ').next().unwrap().to_string();
+    c.expect("QUIT", 221);
+
+    let (ok, list, err) = relay.queue_cli(&["list"]);
+    assert!(ok, "{err}");
+    assert!(
+        list.contains(&id)
+            && list.contains("alice@sender.test")
+            && list.contains("bob@example.test")
+            && list.contains("<e2e-1@sender.test>"),
+        "{list}"
+    );
+    let (ok, show, err) = relay.queue_cli(&["show", &id]);
+    assert!(ok, "{err}");
+    assert!(
+        show.contains("Subject: hello")
+            && show.contains("with ESMTP")
+            && show.contains("origin:       smtp (listener mx"),
+        "{show}"
+    );
+    assert!(
+        relay.logged(&[
+            "\"message\":\"session\"",
+            "\"listener\":\"mx\"",
+            "\"accepted\":1",
+            "\"outcome\":\"closed\""
+        ]),
+        "one log line per session"
+    );
+
+    // After a clean stop, the stopped relay's queue is still inspectable offline.
+    let dir = relay.stop();
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["queue", "list", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+}
+
+#[test]
+fn unauthenticated_relay_is_denied() {
+    let relay = Relay::start("");
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<alice@sender.test>", 250);
+    let r = c.expect("RCPT TO:<victim@elsewhere.test>", 550);
+    assert_eq!(r.status.unwrap().to_string(), "5.7.1");
+    // A local recipient in the same transaction is still fine.
+    c.expect("RCPT TO:<bob@example.test>", 250);
+    c.expect("QUIT", 221);
+    assert_eq!(relay.queued(), 0);
+}
+
+#[test]
+fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
+    let relay = Relay::start("");
+    let pw = relay.dev_password();
+    let mut c = Client::connect(relay.addr("submission"));
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(
+        !ehlo.lines.iter().any(|l| l.starts_with("AUTH")),
+        "AUTH never offered before TLS: {ehlo:?}"
+    );
+    let r = c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 530);
+    assert_eq!(r.text(), "Must issue a STARTTLS command first");
+    let r = c.expect("MAIL FROM:<dev@example.test>", 530);
+    assert_eq!(r.status.unwrap().to_string(), "5.7.0");
+
+    // PLAIN.
+    let mut c = c.starttls(&relay.ca());
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(
+        ehlo.lines
+            .contains(&"AUTH PLAIN LOGIN CRAM-MD5".to_string()),
+        "{ehlo:?}"
+    );
+    let r = c.expect("MAIL FROM:<dev@example.test>", 530);
+    assert_eq!(r.text(), "Authentication required");
+    c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 235);
+    let r = c.send_mail(
+        "dev@example.test",
+        &["someone@remote.test"],
+        "Subject: plain\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.code, 250, "{r}");
+    c.expect("QUIT", 221);
+
+    // LOGIN.
+    let mut c = Client::connect(relay.addr("submission")).starttls(&relay.ca());
+    c.expect("EHLO client.test", 250);
+    assert_eq!(c.expect("AUTH LOGIN", 334).text(), B64.encode("Username:"));
+    assert_eq!(
+        c.expect(&B64.encode("dev"), 334).text(),
+        B64.encode("Password:")
+    );
+    c.expect(&B64.encode(&pw), 235);
+    assert_eq!(
+        c.send_mail(
+            "dev@example.test",
+            &["someone@remote.test"],
+            "Subject: login\r\n\r\nx\r\n"
+        )
+        .code,
+        250
+    );
+    c.expect("QUIT", 221);
+
+    // CRAM-MD5, computed independently of the relay's code with the md5 of the HMAC
+    // definition (RFC 2104): MD5((K^opad) || MD5((K^ipad) || challenge)).
+    let mut c = Client::connect(relay.addr("submission")).starttls(&relay.ca());
+    c.expect("EHLO client.test", 250);
+    let challenge =
+        String::from_utf8(B64.decode(c.expect("AUTH CRAM-MD5", 334).text()).unwrap()).unwrap();
+    assert!(
+        challenge.starts_with('<') && challenge.ends_with("@relay.test>"),
+        "{challenge}"
+    );
+    let digest = hmac_md5(pw.as_bytes(), challenge.as_bytes());
+    c.expect(&B64.encode(format!("dev {digest}")), 235);
+    assert_eq!(
+        c.send_mail(
+            "dev@example.test",
+            &["someone@remote.test"],
+            "Subject: cram\r\n\r\nx\r\n"
+        )
+        .code,
+        250
+    );
+    c.expect("QUIT", 221);
+
+    assert_eq!(relay.queued(), 3);
+    let (_, list, _) = relay.queue_cli(&["list"]);
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, show, _) = relay.queue_cli(&["show", &id]);
+    assert!(
+        show.contains("with ESMTPSA")
+            && show.contains("version=TLSv1.3")
+            && show.contains("auth user:    dev"),
+        "{show}"
+    );
+    assert!(
+        !show.contains("authenticated as"),
+        "user not in Received unless configured: {show}"
+    );
+}
+
+fn hmac_md5(key: &[u8], msg: &[u8]) -> String {
+    use md5::Digest;
+    let mut k = [0u8; 64];
+    k[..key.len()].copy_from_slice(key);
+    let mut inner = md5::Md5::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = md5::Md5::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn implicit_tls_submission() {
+    let relay = Relay::start("[session]\nreceived_auth_user = true\n");
+    let mut c = Client::connect_tls(relay.addr("submissions"), &relay.ca());
+    let ehlo = c.expect("EHLO client.test", 250);
+    assert!(!ehlo.lines.contains(&"STARTTLS".to_string()), "{ehlo:?}");
+    c.expect("STARTTLS", 503);
+    c.expect("MAIL FROM:<dev@example.test>", 530);
+    c.expect(
+        &format!("AUTH PLAIN {}", plain("dev", &relay.dev_password())),
+        235,
+    );
+    assert_eq!(
+        c.send_mail(
+            "dev@example.test",
+            &["x@remote.test"],
+            "Subject: 465\r\n\r\nx\r\n"
+        )
+        .code,
+        250
+    );
+    c.expect("QUIT", 221);
+    let (_, list, _) = relay.queue_cli(&["list"]);
+    let id = list
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let (_, show, _) = relay.queue_cli(&["show", &id]);
+    assert!(
+        show.contains("(authenticated as dev)"),
+        "received_auth_user = true reveals the user: {show}"
+    );
+}
+
+#[test]
+fn brute_force_is_locked_out_per_ip() {
+    let relay = Relay::start(
+        "[auth]\nmax_failures_per_ip = 3\nmax_failures_per_user = 100\nlockout = \"60s\"\n",
+    );
+    let pw = relay.dev_password();
+    let mut c = Client::connect_tls(relay.addr("submissions"), &relay.ca());
+    c.expect("EHLO attacker.test", 250);
+    let r = c.expect(&format!("AUTH PLAIN {}", plain("admin", "guess1")), 535);
+    assert_eq!(r.status.unwrap().to_string(), "5.7.8");
+    c.expect(&format!("AUTH PLAIN {}", plain("root", "guess2")), 535);
+    let r = c.expect(&format!("AUTH PLAIN {}", plain("dev", "guess3")), 454);
+    assert_eq!(r.status.unwrap().to_string(), "4.7.0");
+    assert!(c.is_closed(), "disconnected on lock-out");
+    // Locked: even the right password is refused from this address.
+    let mut c = Client::connect_tls(relay.addr("submissions"), &relay.ca());
+    c.expect("EHLO attacker.test", 250);
+    c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 454);
+    assert!(c.is_closed());
+    assert!(
+        relay.logged(&["AUTH failed; locking out", "127.0.0.1", "\"user\":\"dev\""]),
+        "lock-out logged with IP and user"
+    );
+    relay.assert_serving();
+}
+
+#[test]
+fn brute_force_is_locked_out_per_user_across_addresses() {
+    let relay = Relay::start(
+        "[auth]\nmax_failures_per_ip = 100\nmax_failures_per_user = 2\nlockout = \"60s\"\n",
+    );
+    for (i, expected) in [(1, 535), (2, 454)] {
+        // A different loopback source address each time: a distributed attack on one user.
+        let sock = socket_from(&format!("127.0.0.{}", 10 + i), relay.addr("submission"));
+        let mut c = crate::harness::Client::from_tcp(sock).starttls(&relay.ca());
+        c.expect("EHLO attacker.test", 250);
+        c.expect(&format!("AUTH PLAIN {}", plain("dev", "wrong")), expected);
+    }
+}
+
+fn socket_from(source: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &format!("{source}:0")
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(&to.into()).unwrap();
+    let s: std::net::TcpStream = sock.into();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    s
+}
