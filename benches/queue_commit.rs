@@ -1,1 +1,47 @@
-fn main() {}
+//! Queue commit bench: the cost of making messages durable (spool file fdatasync per message,
+//! one directory fsync, one sled batch, flush + fsync of sled's log) at batch sizes 1, 16 and
+//! 128 of 4 KiB messages — the trade-off `[queue] batch_max` / `batch_wait` tune. Reported in
+//! messages/s. Runs on the real filesystem under the target directory (not tmpfs), because
+//! fsync cost is the point.
+
+use amtp_storage::{NewMessage, Origin, Queue};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use std::time::Duration;
+
+fn message(i: usize) -> NewMessage {
+    NewMessage {
+        sender: format!("s{i}@sender.test"),
+        recipients: vec![format!("r{i}@example.test")],
+        mpc: None,
+        origin: Origin::Smtp,
+        listener: "mx".into(),
+        client_ip: "127.0.0.1".into(),
+        auth_user: None,
+        message_id: Some(format!("<{i}@sender.test>")),
+        body: vec![b'x'; 4096],
+    }
+}
+
+fn queue_commit(c: &mut Criterion) {
+    let base = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let dir = tempfile::tempdir_in(base).unwrap();
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let mut g = c.benchmark_group("queue_commit");
+    g.sample_size(20)
+        .measurement_time(Duration::from_secs(8))
+        .warm_up_time(Duration::from_secs(1));
+    for batch in [1usize, 16, 128] {
+        g.throughput(Throughput::Elements(u64::try_from(batch).unwrap()));
+        g.bench_function(format!("batch_{batch}_4KiB"), |b| {
+            b.iter_batched(
+                || (0..batch).map(message).collect::<Vec<_>>(),
+                |msgs| queue.enqueue_batch(&msgs).unwrap(),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, queue_commit);
+criterion_main!(benches);
