@@ -123,18 +123,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         }
     }
 
+    /// Write buffered replies; a client that stops reading cannot hold the session past the
+    /// command timeout (TLS flushes can block too, so both are under one deadline).
     async fn flush(&mut self) -> std::io::Result<()> {
-        if !self.out.is_empty() {
-            let w = timeout(
-                self.session.ctx.limits.command_timeout.0,
-                self.io.write_all(&self.out),
-            )
-            .await;
-            self.out.clear();
-            w.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))??;
-            self.io.flush().await?;
+        if self.out.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let (io, out) = (&mut self.io, &self.out);
+        let write = async move {
+            io.write_all(out).await?;
+            io.flush().await
+        };
+        let result = timeout(self.session.ctx.limits.command_timeout.0, write).await;
+        self.out.clear();
+        result.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
     }
 
     /// Perform actions in order; follow-up actions from the session run before the rest.

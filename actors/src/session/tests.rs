@@ -181,6 +181,36 @@ fn mx_dialogues() {
 }
 
 #[test]
+fn recipient_limit_is_452() {
+    let mut s = Session::new(
+        ctx(
+            ListenerRole::Mx,
+            SessionConfig {
+                max_recipients: 2,
+                ..SessionConfig::default()
+            },
+        ),
+        None,
+    );
+    let lines = [
+        "EHLO c.test",
+        "MAIL FROM:<a@b.test>",
+        "RCPT TO:<u@example.test>",
+        "RCPT TO:<v@example.test>",
+        "RCPT TO:<w@example.test>",
+        "DATA",
+    ];
+    assert_eq!(codes(&mut s, &lines), vec![250, 250, 250, 250, 452, 354]);
+    let Phase::Data(_, tx) = s.phase() else {
+        panic!("{:?}", s.phase())
+    };
+    assert_eq!(
+        tx.recipients,
+        vec!["u@example.test".to_string(), "v@example.test".to_string()]
+    );
+}
+
+#[test]
 fn submission_dialogues() {
     let plain = |u: &str, p: &str| {
         format!(
