@@ -4,20 +4,22 @@
 //! messages/s. Runs on the real filesystem under the target directory (not tmpfs), because
 //! fsync cost is the point.
 
-use amtp_storage::{NewMessage, Origin, Queue};
+use amtp_storage::{Envelope, NewMessage, Origin, Queue};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::time::Duration;
 
 fn message(i: usize) -> NewMessage {
     NewMessage {
-        sender: format!("s{i}@sender.test"),
+        envelope: Envelope {
+            sender: format!("s{i}@sender.test"),
+            mpc: None,
+            origin: Origin::Smtp,
+            listener: "mx".into(),
+            client_ip: "127.0.0.1".into(),
+            auth_user: None,
+            message_id: Some(format!("<{i}@sender.test>")),
+        },
         recipients: vec![format!("r{i}@example.test")],
-        mpc: None,
-        origin: Origin::Smtp,
-        listener: "mx".into(),
-        client_ip: "127.0.0.1".into(),
-        auth_user: None,
-        message_id: Some(format!("<{i}@sender.test>")),
         body: vec![b'x'; 4096],
     }
 }

@@ -48,10 +48,10 @@ pub fn answer(queue: &Queue, query: &str) -> Result<String, String> {
 }
 
 fn sender(rec: &MessageRecord) -> String {
-    if rec.sender.is_empty() {
+    if rec.envelope.sender.is_empty() {
         "<>".to_string()
     } else {
-        rec.sender.clone()
+        rec.envelope.sender.clone()
     }
 }
 
@@ -71,7 +71,7 @@ pub fn format_list(all: &[(QueueId, MessageRecord)]) -> String {
             rec.size,
             sender(rec),
             rcpts.join(","),
-            rec.message_id.as_deref().unwrap_or("-")
+            rec.envelope.message_id.as_deref().unwrap_or("-")
         ));
     }
     out.push_str(&format!("{} message(s)\n", all.len()));
@@ -87,17 +87,17 @@ pub fn format_show(id: QueueId, rec: &MessageRecord, head: &[u8]) -> String {
     ));
     out.push_str(&format!(
         "origin:       {} (listener {}, client {})\n",
-        rec.origin.as_str(),
-        rec.listener,
-        rec.client_ip
+        rec.envelope.origin.as_str(),
+        rec.envelope.listener,
+        rec.envelope.client_ip
     ));
-    if let Some(u) = &rec.auth_user {
+    if let Some(u) = &rec.envelope.auth_user {
         out.push_str(&format!("auth user:    {u}\n"));
     }
     out.push_str(&format!("sender:       {}\n", sender(rec)));
     out.push_str(&format!(
         "mpc:          {}\n",
-        rec.mpc.as_deref().unwrap_or("-")
+        rec.envelope.mpc.as_deref().unwrap_or("-")
     ));
     out.push_str(&format!("size:         {}\n", rec.size));
     let lease = if rec.lease_until != 0 {

@@ -17,7 +17,7 @@
 //! - [`Queue::remove`]: the record removal is fsynced before the body file is deleted.
 
 use crate::error::StorageError;
-use crate::record::{MessageRecord, Origin, RecipientState, RecipientStatus};
+use crate::record::{Envelope, MessageRecord, RecipientState, RecipientStatus};
 use crate::spool::{self, Spool};
 use std::fmt;
 use std::fs::File;
@@ -45,22 +45,10 @@ impl std::str::FromStr for QueueId {
 /// A message to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
-    /// Envelope sender ("" for `<>`).
-    pub sender: String,
+    /// Sender, MPC and origin.
+    pub envelope: Envelope,
     /// Accepted recipients.
     pub recipients: Vec<String>,
-    /// Mail Policy Code, if any.
-    pub mpc: Option<String>,
-    /// How it arrived.
-    pub origin: Origin,
-    /// Listener name.
-    pub listener: String,
-    /// Client IP.
-    pub client_ip: String,
-    /// SMTP AUTH identity.
-    pub auth_user: Option<String>,
-    /// Message-ID header value.
-    pub message_id: Option<String>,
     /// The complete message (headers, including our Received, and body), CRLF line endings.
     pub body: Vec<u8>,
 }
@@ -279,7 +267,7 @@ impl Queue {
             self.spool.write(id, &m.body)?;
             let rec = MessageRecord {
                 received_at: now,
-                sender: m.sender.clone(),
+                envelope: m.envelope.clone(),
                 recipients: m
                     .recipients
                     .iter()
@@ -289,12 +277,6 @@ impl Queue {
                         last_reply: None,
                     })
                     .collect(),
-                mpc: m.mpc.clone(),
-                origin: m.origin,
-                listener: m.listener.clone(),
-                client_ip: m.client_ip.clone(),
-                auth_user: m.auth_user.clone(),
-                message_id: m.message_id.clone(),
                 size: u64::try_from(m.body.len()).unwrap_or(u64::MAX),
                 attempts: 0,
                 next_attempt: now,

@@ -73,15 +73,12 @@ pub struct RecipientStatus {
     pub last_reply: Option<String>,
 }
 
-/// Everything the queue knows about a message except its body.
+/// Who sent a message and how it reached us: fixed when it is accepted, never rewritten.
+/// Shared by [`crate::NewMessage`] (what a session hands over) and [`MessageRecord`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageRecord {
-    /// When it was accepted (ms since epoch).
-    pub received_at: u64,
+pub struct Envelope {
     /// Envelope sender; empty for the null sender `<>`.
     pub sender: String,
-    /// Recipients with per-recipient status.
-    pub recipients: Vec<RecipientStatus>,
     /// The AMTP Mail Policy Code, carried unchanged (never rewritten).
     pub mpc: Option<String>,
     /// How it arrived.
@@ -94,6 +91,17 @@ pub struct MessageRecord {
     pub auth_user: Option<String>,
     /// The Message-ID header value, if the message had one.
     pub message_id: Option<String>,
+}
+
+/// Everything the queue knows about a message except its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageRecord {
+    /// When it was accepted (ms since epoch).
+    pub received_at: u64,
+    /// Sender, MPC and origin.
+    pub envelope: Envelope,
+    /// Recipients with per-recipient status.
+    pub recipients: Vec<RecipientStatus>,
     /// Body size in octets.
     pub size: u64,
     /// Delivery attempts so far.
@@ -117,7 +125,14 @@ impl MessageRecord {
         let mut w = Writer(Vec::with_capacity(128));
         w.u8(VERSION);
         w.u64(self.received_at);
-        w.str(&self.sender);
+        let e = &self.envelope;
+        w.str(&e.sender);
+        w.opt(e.mpc.as_deref());
+        w.u8(e.origin.to_byte());
+        w.str(&e.listener);
+        w.str(&e.client_ip);
+        w.opt(e.auth_user.as_deref());
+        w.opt(e.message_id.as_deref());
         w.u32(u32::try_from(self.recipients.len()).unwrap_or(u32::MAX));
         for r in &self.recipients {
             w.str(&r.address);
@@ -128,12 +143,6 @@ impl MessageRecord {
             });
             w.opt(r.last_reply.as_deref());
         }
-        w.opt(self.mpc.as_deref());
-        w.u8(self.origin.to_byte());
-        w.str(&self.listener);
-        w.str(&self.client_ip);
-        w.opt(self.auth_user.as_deref());
-        w.opt(self.message_id.as_deref());
         w.u64(self.size);
         w.u32(self.attempts);
         w.u64(self.next_attempt);
@@ -151,7 +160,15 @@ impl MessageRecord {
             ));
         }
         let received_at = r.u64()?;
-        let sender = r.str()?;
+        let envelope = Envelope {
+            sender: r.str()?,
+            mpc: r.opt()?,
+            origin: Origin::from_byte(r.u8()?).ok_or("bad origin")?,
+            listener: r.str()?,
+            client_ip: r.str()?,
+            auth_user: r.opt()?,
+            message_id: r.opt()?,
+        };
         let n = r.u32()?;
         let mut recipients = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(10_000));
         for _ in 0..n {
@@ -169,18 +186,10 @@ impl MessageRecord {
                 last_reply,
             });
         }
-        let mpc = r.opt()?;
-        let origin = Origin::from_byte(r.u8()?).ok_or("bad origin")?;
         let rec = Self {
             received_at,
-            sender,
+            envelope,
             recipients,
-            mpc,
-            origin,
-            listener: r.str()?,
-            client_ip: r.str()?,
-            auth_user: r.opt()?,
-            message_id: r.opt()?,
             size: r.u64()?,
             attempts: r.u32()?,
             next_attempt: r.u64()?,
@@ -264,7 +273,15 @@ mod tests {
     pub(crate) fn sample() -> MessageRecord {
         MessageRecord {
             received_at: 1_700_000_000_000,
-            sender: "a@b.test".into(),
+            envelope: Envelope {
+                sender: "a@b.test".into(),
+                mpc: Some("com/optin".into()),
+                origin: Origin::Submission,
+                listener: "submission".into(),
+                client_ip: "127.0.0.1".into(),
+                auth_user: Some("dev".into()),
+                message_id: Some("<1@b.test>".into()),
+            },
             recipients: vec![
                 RecipientStatus {
                     address: "x@y.test".into(),
@@ -277,12 +294,6 @@ mod tests {
                     last_reply: Some("550 5.1.1 no".into()),
                 },
             ],
-            mpc: Some("com/optin".into()),
-            origin: Origin::Submission,
-            listener: "submission".into(),
-            client_ip: "127.0.0.1".into(),
-            auth_user: Some("dev".into()),
-            message_id: Some("<1@b.test>".into()),
             size: 1234,
             attempts: 2,
             next_attempt: 5,

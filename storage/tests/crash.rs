@@ -3,7 +3,7 @@
 //! reopens the queue and checks that every acknowledged message is present and
 //! byte-identical. Repeated for many rounds on the same directory.
 
-use amtp_storage::{Committer, CommitterConfig, NewMessage, Origin, Queue, QueueId};
+use amtp_storage::{Committer, CommitterConfig, Envelope, NewMessage, Origin, Queue, QueueId};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -51,14 +51,16 @@ fn crash_child() {
                 for n in 0.. {
                     let (tx, rx) = std::sync::mpsc::channel();
                     let msg = NewMessage {
-                        sender: format!("t{thread}@crash.test"),
+                        envelope: Envelope {
+                            sender: format!("t{thread}@crash.test"),
+                            mpc: None,
+                            origin: Origin::Smtp,
+                            listener: "mx".into(),
+                            client_ip: "127.0.0.1".into(),
+                            auth_user: None,
+                            message_id: None,
+                        },
                         recipients: vec![format!("n{n}@crash.test")],
-                        mpc: None,
-                        origin: Origin::Smtp,
-                        listener: "mx".into(),
-                        client_ip: "127.0.0.1".into(),
-                        auth_user: None,
-                        message_id: None,
                         body: body(thread, n),
                     };
                     if committer
@@ -136,7 +138,7 @@ fn crash_kill_9_loses_no_acknowledged_message() {
                 .get(*id)
                 .unwrap()
                 .unwrap_or_else(|| panic!("round {round}: acknowledged {id} lost"));
-            assert_eq!(rec.sender, format!("t{thread}@crash.test"));
+            assert_eq!(rec.envelope.sender, format!("t{thread}@crash.test"));
             assert_eq!(
                 queue.body(*id).unwrap(),
                 body(*thread, *n),

@@ -1,7 +1,7 @@
 //! Model test: random operation sequences against the real queue and an in-memory model,
 //! compared after every step, including across close/reopen (which resets leases).
 
-use amtp_storage::{Completion, NewMessage, Origin, Queue, QueueId, RecipientState};
+use amtp_storage::{Completion, Envelope, NewMessage, Origin, Queue, QueueId, RecipientState};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -22,18 +22,20 @@ fn new_message(rng: &mut fastrand::Rng) -> NewMessage {
         rng.usize(0..5000)
     };
     NewMessage {
-        sender: if rng.bool() {
-            String::new()
-        } else {
-            format!("s{}@a.test", rng.u32(..))
+        envelope: Envelope {
+            sender: if rng.bool() {
+                String::new()
+            } else {
+                format!("s{}@a.test", rng.u32(..))
+            },
+            mpc: rng.bool().then(|| "com/optin".to_string()),
+            origin: Origin::Submission,
+            listener: "submission".into(),
+            client_ip: "127.0.0.1".into(),
+            auth_user: None,
+            message_id: Some(format!("<{}@a.test>", rng.u64(..))),
         },
         recipients: (0..n).map(|i| format!("r{i}@b.test")).collect(),
-        mpc: rng.bool().then(|| "com/optin".to_string()),
-        origin: Origin::Submission,
-        listener: "submission".into(),
-        client_ip: "127.0.0.1".into(),
-        auth_user: None,
-        message_id: Some(format!("<{}@a.test>", rng.u64(..))),
         body: {
             let mut v = vec![0u8; size];
             rng.fill(&mut v);

@@ -161,6 +161,21 @@ impl Relay {
         )
     }
 
+    /// `queue show` of the first message in `queue list`.
+    pub fn show_first(&self) -> String {
+        let (ok, list, err) = self.queue_cli(&["list"]);
+        assert!(ok, "queue list failed: {err}");
+        let id = list
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap_or_else(|| panic!("empty queue: {list}"))
+            .to_string();
+        let (ok, show, err) = self.queue_cli(&["show", &id]);
+        assert!(ok, "queue show failed: {err}");
+        show
+    }
+
     /// Number of queued messages, via the CLI (admin socket while running).
     pub fn queued(&self) -> usize {
         let (ok, out, err) = self.queue_cli(&["list"]);

@@ -171,16 +171,7 @@ fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     c.expect("QUIT", 221);
 
     assert_eq!(relay.queued(), 3);
-    let (_, list, _) = relay.queue_cli(&["list"]);
-    let id = list
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let (_, show, _) = relay.queue_cli(&["show", &id]);
+    let show = relay.show_first();
     assert!(
         show.contains("with ESMTPSA")
             && show.contains("version=TLSv1.3")
@@ -232,16 +223,7 @@ fn implicit_tls_submission() {
         250
     );
     c.expect("QUIT", 221);
-    let (_, list, _) = relay.queue_cli(&["list"]);
-    let id = list
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    let (_, show, _) = relay.queue_cli(&["show", &id]);
+    let show = relay.show_first();
     assert!(
         show.contains("(authenticated as dev)"),
         "received_auth_user = true reveals the user: {show}"

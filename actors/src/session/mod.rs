@@ -21,7 +21,7 @@ use amtp_proto::command::{ForwardPath, MailFrom};
 use amtp_proto::ehlo::EhloKeywords;
 use amtp_proto::received::{Received, Transmission};
 use amtp_proto::{Command, CommandError, DataError, Reply, ReversePath};
-use amtp_storage::{NewMessage, Origin, QueueId};
+use amtp_storage::{Envelope, NewMessage, Origin, QueueId};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -576,12 +576,11 @@ impl Session {
         message.extend_from_slice(received.as_bytes());
         message.extend_from_slice(&body);
         let message_id = amtp_proto::headers::find(&body, "Message-ID");
-        let new = NewMessage {
+        let envelope = Envelope {
             sender: match &tx.mail.from {
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.to_string(),
             },
-            recipients: tx.recipients,
             mpc: tx.mail.mpc,
             origin: if self.user.is_some() {
                 Origin::Submission
@@ -592,6 +591,10 @@ impl Session {
             client_ip: self.ctx.peer.ip().to_string(),
             auth_user: self.user.clone(),
             message_id,
+        };
+        let new = NewMessage {
+            envelope,
+            recipients: tx.recipients,
             body: message,
         };
         self.phase = Phase::Enqueuing(greeting);

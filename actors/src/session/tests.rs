@@ -368,10 +368,10 @@ fn received_header_and_envelope() {
     assert!(text.ends_with("Message-ID: <m1@b.test>\r\nSubject: t\r\n\r\nhello\r\n"));
     assert_eq!(
         (
-            m.sender.as_str(),
+            m.envelope.sender.as_str(),
             m.recipients.clone(),
-            m.mpc.as_deref(),
-            m.message_id.as_deref()
+            m.envelope.mpc.as_deref(),
+            m.envelope.message_id.as_deref()
         ),
         (
             "a@b.test",
@@ -380,7 +380,7 @@ fn received_header_and_envelope() {
             Some("<m1@b.test>")
         )
     );
-    assert_eq!(m.origin, Origin::Submission);
+    assert_eq!(m.envelope.origin, Origin::Submission);
     assert_eq!(codes(&mut s, &[]), Vec::<u16>::new());
     let r = s.on_enqueued(Ok(QueueId(0xab)));
     assert!(
