@@ -130,66 +130,31 @@ impl DataReceiver {
 
     /// Feed the next bytes from the wire.
     pub fn feed(&mut self, input: &[u8]) -> Progress {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
             if self.state == State::Finished {
                 return Progress::Done { consumed: i };
             }
-            self.line_len += 1;
-            if self.line_len > limits::TEXT_LINE {
-                self.poison(DataError::LineTooLong);
-            }
-            if b == 0 {
-                self.poison(DataError::Nul);
-            }
-            self.state = match (self.state, b) {
-                (State::LineStart, b'.') => State::Dot,
-                (State::LineStart | State::Middle, b'\r') => State::Cr,
-                (State::LineStart | State::Middle, b'\n') => {
-                    // Never a line start: this is what defeats `\n.\n` smuggling.
-                    self.poison(DataError::BareLf);
-                    State::Middle
-                }
-                (State::Cr, b'\n') => {
-                    self.emit(b"\r\n");
-                    self.line_len = 0;
-                    State::LineStart
-                }
-                (State::Cr, b'\r') => {
-                    self.poison(DataError::BareCr);
-                    State::Cr
-                }
-                (State::Cr, other) => {
-                    self.poison(DataError::BareCr);
-                    self.emit(&[other]);
-                    State::Middle
-                }
-                (State::Dot, b'\r') => State::DotCr,
-                (State::Dot, b'\n') => {
-                    self.poison(DataError::BareLf);
-                    State::Middle
-                }
-                // Dot-unstuffing (RFC 5321 §4.5.2): drop the leading dot, keep the rest.
-                (State::Dot, other) => {
-                    self.emit(&[other]);
-                    State::Middle
-                }
-                (State::DotCr, b'\n') => State::Finished,
-                (State::DotCr, other) => {
-                    // ".\r" followed by something else: the CR is bare.
-                    self.poison(DataError::BareCr);
-                    if other == b'\r' {
-                        State::Cr
-                    } else {
-                        self.emit(&[other]);
-                        State::Middle
+            // Fast path: inside a line, take the whole run of ordinary bytes at once; only
+            // CR, LF and NUL need the state machine.
+            if self.state == State::Middle {
+                let rest = &input[i..];
+                let run = rest
+                    .iter()
+                    .position(|&b| b == b'\r' || b == b'\n' || b == 0)
+                    .unwrap_or(rest.len());
+                if run > 0 {
+                    self.line_len += run;
+                    if self.line_len > limits::TEXT_LINE {
+                        self.poison(DataError::LineTooLong);
                     }
+                    self.emit(&rest[..run]);
+                    i += run;
+                    continue;
                 }
-                (State::Middle | State::LineStart, other) => {
-                    self.emit(&[other]);
-                    State::Middle
-                }
-                (State::Finished, _) => unreachable!("checked above"),
-            };
+            }
+            self.step(input[i]);
+            i += 1;
         }
         if self.state == State::Finished {
             Progress::Done {
@@ -198,6 +163,66 @@ impl DataReceiver {
         } else {
             Progress::NeedMore
         }
+    }
+
+    /// One byte through the state machine.
+    fn step(&mut self, b: u8) {
+        self.line_len += 1;
+        if self.line_len > limits::TEXT_LINE {
+            self.poison(DataError::LineTooLong);
+        }
+        if b == 0 {
+            self.poison(DataError::Nul);
+        }
+        self.state = match (self.state, b) {
+            (State::LineStart, b'.') => State::Dot,
+            (State::LineStart | State::Middle, b'\r') => State::Cr,
+            (State::LineStart | State::Middle, b'\n') => {
+                // Never a line start: this is what defeats `\n.\n` smuggling.
+                self.poison(DataError::BareLf);
+                State::Middle
+            }
+            (State::Cr, b'\n') => {
+                self.emit(b"\r\n");
+                self.line_len = 0;
+                State::LineStart
+            }
+            (State::Cr, b'\r') => {
+                self.poison(DataError::BareCr);
+                State::Cr
+            }
+            (State::Cr, other) => {
+                self.poison(DataError::BareCr);
+                self.emit(&[other]);
+                State::Middle
+            }
+            (State::Dot, b'\r') => State::DotCr,
+            (State::Dot, b'\n') => {
+                self.poison(DataError::BareLf);
+                State::Middle
+            }
+            // Dot-unstuffing (RFC 5321 §4.5.2): drop the leading dot, keep the rest.
+            (State::Dot, other) => {
+                self.emit(&[other]);
+                State::Middle
+            }
+            (State::DotCr, b'\n') => State::Finished,
+            (State::DotCr, other) => {
+                // ".\r" followed by something else: the CR is bare.
+                self.poison(DataError::BareCr);
+                if other == b'\r' {
+                    State::Cr
+                } else {
+                    self.emit(&[other]);
+                    State::Middle
+                }
+            }
+            (State::Middle | State::LineStart, other) => {
+                self.emit(&[other]);
+                State::Middle
+            }
+            (State::Finished, _) => unreachable!("checked above"),
+        };
     }
 
     /// Bytes of message accepted so far (0 once poisoned).
