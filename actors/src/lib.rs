@@ -15,6 +15,7 @@
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
 //! - [`limits`] — connection limits and permits.
+//! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration.
 //! - [`admin`] — queue listing text, admin socket server and client.
 //! - [`wiring`] — starts everything (the only module naming concrete actor types).
@@ -28,6 +29,7 @@ pub mod listener;
 pub mod messages;
 pub mod policy;
 pub mod queue_actor;
+pub mod resolver;
 pub mod session;
 pub mod tls;
 pub mod units;

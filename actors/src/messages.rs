@@ -69,6 +69,11 @@ pub enum EnqueueError {
     Failed(String),
 }
 
+/// Session → resolver: look up a DNS name (sent only on a cache miss).
+#[derive(Debug, Message)]
+#[rtype(result = "crate::resolver::Answer")]
+pub struct Resolve(pub crate::resolver::DnsQuery);
+
 /// Admin socket → queue: a read-only query (`list`, `show ID`); the answer is the text to print.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<String, String>")]
