@@ -14,9 +14,11 @@
 //! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
+//! - [`identity`] — AMTP identity: certificate name = PTR name = EHLO, cached per (IP, cert).
 //! - [`limits`] — connection limits and permits.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration.
+//! - [`ttl_cache`] — the sharded, bounded TTL cache shared across cores.
 //! - [`admin`] — queue listing text, admin socket server and client.
 //! - [`wiring`] — starts everything (the only module naming concrete actor types).
 #![forbid(unsafe_code)]
@@ -24,6 +26,7 @@
 pub mod admin;
 pub mod auth;
 pub mod config;
+pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod messages;
@@ -32,6 +35,7 @@ pub mod queue_actor;
 pub mod resolver;
 pub mod session;
 pub mod tls;
+pub mod ttl_cache;
 pub mod units;
 pub mod wiring;
 pub mod worker;

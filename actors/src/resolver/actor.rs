@@ -3,9 +3,8 @@
 //! actor. Lookups run concurrently (the handler returns a future); hickory's pool already
 //! merges identical in-flight queries.
 
-use super::cache::DnsCache;
 use super::transport::DnsTransport;
-use super::{Answer, TtlPolicy};
+use super::{Answer, DnsCache, TtlPolicy};
 use crate::messages::Resolve;
 use actix::prelude::*;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //!
 //! AMTP's hot path checks the PTR of every connecting client, and the same sender hosts
 //! reconnect constantly, so a cache hit must cost neither a DNS round trip nor contention
-//! between cores: [`ResolverHandle::resolve`] reads the sharded [`cache::DnsCache`] directly and
+//! between cores: [`ResolverHandle::resolve`] reads the sharded [`DnsCache`] (a [`crate::ttl_cache::TtlCache`]) directly and
 //! only a miss becomes a [`crate::messages::Resolve`] message to the [`actor::ResolverActor`],
 //! which asks the name servers and fills the cache.
 //!
@@ -13,12 +13,10 @@
 //! layer ([`transport::HickoryTransport`], over `NameServerPool`) for the wire and keep our own
 //! cache, which also gives us the TTL policy, negative-answer caps and counters we need.
 //!
-//! - [`cache`] — the sharded TTL cache.
 //! - [`transport`] — the [`transport::DnsTransport`] seam and its hickory implementation.
 //! - [`actor`] — the resolver actor (misses).
 
 pub mod actor;
-pub mod cache;
 pub mod transport;
 
 #[cfg(test)]
@@ -26,7 +24,6 @@ mod tests;
 
 use crate::messages::Resolve;
 use actix::Recipient;
-use cache::DnsCache;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -122,6 +119,9 @@ impl LookupError {
 /// The result of a lookup.
 pub type Answer = Result<Records, LookupError>;
 
+/// The shared answer cache.
+pub type DnsCache = crate::ttl_cache::TtlCache<DnsQuery, Answer>;
+
 /// TTL policy for the cache (`[resolver]` config).
 #[derive(Debug, Clone, Copy)]
 pub struct TtlPolicy {
@@ -190,6 +190,18 @@ impl ResolverHandle {
             Ok(Err(e)) => Err(LookupError::Temporary(format!("resolver unavailable: {e}"))),
             Err(_) => Err(LookupError::Temporary("resolver timed out".into())),
         }
+    }
+
+    /// Resolve, and say how long the answer stays valid (its remaining cache lifetime; zero
+    /// when it was not cacheable).
+    pub async fn resolve_with_ttl(&self, query: DnsQuery) -> (Answer, Duration) {
+        let query = query.normalized();
+        let answer = self.resolve(query.clone()).await;
+        let ttl = self
+            .cache
+            .expires_in(&query, Instant::now())
+            .unwrap_or_default();
+        (answer, ttl)
     }
 
     /// The cache (for counters).

@@ -2,7 +2,6 @@
 //! serving forward and reverse zones; every lookup here is a real query on the wire.
 
 use super::actor::ResolverActor;
-use super::cache::DnsCache;
 use super::transport::HickoryTransport;
 use super::*;
 use actix::Actor;
@@ -36,6 +35,8 @@ fn reverse_zone() -> String {
     for i in 0..HOSTS {
         z.push_str(&format!("{} IN PTR host{i}.amtp.test.\n", 10 + i));
     }
+    // 127.0.0.99 claims host0's name, whose A record is 127.0.0.10: fails forward confirmation.
+    z.push_str("99 IN PTR host0.amtp.test.\n");
     z
 }
 
@@ -193,4 +194,92 @@ async fn unreachable_server_is_a_temporary_failure_and_not_cached() {
     let e = r.resolve(q.clone()).await.unwrap_err();
     assert!(e.is_temporary(), "{e:?}");
     assert!(r.cache().is_empty(), "temporary failures are not cached");
+}
+
+#[test]
+fn ttl_policy_table() {
+    let p = TtlPolicy::default();
+    let ok: Answer = Ok(Records::Addrs(vec![]));
+    let s = Duration::from_secs;
+    let cases: [(Answer, Option<u32>, Option<Duration>); 7] = [
+        (ok.clone(), Some(3600), Some(s(3600))),
+        (ok.clone(), Some(0), Some(s(5))),
+        (ok.clone(), Some(10_000_000), Some(s(86_400))),
+        (Err(LookupError::NxDomain), Some(3600), Some(s(300))),
+        (Err(LookupError::NoData), Some(30), Some(s(30))),
+        (Err(LookupError::NxDomain), None, Some(s(60))),
+        (Err(LookupError::Temporary("x".into())), Some(3600), None),
+    ];
+    for (answer, ttl, expected) in cases {
+        assert_eq!(p.ttl_for(&answer, ttl), expected, "{answer:?} {ttl:?}");
+    }
+}
+
+#[actix_rt::test]
+async fn identity_checks_against_real_dns() {
+    use crate::identity::{IdentityCache, IdentityChecker, IdentityError, PeerCertificate};
+    let (_server, addr) = dns_server().await;
+    // A stand-in certificate: the fingerprint must differ per certificate, as SHA-256 does.
+    let cert = |name: &str| {
+        let mut fingerprint = [0u8; 32];
+        fingerprint[..name.len().min(32)].copy_from_slice(&name.as_bytes()[..name.len().min(32)]);
+        PeerCertificate {
+            names: vec![name.to_string()],
+            fingerprint,
+        }
+    };
+    let checker = IdentityChecker::new(
+        handle_for(&[addr]),
+        Arc::new(IdentityCache::new(1000, 4)),
+        false,
+    );
+    let ip = IpAddr::from([127, 0, 0, 15]);
+    assert_eq!(
+        checker.verify(ip, &cert("host5.amtp.test")).await,
+        Ok("host5.amtp.test".to_string())
+    );
+    let hits = checker.cache().stats().hits.load(Ordering::Relaxed);
+    assert_eq!(
+        checker.verify(ip, &cert("host5.amtp.test")).await,
+        Ok("host5.amtp.test".to_string())
+    );
+    assert_eq!(
+        checker.cache().stats().hits.load(Ordering::Relaxed),
+        hits + 1,
+        "second check is an identity-cache hit"
+    );
+    assert!(matches!(
+        checker.verify(ip, &cert("host6.amtp.test")).await,
+        Err(IdentityError::PtrMismatch { .. })
+    ));
+    assert_eq!(
+        checker
+            .verify(IpAddr::from([127, 0, 0, 222]), &cert("host5.amtp.test"))
+            .await,
+        Err(IdentityError::NoPtr)
+    );
+    // Forward confirmation: 127.0.0.99's PTR names host0, which resolves to 127.0.0.10.
+    let spoof = IpAddr::from([127, 0, 0, 99]);
+    assert_eq!(
+        checker.verify(spoof, &cert("host0.amtp.test")).await,
+        Ok("host0.amtp.test".to_string()),
+        "off by default"
+    );
+    let strict = IdentityChecker::new(
+        handle_for(&[addr]),
+        Arc::new(IdentityCache::new(1000, 4)),
+        true,
+    );
+    assert_eq!(
+        strict.verify(spoof, &cert("host0.amtp.test")).await,
+        Err(IdentityError::NotForwardConfirmed {
+            name: "host0.amtp.test".into()
+        })
+    );
+    assert_eq!(
+        strict
+            .verify(IpAddr::from([127, 0, 0, 10]), &cert("host0.amtp.test"))
+            .await,
+        Ok("host0.amtp.test".to_string())
+    );
 }

@@ -1,4 +1,5 @@
-//! A sharded TTL cache for DNS answers.
+//! A sharded TTL cache, shared by every core: DNS answers (the resolver) and verified AMTP
+//! identities (the identity check) both live in one.
 //!
 //! Keys hash to one of N shards, each a `Mutex<HashMap>` held only for a lookup or insert, so
 //! readers on different cores rarely meet. Entries expire at their own time (the time is
@@ -6,7 +7,6 @@
 //! expired entries are purged and then the soonest-to-expire eighth is dropped in one pass.
 //! Hit/miss/insert/eviction counters are atomics.
 
-use super::{Answer, DnsQuery};
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -14,8 +14,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-struct Entry {
-    answer: Answer,
+struct Entry<V> {
+    value: V,
     expires: Instant,
 }
 
@@ -33,14 +33,14 @@ pub struct CacheStats {
 }
 
 /// See the module docs.
-pub struct DnsCache {
-    shards: Vec<Mutex<HashMap<DnsQuery, Entry>>>,
+pub struct TtlCache<K, V> {
+    shards: Vec<Mutex<HashMap<K, Entry<V>>>>,
     per_shard: usize,
     stats: CacheStats,
 }
 
-impl DnsCache {
-    /// A cache holding at most about `capacity` answers in `shards` shards.
+impl<K: Hash + Eq, V: Clone> TtlCache<K, V> {
+    /// A cache holding at most about `capacity` values in `shards` shards.
     pub fn new(capacity: usize, shards: usize) -> Self {
         let shards = shards.max(1);
         Self {
@@ -50,7 +50,7 @@ impl DnsCache {
         }
     }
 
-    fn shard(&self, q: &DnsQuery) -> &Mutex<HashMap<DnsQuery, Entry>> {
+    fn shard(&self, q: &K) -> &Mutex<HashMap<K, Entry<V>>> {
         let mut h = DefaultHasher::new();
         q.hash(&mut h);
         let i = usize::try_from(h.finish() % u64::try_from(self.shards.len()).unwrap_or(1))
@@ -58,8 +58,8 @@ impl DnsCache {
         &self.shards[i]
     }
 
-    /// The cached answer, if present and not expired at `now`.
-    pub fn get(&self, q: &DnsQuery, now: Instant) -> Option<Answer> {
+    /// The cached value, if present and not expired at `now`.
+    pub fn get(&self, q: &K, now: Instant) -> Option<V> {
         let mut shard = self
             .shard(q)
             .lock()
@@ -67,7 +67,7 @@ impl DnsCache {
         match shard.get(q) {
             Some(e) if e.expires > now => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
-                Some(e.answer.clone())
+                Some(e.value.clone())
             }
             Some(_) => {
                 shard.remove(q);
@@ -81,8 +81,20 @@ impl DnsCache {
         }
     }
 
-    /// Store an answer for `ttl` from `now`.
-    pub fn insert(&self, q: DnsQuery, answer: Answer, ttl: Duration, now: Instant) {
+    /// How long the entry for `q` still lives, if present and not expired.
+    pub fn expires_in(&self, q: &K, now: Instant) -> Option<Duration> {
+        let shard = self
+            .shard(q)
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        shard
+            .get(q)
+            .and_then(|e| e.expires.checked_duration_since(now))
+            .filter(|d| !d.is_zero())
+    }
+
+    /// Store a value for `ttl` from `now`.
+    pub fn insert(&self, q: K, value: V, ttl: Duration, now: Instant) {
         let mut shard = self
             .shard(&q)
             .lock()
@@ -105,7 +117,7 @@ impl DnsCache {
         shard.insert(
             q,
             Entry {
-                answer,
+                value,
                 expires: now + ttl,
             },
         );
@@ -137,8 +149,10 @@ impl DnsCache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{LookupError, Records, TtlPolicy};
     use super::*;
+    use crate::resolver::{Answer, DnsQuery, LookupError, Records};
+
+    type DnsCache = TtlCache<DnsQuery, Answer>;
 
     fn ptr(n: u8) -> DnsQuery {
         DnsQuery::Ptr(std::net::IpAddr::from([127, 0, 0, n]))
@@ -185,24 +199,5 @@ mod tests {
         );
         assert!(c.get(&ptr(0), t0).is_none());
         assert!(c.stats().evictions.load(Ordering::Relaxed) > 0);
-    }
-
-    #[test]
-    fn ttl_policy_table() {
-        let p = TtlPolicy::default();
-        let ok: Answer = Ok(Records::Addrs(vec![]));
-        let s = Duration::from_secs;
-        let cases: [(Answer, Option<u32>, Option<Duration>); 7] = [
-            (ok.clone(), Some(3600), Some(s(3600))),
-            (ok.clone(), Some(0), Some(s(5))),
-            (ok.clone(), Some(10_000_000), Some(s(86_400))),
-            (Err(LookupError::NxDomain), Some(3600), Some(s(300))),
-            (Err(LookupError::NoData), Some(30), Some(s(30))),
-            (Err(LookupError::NxDomain), None, Some(s(60))),
-            (Err(LookupError::Temporary("x".into())), Some(3600), None),
-        ];
-        for (answer, ttl, expected) in cases {
-            assert_eq!(p.ttl_for(&answer, ttl), expected, "{answer:?} {ttl:?}");
-        }
     }
 }
