@@ -18,12 +18,16 @@
 //! - [`limits`] — connection limits and permits.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration.
+//! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
+//! - [`amtp_tls`] — AMTP mutual TLS: public/private trust sets, depth limit, CRLs, classification.
 //! - [`ttl_cache`] — the sharded, bounded TTL cache shared across cores.
 //! - [`admin`] — queue listing text, admin socket server and client.
 //! - [`wiring`] — starts everything (the only module naming concrete actor types).
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod amtp_policy;
+pub mod amtp_tls;
 pub mod auth;
 pub mod config;
 pub mod identity;

@@ -1,0 +1,259 @@
+//! AMTP's mutual TLS (spec/AMTP.md §2): the client must present a certificate that chains to
+//! the operator's *public* trust anchors or to one of its *private* CAs, valid now, within the
+//! chain-depth limit and (optionally) not revoked; otherwise the handshake fails.
+//!
+//! One rustls verifier accepts either set (rustls cannot tell us which anchor matched), and
+//! after the handshake [`AmtpTrust::classify`] decides public or private by verifying the chain
+//! against the public set alone — cached per certificate fingerprint, so a reconnecting host
+//! pays for it once. A CA in both sets is a configuration error reported at start-up.
+
+use crate::identity::PeerCertificate;
+use crate::ttl_cache::TtlCache;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Which trust set a client's chain belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustClass {
+    /// Chains to the public anchors: full identity check, no relaying to public hops.
+    Public,
+    /// Chains to a private CA (customers, staff): AUTH required, bound to the certificate.
+    Private,
+}
+
+/// Why the AMTP TLS setup was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AmtpTlsError {
+    /// A CA bundle could not be read.
+    #[error("cannot read CA bundle {path}: {detail}")]
+    Bundle {
+        /// File.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// The same CA is in the public and a private set (spec §2 forbids it).
+    #[error(
+        "CA {subject} is in both the public set ({public}) and a private set ({private}); a public CA must not also be private"
+    )]
+    Overlap {
+        /// The CA's subject.
+        subject: String,
+        /// Public bundle.
+        public: String,
+        /// Private bundle.
+        private: String,
+    },
+    /// A CRL file could not be read.
+    #[error("cannot read CRL {path}: {detail}")]
+    Crl {
+        /// File.
+        path: String,
+        /// Why.
+        detail: String,
+    },
+    /// rustls refused the configuration.
+    #[error("AMTP TLS configuration: {0}")]
+    Config(String),
+}
+
+fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>, AmtpTlsError> {
+    let err = |detail: String| AmtpTlsError::Bundle {
+        path: path.display().to_string(),
+        detail,
+    };
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(Iterator::collect)
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate found".into()));
+    }
+    Ok(certs)
+}
+
+fn subject_of(der: &CertificateDer<'_>) -> String {
+    x509_parser::parse_x509_certificate(der).map_or_else(
+        |_| "<unparseable>".to_string(),
+        |(_, c)| c.subject().to_string(),
+    )
+}
+
+/// Chain depth check in front of the WebPKI verifier.
+#[derive(Debug)]
+struct DepthLimited {
+    inner: Arc<dyn ClientCertVerifier>,
+    max_intermediates: usize,
+}
+
+impl ClientCertVerifier for DepthLimited {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if intermediates.len() > self.max_intermediates {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ));
+        }
+        self.inner
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// What the AMTP listener needs: its server config and the post-handshake classifier.
+pub struct AmtpTrust {
+    /// The server configuration (mandatory client certificates).
+    pub server_config: Arc<ServerConfig>,
+    public_only: Arc<dyn ClientCertVerifier>,
+    classes: TtlCache<[u8; 32], TrustClass>,
+}
+
+/// Where the trust material lives.
+#[derive(Debug, Clone)]
+pub struct TrustFiles {
+    /// Public anchors bundle (PEM).
+    pub public_ca: PathBuf,
+    /// Private CA bundles (PEM).
+    pub private_ca: Vec<PathBuf>,
+    /// CRLs (PEM).
+    pub crl: Vec<PathBuf>,
+    /// Most intermediates allowed between the client certificate and an anchor.
+    pub max_intermediates: usize,
+}
+
+impl AmtpTrust {
+    /// Load and check the trust sets and build the server config over our certificate.
+    pub fn load(files: &TrustFiles, cert_chain: &Path, key: &Path) -> Result<Self, AmtpTlsError> {
+        let public = load_bundle(&files.public_ca)?;
+        let mut private = Vec::new();
+        for p in &files.private_ca {
+            for c in load_bundle(p)? {
+                if let Some(dup) = public
+                    .iter()
+                    .find(|pc| pc.as_ref() == c.as_ref() || subject_of(pc) == subject_of(&c))
+                {
+                    return Err(AmtpTlsError::Overlap {
+                        subject: subject_of(dup),
+                        public: files.public_ca.display().to_string(),
+                        private: p.display().to_string(),
+                    });
+                }
+                private.push(c);
+            }
+        }
+        let mut crls: Vec<CertificateRevocationListDer<'static>> = Vec::new();
+        for p in &files.crl {
+            let loaded: Vec<_> = CertificateRevocationListDer::pem_file_iter(p)
+                .and_then(Iterator::collect)
+                .map_err(|e| AmtpTlsError::Crl {
+                    path: p.display().to_string(),
+                    detail: e.to_string(),
+                })?;
+            crls.extend(loaded);
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let store =
+            |certs: &[CertificateDer<'static>]| -> Result<Arc<RootCertStore>, AmtpTlsError> {
+                let mut roots = RootCertStore::empty();
+                for c in certs {
+                    roots.add(c.clone()).map_err(|e| {
+                        AmtpTlsError::Config(format!("trust anchor {}: {e}", subject_of(c)))
+                    })?;
+                }
+                Ok(Arc::new(roots))
+            };
+        let verifier =
+            |roots: Arc<RootCertStore>| -> Result<Arc<dyn ClientCertVerifier>, AmtpTlsError> {
+                let mut b = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+                if !crls.is_empty() {
+                    b = b.with_crls(crls.clone()).allow_unknown_revocation_status();
+                }
+                let inner = b.build().map_err(|e| AmtpTlsError::Config(e.to_string()))?;
+                Ok(Arc::new(DepthLimited {
+                    inner,
+                    max_intermediates: files.max_intermediates,
+                }))
+            };
+        let all: Vec<_> = public.iter().chain(&private).cloned().collect();
+        let either = verifier(store(&all)?)?;
+        let public_only = verifier(store(&public)?)?;
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_chain)
+            .and_then(Iterator::collect)
+            .map_err(|e| {
+                AmtpTlsError::Config(format!("certificate {}: {e}", cert_chain.display()))
+            })?;
+        let key = PrivateKeyDer::from_pem_file(key)
+            .map_err(|e| AmtpTlsError::Config(format!("private key {}: {e}", key.display())))?;
+        let server_config = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| AmtpTlsError::Config(e.to_string()))?
+            .with_client_cert_verifier(either)
+            .with_single_cert(chain, key)
+            .map_err(|e| AmtpTlsError::Config(e.to_string()))?;
+        Ok(Self {
+            server_config: Arc::new(server_config),
+            public_only,
+            classes: TtlCache::new(100_000, 16),
+        })
+    }
+
+    /// Public or private, for a chain that already passed the handshake.
+    pub fn classify(&self, peer: &PeerCertificate, chain: &[CertificateDer<'_>]) -> TrustClass {
+        let now = Instant::now();
+        if let Some(c) = self.classes.get(&peer.fingerprint, now) {
+            return c;
+        }
+        let class = match chain.split_first() {
+            Some((leaf, rest))
+                if self
+                    .public_only
+                    .verify_client_cert(leaf, rest, UnixTime::now())
+                    .is_ok() =>
+            {
+                TrustClass::Public
+            }
+            _ => TrustClass::Private,
+        };
+        self.classes
+            .insert(peer.fingerprint, class, Duration::from_secs(3600), now);
+        class
+    }
+}
