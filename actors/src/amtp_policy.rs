@@ -82,14 +82,14 @@ impl AmtpPolicy {
         if denied {
             return Err(policy_violation());
         }
-        if let Some(limiter) = &self.rate_limit {
-            if !limiter.allow(identity, now) {
-                return Err(Reply::new(
-                    451,
-                    "4.7.1",
-                    "Rate limit exceeded; try again later",
-                ));
-            }
+        if let Some(limiter) = &self.rate_limit
+            && !limiter.allow(identity, now)
+        {
+            return Err(Reply::new(
+                451,
+                "4.7.1",
+                "Rate limit exceeded; try again later",
+            ));
         }
         Ok(mpc)
     }
@@ -213,7 +213,13 @@ mod tests {
     fn mail_table() {
         let p = policy();
         let now = Instant::now();
-        let cases: &[(Option<&str>, Option<&str>, &str, Result<&str, (u16, &str)>)] = &[
+        type Case<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            &'a str,
+            Result<&'a str, (u16, &'a str)>,
+        );
+        let cases: &[Case] = &[
             (
                 None,
                 Some("a.test"),
@@ -289,7 +295,8 @@ mod tests {
         let p = policy();
         let m = |s: &str| s.parse::<Mpc>().unwrap();
         use TrustClass::*;
-        let cases: &[(&str, &str, bool, TrustClass, bool, Option<u16>)] = &[
+        type Case<'a> = (&'a str, &'a str, bool, TrustClass, bool, Option<u16>);
+        let cases: &[Case] = &[
             ("com/optin", "example.test", true, Public, false, None),
             ("com/optin", "customer.test", false, Public, false, None),
             ("com/optin", "remote.test", false, Public, false, Some(550)),
