@@ -103,6 +103,7 @@ fn session_step(c: &mut Criterion) {
         tls_available: true,
         cram_md5: false,
         nonce: "bench".into(),
+        amtp: None,
     };
     let lines: Vec<Result<command::Command, amtp_proto::CommandError>> = [
         "EHLO client.test",

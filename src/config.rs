@@ -8,7 +8,8 @@
 
 use amtp_actors::auth::users::UserDb;
 use amtp_actors::config::{
-    AuthConfig, ListenerConfig, ListenerRole, PoolConfig, QueueConfig, SessionConfig,
+    AmtpConfig, AuthConfig, ListenerConfig, ListenerRole, PoolConfig, QueueConfig, ResolverConfig,
+    SessionConfig,
 };
 use amtp_actors::units::HumanDuration;
 use amtp_proto::Domain;
@@ -48,6 +49,11 @@ pub struct ConfigFile {
     /// `[pools]`.
     #[serde(default)]
     pub pools: PoolConfig,
+    /// `[amtp]`: required when an `amtp` listener exists.
+    pub amtp: Option<AmtpConfig>,
+    /// `[resolver]`: the DNS resolver used by AMTP identity checks.
+    #[serde(default)]
+    pub resolver: ResolverConfig,
 }
 
 /// `[server]`.
@@ -169,6 +175,8 @@ pub struct Config {
     pub users_file: Option<PathBuf>,
     /// Local domains, normalised.
     pub local_domains: HashSet<String>,
+    /// AMTP trust files (resolved), when `[amtp]` is present.
+    pub amtp_files: Option<amtp_actors::amtp_tls::TrustFiles>,
 }
 
 impl Config {
@@ -394,7 +402,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         }
     }
     for (i, l) in file.listeners.iter().enumerate() {
-        let needs_tls = l.role == ListenerRole::Submissions
+        let needs_tls = matches!(l.role, ListenerRole::Submissions | ListenerRole::Amtp)
             || (l.role == ListenerRole::Submission && !l.allow_insecure_auth);
         if needs_tls && tls_files.is_none() {
             return Err(err(
@@ -441,6 +449,64 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
             "auth.max_failures_per_ip".into(),
             line_of(text, "auth", None, None),
             "failure limits must be at least 1".into(),
+        ));
+    }
+
+    // [amtp], [resolver]
+    let amtp_files = file
+        .amtp
+        .as_ref()
+        .map(|a| amtp_actors::amtp_tls::TrustFiles {
+            public_ca: resolve(&a.public_ca),
+            private_ca: a.private_ca.iter().map(|p| resolve(p)).collect(),
+            crl: a.crl.iter().map(|p| resolve(p)).collect(),
+            max_intermediates: a.max_intermediates,
+        });
+    let has_amtp = file.listeners.iter().any(|l| l.role == ListenerRole::Amtp);
+    match (&file.amtp, has_amtp) {
+        (None, true) => {
+            let i = file
+                .listeners
+                .iter()
+                .position(|l| l.role == ListenerRole::Amtp)
+                .unwrap_or(0);
+            return Err(err(
+                format!("listener[{i}].role"),
+                line_of(text, "listener", Some(i), Some("role")),
+                "an amtp listener needs an [amtp] section (public_ca at least)".into(),
+            ));
+        }
+        (Some(a), _) => {
+            let mut bundles = vec![("amtp.public_ca", &a.public_ca)];
+            bundles.extend(a.private_ca.iter().map(|p| ("amtp.private_ca", p)));
+            bundles.extend(a.crl.iter().map(|p| ("amtp.crl", p)));
+            for (field, p) in bundles {
+                let p = resolve(p);
+                if !p.is_file() {
+                    let key = field.trim_start_matches("amtp.");
+                    return Err(err(
+                        field.into(),
+                        line_of(text, "amtp", None, Some(key)),
+                        format!("{} does not exist", p.display()),
+                    ));
+                }
+            }
+            a.policy().map_err(|m| {
+                let key = m.split(['.', ':', '[']).nth(1).unwrap_or("");
+                err(
+                    m.split(':').next().unwrap_or("amtp").to_string(),
+                    line_of(text, "amtp", None, Some(key)),
+                    m.clone(),
+                )
+            })?;
+        }
+        (None, false) => {}
+    }
+    if file.resolver.attempts == 0 || file.resolver.timeout.0.is_zero() {
+        return Err(err(
+            "resolver.timeout".into(),
+            line_of(text, "resolver", None, None),
+            "timeout and attempts must be more than 0".into(),
         ));
     }
 
@@ -533,6 +599,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         tls_files,
         users_file,
         local_domains,
+        amtp_files,
     })
 }
 

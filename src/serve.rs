@@ -3,8 +3,11 @@
 
 use crate::config::Config;
 use crate::devinit;
+use amtp_actors::amtp_tls::AmtpTrust;
 use amtp_actors::auth::users::UserDb;
-use amtp_actors::wiring::{self, RelaySettings};
+use amtp_actors::config::ListenerRole;
+use amtp_actors::resolver::transport::{DnsTransport, HickoryTransport};
+use amtp_actors::wiring::{self, AmtpSettings, RelaySettings};
 use amtp_storage::Queue;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -48,6 +51,21 @@ pub fn run(config: Config) -> Result<()> {
     if !report.missing_bodies.is_empty() {
         tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without a body file; inspect with `amtp-relay queue show`");
     }
+    // AMTP trust and policy are loaded before any socket is bound, like everything else.
+    let amtp_parts = match (&file.amtp, &config.amtp_files, &config.tls_files) {
+        (Some(a), Some(files), Some((cert, key)))
+            if file.listeners.iter().any(|l| l.role == ListenerRole::Amtp) =>
+        {
+            let trust = AmtpTrust::load(files, cert, key).context("loading the AMTP trust sets")?;
+            let policy = a.policy().map_err(|e| anyhow::anyhow!(e))?;
+            Some((
+                Arc::new(trust),
+                Arc::new(policy),
+                a.require_forward_confirmation,
+            ))
+        }
+        _ => None,
+    };
     let mut listeners = Vec::new();
     for l in &file.listeners {
         let socket = std::net::TcpListener::bind(l.address)
@@ -68,11 +86,36 @@ pub fn run(config: Config) -> Result<()> {
         users,
         queue_store: Arc::new(queue),
         admin_socket: Some(config.admin_socket()),
+        amtp: None,
     };
+    let resolver = file.resolver.clone();
     let grace = file.server.shutdown_grace.0;
     let admin_socket = config.admin_socket();
     let system = actix::System::new();
     let result = system.block_on(async move {
+        let mut settings = settings;
+        if let Some((trust, policy, require_forward_confirmation)) = amtp_parts {
+            // The DNS transport belongs to the runtime, so it is made inside it.
+            let transport: Arc<dyn DnsTransport> = if resolver.servers.is_empty() {
+                Arc::new(
+                    HickoryTransport::from_system(resolver.timeout.0, resolver.attempts)
+                        .map_err(|e| anyhow::anyhow!(e))?,
+                )
+            } else {
+                Arc::new(HickoryTransport::new(
+                    &resolver.servers,
+                    resolver.timeout.0,
+                    resolver.attempts,
+                )?)
+            };
+            settings.amtp = Some(AmtpSettings {
+                trust,
+                policy,
+                require_forward_confirmation,
+                transport,
+                resolver,
+            });
+        }
         let relay = wiring::start(settings)?;
         wait_for_signal().await;
         tracing::info!(

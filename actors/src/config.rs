@@ -7,6 +7,7 @@
 
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -21,6 +22,8 @@ pub enum ListenerRole {
     Submission,
     /// Implicit-TLS submission (465): AUTH required before MAIL.
     Submissions,
+    /// AMTP: mutual TLS on connect, identity = certificate name = PTR = EHLO, MPC required.
+    Amtp,
 }
 
 impl ListenerRole {
@@ -31,7 +34,7 @@ impl ListenerRole {
 
     /// Whether TLS starts on connect.
     pub fn implicit_tls(self) -> bool {
-        self == Self::Submissions
+        matches!(self, Self::Submissions | Self::Amtp)
     }
 
     /// Lower-case name.
@@ -40,6 +43,7 @@ impl ListenerRole {
             Self::Mx => "mx",
             Self::Submission => "submission",
             Self::Submissions => "submissions",
+            Self::Amtp => "amtp",
         }
     }
 }
@@ -163,6 +167,144 @@ pub struct PoolConfig {
     pub worker_mailbox: usize,
 }
 
+/// `[amtp]`: trust sets, identity and Mail Policy Code rules for `amtp` listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmtpConfig {
+    /// PEM bundle of the public trust anchors: public AMTP peers' client certificates chain
+    /// to these.
+    pub public_ca: PathBuf,
+    /// PEM bundles of private CAs (customers, staff). None may also be in `public_ca`.
+    #[serde(default)]
+    pub private_ca: Vec<PathBuf>,
+    /// PEM CRL files honoured for client certificates (optional).
+    #[serde(default)]
+    pub crl: Vec<PathBuf>,
+    /// Most intermediate certificates between a client certificate and its anchor.
+    #[serde(default = "defaults::max_intermediates")]
+    pub max_intermediates: usize,
+    /// Also require the PTR name to resolve back to the client address.
+    #[serde(default)]
+    pub require_forward_confirmation: bool,
+    /// Apply the PTR check to private connections too (default: certificate name = EHLO only).
+    #[serde(default)]
+    pub private_require_ptr: bool,
+    /// The published MPC policy, e.g. "ALLOW=com/individual DENY=com/*" (EHLO `MPC` line).
+    #[serde(default)]
+    pub mpc_policy: String,
+    /// Domains besides `server.local_domains` that public connections may address
+    /// (configured private next hops).
+    #[serde(default)]
+    pub relay_domains: Vec<String>,
+    /// Messages per minute per client identity; 0 = unlimited. Beyond: `451 4.7.1`.
+    #[serde(default)]
+    pub rate_limit_per_minute: u32,
+    /// Unadvertised rules (`[[amtp.rule]]`).
+    #[serde(default)]
+    pub rule: Vec<MpcRuleConfig>,
+    /// Private connections: AUTH user name → certificate names it may use.
+    #[serde(default)]
+    pub auth_bindings: HashMap<String, Vec<String>>,
+}
+
+/// One `[[amtp.rule]]`: when every given selector matches, the `deny` codes are refused.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MpcRuleConfig {
+    /// Sender domain (checked at MAIL).
+    pub sender_domain: Option<String>,
+    /// Recipient domain (checked per RCPT).
+    pub recipient_domain: Option<String>,
+    /// Client identity, the certificate name (checked at MAIL).
+    pub client: Option<String>,
+    /// Refused codes, `role/class` with `*` wildcards, e.g. ["com/*", "*/optout"].
+    pub deny: Vec<String>,
+}
+
+impl AmtpConfig {
+    /// The policy these settings describe; errors name the offending value.
+    pub fn policy(&self) -> Result<crate::amtp_policy::AmtpPolicy, String> {
+        use amtp_proto::mpc::MpcPolicy;
+        let published = MpcPolicy::parse_declarations(&self.mpc_policy)
+            .map_err(|e| format!("amtp.mpc_policy: {e}"))?;
+        let norm = |s: &str| s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+        let mut rules = Vec::new();
+        for (i, r) in self.rule.iter().enumerate() {
+            if r.sender_domain.is_none() && r.recipient_domain.is_none() && r.client.is_none() {
+                return Err(format!(
+                    "amtp.rule[{i}]: give sender_domain, recipient_domain or client"
+                ));
+            }
+            if r.recipient_domain.is_some() && (r.sender_domain.is_some() || r.client.is_some()) {
+                return Err(format!(
+                    "amtp.rule[{i}]: recipient_domain rules are checked per RCPT and cannot be combined with sender_domain or client"
+                ));
+            }
+            let decls: Vec<String> = r.deny.iter().map(|d| format!("DENY={d}")).collect();
+            let deny = MpcPolicy::parse_declarations(&decls.join(" "))
+                .map_err(|e| format!("amtp.rule[{i}].deny: {e}"))?;
+            rules.push(crate::amtp_policy::MpcRule {
+                sender_domain: r.sender_domain.as_deref().map(norm),
+                recipient_domain: r.recipient_domain.as_deref().map(norm),
+                client: r.client.as_deref().map(norm),
+                deny,
+            });
+        }
+        Ok(crate::amtp_policy::AmtpPolicy {
+            published,
+            rules,
+            relay_domains: self.relay_domains.iter().map(|d| norm(d)).collect(),
+            auth_bindings: self
+                .auth_bindings
+                .iter()
+                .map(|(u, names)| (u.clone(), names.iter().map(|n| norm(n)).collect()))
+                .collect(),
+            private_require_ptr: self.private_require_ptr,
+            rate_limit: (self.rate_limit_per_minute > 0)
+                .then(|| crate::amtp_policy::RateLimiter::new(self.rate_limit_per_minute)),
+        })
+    }
+}
+
+/// `[resolver]`: the DNS/rDNS caching resolver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolverConfig {
+    /// Name servers ("127.0.0.1:53"); empty = those of /etc/resolv.conf.
+    #[serde(default)]
+    pub servers: Vec<SocketAddr>,
+    /// Per-try timeout.
+    #[serde(default = "defaults::dns_timeout")]
+    pub timeout: HumanDuration,
+    /// Tries per lookup.
+    #[serde(default = "defaults::dns_attempts")]
+    pub attempts: usize,
+    /// Most cached answers.
+    #[serde(default = "defaults::dns_cache_size")]
+    pub cache_size: usize,
+    /// Positive answers are kept at least this long.
+    #[serde(default = "defaults::dns_min_ttl")]
+    pub min_ttl: HumanDuration,
+    /// …and at most this long.
+    #[serde(default = "defaults::dns_max_ttl")]
+    pub max_ttl: HumanDuration,
+    /// Negative answers are kept for the SOA minimum, at most this long.
+    #[serde(default = "defaults::dns_negative_max_ttl")]
+    pub negative_max_ttl: HumanDuration,
+}
+
+impl ResolverConfig {
+    /// The cache TTL policy.
+    pub fn ttl_policy(&self) -> crate::resolver::TtlPolicy {
+        crate::resolver::TtlPolicy {
+            min: self.min_ttl.0,
+            max: self.max_ttl.0,
+            negative_max: self.negative_max_ttl.0,
+            negative_default: self.negative_max_ttl.0.min(Duration::from_secs(60)),
+        }
+    }
+}
+
 /// Resolve "0 = one per core".
 pub fn per_core(n: usize) -> usize {
     if n == 0 {
@@ -181,7 +323,13 @@ macro_rules! default_impl {
         }
     )*};
 }
-default_impl!(SessionConfig, AuthConfig, QueueConfig, PoolConfig);
+default_impl!(
+    SessionConfig,
+    AuthConfig,
+    QueueConfig,
+    PoolConfig,
+    ResolverConfig
+);
 
 /// Default values, one function per field (serde needs functions).
 pub mod defaults {
@@ -237,6 +385,27 @@ pub mod defaults {
     }
     pub(crate) fn worker_mailbox() -> usize {
         1024
+    }
+    pub(crate) fn max_intermediates() -> usize {
+        3
+    }
+    pub(crate) fn dns_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(2))
+    }
+    pub(crate) fn dns_attempts() -> usize {
+        2
+    }
+    pub(crate) fn dns_cache_size() -> usize {
+        100_000
+    }
+    pub(crate) fn dns_min_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
+    }
+    pub(crate) fn dns_max_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(86_400))
+    }
+    pub(crate) fn dns_negative_max_ttl() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
     }
 }
 

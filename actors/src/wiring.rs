@@ -5,15 +5,22 @@
 //! and users loaded by the caller beforehand, so every start-up error happens before the
 //! first connection is accepted.
 
+use crate::amtp_policy::AmtpPolicy;
+use crate::amtp_tls::AmtpTrust;
 use crate::auth::users::UserDb;
+use crate::config::ResolverConfig;
 use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, SessionConfig, per_core};
+use crate::identity::{IdentityCache, IdentityChecker};
 use crate::limits::ConnectionLimits;
 use crate::listener::ListenerActor;
 use crate::messages::{Connection, StopAccepting};
 use crate::policy::PolicyActor;
 use crate::queue_actor::QueueActor;
+use crate::resolver::actor::ResolverActor;
+use crate::resolver::transport::DnsTransport;
+use crate::resolver::{DnsCache, ResolverHandle};
 use crate::session::driver::SessionDeps;
-use crate::worker::{ConnectionWorker, WorkerShared};
+use crate::worker::{AmtpShared, ConnectionWorker, WorkerShared};
 use actix::prelude::*;
 use amtp_storage::{Committer, CommitterConfig, Queue};
 use std::collections::HashSet;
@@ -45,6 +52,22 @@ pub struct RelaySettings {
     pub queue_store: Arc<Queue>,
     /// Where to serve admin queries.
     pub admin_socket: Option<PathBuf>,
+    /// AMTP listeners' trust, policy and resolver (present when an `amtp` listener exists).
+    pub amtp: Option<AmtpSettings>,
+}
+
+/// What `amtp` listeners need, loaded before start.
+pub struct AmtpSettings {
+    /// Trust sets and the AMTP server config.
+    pub trust: Arc<AmtpTrust>,
+    /// The listener policy.
+    pub policy: Arc<AmtpPolicy>,
+    /// Forward-confirm PTR names.
+    pub require_forward_confirmation: bool,
+    /// The DNS transport (real name servers, or a test double).
+    pub transport: Arc<dyn DnsTransport>,
+    /// `[resolver]`.
+    pub resolver: ResolverConfig,
 }
 
 /// A running relay.
@@ -70,17 +93,46 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         },
     )?;
     let queue = QueueActor::new(settings.queue_store.clone(), committer.clone()).start();
+    let mut extra_arbiters = Vec::new();
     let policy_arbiter = Arbiter::new();
     let users = settings.users.clone();
     let auth = settings.auth.clone();
     let policy = PolicyActor::start_in_arbiter(&policy_arbiter.handle(), move |_| {
         PolicyActor::new(users, &auth)
     });
+    let mut identity = None;
+    let mut amtp_shared = None;
+    if let Some(a) = settings.amtp {
+        let resolver_arbiter = Arbiter::new();
+        let cache = Arc::new(DnsCache::new(a.resolver.cache_size, 64));
+        let (transport, actor_cache, ttl) =
+            (a.transport.clone(), cache.clone(), a.resolver.ttl_policy());
+        let resolver = ResolverActor::start_in_arbiter(&resolver_arbiter.handle(), move |_| {
+            ResolverActor::new(transport, actor_cache, ttl)
+        });
+        // A lookup may take every try's timeout; give the actor that long plus a margin.
+        let lookup_timeout = a.resolver.timeout.0
+            * u32::try_from(a.resolver.attempts.max(1)).unwrap_or(1)
+            + Duration::from_secs(1);
+        let handle = ResolverHandle::new(cache, resolver.recipient(), lookup_timeout);
+        identity = Some(IdentityChecker::new(
+            handle,
+            Arc::new(IdentityCache::new(a.resolver.cache_size, 64)),
+            a.require_forward_confirmation,
+        ));
+        amtp_shared = Some(AmtpShared {
+            acceptor: tokio_rustls::TlsAcceptor::from(a.trust.server_config.clone()),
+            trust: a.trust,
+            policy: a.policy,
+        });
+        extra_arbiters.push(resolver_arbiter);
+    }
     let deps = SessionDeps {
         policy: policy.recipient(),
         queue: queue.clone().recipient(),
         tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         enqueue_timeout: settings.queue.enqueue_timeout.0,
+        identity,
     };
     let hostname: Arc<str> = Arc::from(settings.hostname.as_str());
     let shared = Arc::new(WorkerShared {
@@ -90,6 +142,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         local_domains: Arc::new(settings.local_domains.clone()),
         cram_secrets: settings.users.has_cram_secrets(),
         mailbox: settings.pools.worker_mailbox,
+        amtp: amtp_shared,
     });
     let n_workers = per_core(settings.pools.connection_workers);
     let mut workers = Vec::with_capacity(n_workers + 1);
@@ -104,6 +157,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         workers.push(arbiter);
     }
     workers.push(policy_arbiter);
+    workers.extend(extra_arbiters);
     let mut listeners = Vec::new();
     let mut limits = Vec::new();
     for (config, socket) in settings.listeners {

@@ -5,8 +5,12 @@
 //! performs the implicit-TLS handshake when the listener asks for it, and runs the session
 //! there (STARTTLS upgrades happen on the same thread). It logs one line per session.
 
-use crate::config::SessionConfig;
+use crate::amtp_policy::AmtpPolicy;
+use crate::amtp_tls::AmtpTrust;
+use crate::config::{ListenerRole, SessionConfig};
+use crate::identity::PeerCertificate;
 use crate::messages::Connection;
+use crate::session::amtp::AmtpContext;
 use crate::session::driver::{self, SessionDeps};
 use crate::session::stream::{MaybeTls, tls_info};
 use crate::session::{Session, SessionContext};
@@ -14,6 +18,7 @@ use actix::prelude::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// What every session on every worker shares.
 pub struct WorkerShared {
@@ -29,6 +34,18 @@ pub struct WorkerShared {
     pub cram_secrets: bool,
     /// Mailbox bound.
     pub mailbox: usize,
+    /// AMTP listeners: trust sets (their own server config) and policy.
+    pub amtp: Option<AmtpShared>,
+}
+
+/// What AMTP listeners share.
+pub struct AmtpShared {
+    /// Trust sets, the AMTP server config and the classifier.
+    pub trust: Arc<AmtpTrust>,
+    /// Acceptor over `trust.server_config`.
+    pub acceptor: TlsAcceptor,
+    /// The listener policy.
+    pub policy: Arc<AmtpPolicy>,
 }
 
 /// See the module docs.
@@ -89,8 +106,14 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         }
     };
     let _ = stream.set_nodelay(true);
+    let is_amtp = listener.role == ListenerRole::Amtp;
+    let acceptor = if is_amtp {
+        shared.amtp.as_ref().map(|a| a.acceptor.clone())
+    } else {
+        shared.deps.tls.clone()
+    };
     let (io, tls) = if listener.role.implicit_tls() {
-        let Some(acceptor) = shared.deps.tls.clone() else {
+        let Some(acceptor) = acceptor else {
             tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
             return;
         };
@@ -116,6 +139,29 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
     } else {
         (MaybeTls::Plain(stream), None)
     };
+    let amtp = match (&io, &shared.amtp) {
+        (MaybeTls::Tls(tls), Some(a)) if is_amtp => {
+            let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
+            let peer_cert = match chain.first().map(|leaf| PeerCertificate::from_der(leaf)) {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    tracing::info!(listener = %listener.name, %peer, error = %e, outcome = "bad-client-certificate", "session");
+                    return;
+                }
+                None => {
+                    tracing::info!(listener = %listener.name, %peer, outcome = "no-client-certificate", "session");
+                    return;
+                }
+            };
+            let class = a.trust.classify(&peer_cert, chain);
+            Some(AmtpContext {
+                policy: a.policy.clone(),
+                peer: peer_cert,
+                class,
+            })
+        }
+        _ => None,
+    };
     let ctx = SessionContext {
         hostname: shared.hostname.clone(),
         cram_md5: listener.cram_md5 && shared.cram_secrets,
@@ -125,6 +171,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         peer,
         tls_available: shared.deps.tls.is_some(),
         nonce: nonce(),
+        amtp,
     };
     let mut session = Session::new(ctx, tls);
     let outcome = driver::run(io, &mut session, &shared.deps).await;

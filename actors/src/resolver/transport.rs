@@ -58,6 +58,23 @@ impl HickoryTransport {
     }
 }
 
+impl HickoryTransport {
+    /// The name servers of the system configuration (`/etc/resolv.conf`).
+    pub fn from_system(timeout: Duration, attempts: usize) -> Result<Self, String> {
+        let (config, _) = hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?;
+        let servers: Vec<SocketAddr> = config
+            .name_servers()
+            .iter()
+            .map(|ns| SocketAddr::new(ns.ip, ns.connections.first().map_or(53, |c| c.port)))
+            .collect();
+        if servers.is_empty() {
+            return Err("the system resolver configuration names no name server".into());
+        }
+        Self::new(&servers, timeout, attempts).map_err(|e| e.to_string())
+    }
+}
+
 fn name_text(n: &Name) -> String {
     let s = n.to_ascii();
     s.strip_suffix('.').unwrap_or(&s).to_ascii_lowercase()

@@ -7,6 +7,8 @@
 
 use super::stream::{MaybeTls, tls_info};
 use super::{Action, Session};
+use crate::amtp_tls::TrustClass;
+use crate::identity::{IdentityChecker, IdentityError, normalize};
 use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
 use actix::Recipient;
 use amtp_proto::{DataReceiver, LineBuffer, LineError, Progress, limits};
@@ -27,6 +29,8 @@ pub struct SessionDeps {
     pub tls: Option<TlsAcceptor>,
     /// How long to wait for the queue to make a message durable.
     pub enqueue_timeout: Duration,
+    /// AMTP identity checks (resolver + identity cache), when an AMTP listener is configured.
+    pub identity: Option<IdentityChecker>,
 }
 
 /// How the session ended, for the one log line per session.
@@ -198,6 +202,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                         };
                     self.session.on_auth_outcome(outcome)
                 }
+                Action::VerifyIdentity { ehlo } => {
+                    let result = self.identify(&ehlo).await;
+                    self.session.on_identity(result)
+                }
                 Action::Enqueue(message) => {
                     let result = match timeout(
                         self.deps.enqueue_timeout,
@@ -216,6 +224,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
             }
         }
         None
+    }
+
+    /// The AMTP identity for this connection: by reverse DNS (public, or private when the
+    /// PTR rule applies to them), else the certificate name equal to the EHLO argument.
+    async fn identify(&self, ehlo: &str) -> Result<String, IdentityError> {
+        let Some(amtp) = &self.session.ctx.amtp else {
+            return Err(IdentityError::Temporary("not an AMTP session".into()));
+        };
+        if amtp.class == TrustClass::Private && !amtp.policy.private_require_ptr {
+            let wanted = normalize(ehlo);
+            return if amtp.peer.names.contains(&wanted) {
+                Ok(wanted)
+            } else {
+                Err(IdentityError::EhloMismatch {
+                    ehlo: ehlo.to_string(),
+                    identity: amtp.peer.names.join(","),
+                })
+            };
+        }
+        let Some(checker) = &self.deps.identity else {
+            return Err(IdentityError::Temporary("no resolver configured".into()));
+        };
+        checker.verify(self.session.ctx.peer.ip(), &amtp.peer).await
     }
 
     async fn upgrade(&mut self) -> Option<super::TlsInfo> {

@@ -10,6 +10,7 @@
 //! - [`driver`] — the async loop over any `AsyncRead + AsyncWrite` stream.
 //! - [`stream`] — plain-or-TLS stream type used by the driver.
 
+pub mod amtp;
 pub mod driver;
 pub mod sasl;
 pub mod stream;
@@ -45,6 +46,8 @@ pub struct SessionContext {
     pub cram_md5: bool,
     /// Random per-session token: CRAM-MD5 challenges and the Received id.
     pub nonce: String,
+    /// Set on AMTP listeners: the peer's certificate, its trust class and the policy.
+    pub amtp: Option<amtp::AmtpContext>,
 }
 
 /// The negotiated TLS parameters, for the Received header and logs.
@@ -70,6 +73,8 @@ pub struct Greeting {
 pub struct Transaction {
     /// MAIL FROM.
     pub mail: MailFrom,
+    /// The validated Mail Policy Code (AMTP listeners).
+    pub mpc: Option<amtp_proto::mpc::Mpc>,
     /// Accepted recipients.
     pub recipients: Vec<String>,
 }
@@ -79,6 +84,8 @@ pub struct Transaction {
 pub enum Phase {
     /// Connected; no EHLO/HELO yet (also right after STARTTLS).
     Fresh,
+    /// AMTP: EHLO received (its argument); waiting for the identity check.
+    Identifying(String),
     /// Greeted, no transaction.
     Ready(Greeting),
     /// MAIL accepted; collecting recipients.
@@ -106,6 +113,11 @@ pub enum Action {
     ReceiveData,
     /// Ask the policy actor about these credentials; answer with [`Session::on_auth_outcome`].
     Verify(Credentials),
+    /// AMTP: check the client's identity for this EHLO; answer with [`Session::on_identity`].
+    VerifyIdentity {
+        /// The EHLO argument.
+        ehlo: String,
+    },
     /// Ask the queue actor to store this message; answer with [`Session::on_enqueued`].
     Enqueue(Box<NewMessage>),
     /// Flush and close the connection.
@@ -121,6 +133,10 @@ pub struct Session {
     user: Option<String>,
     /// The last EHLO/HELO argument (kept after QUIT for the session log line).
     helo_name: Option<String>,
+    /// AMTP: the verified certificate name.
+    identity: Option<String>,
+    /// AMTP: EHLOs refused so far.
+    failed_ehlos: u32,
     consecutive_errors: u32,
     /// Counter for unique CRAM challenges and Received ids.
     serial: u32,
@@ -143,6 +159,8 @@ impl Session {
             tls,
             user: None,
             helo_name: None,
+            identity: None,
+            failed_ehlos: 0,
             consecutive_errors: 0,
             serial: 0,
             accepted: 0,
@@ -193,7 +211,7 @@ impl Session {
     }
 
     fn auth_offered(&self) -> bool {
-        self.ctx.listener.auth_enabled()
+        self.auth_allowed()
             && self.user.is_none()
             && (self.tls.is_some() || self.ctx.listener.allow_insecure_auth)
     }
@@ -286,6 +304,10 @@ impl Session {
                 }
                 reply(250, "2.0.0", "Reset OK")
             }
+            Command::Ehlo(domain) if self.ctx.amtp.is_some() => self.amtp_ehlo(&domain),
+            Command::Helo(_) if self.ctx.amtp.is_some() => {
+                reply(504, "5.7.1", "HELO is not supported by AMTP; use EHLO")
+            }
             Command::Ehlo(domain) => {
                 self.helo_name = Some(domain.to_string());
                 self.phase = Phase::Ready(Greeting {
@@ -373,7 +395,7 @@ impl Session {
             }
             _ => return reply(503, "5.5.1", "Send EHLO first"),
         };
-        if !self.ctx.listener.auth_enabled() {
+        if !self.auth_allowed() {
             return reply(502, "5.5.1", "AUTH not available on this port");
         }
         if self.user.is_some() {
@@ -433,6 +455,14 @@ impl Session {
     pub fn on_auth_outcome(&mut self, outcome: AuthOutcome) -> Vec<Action> {
         self.phase = self.greeting_after_auth();
         match outcome {
+            AuthOutcome::Success(user) if !self.amtp_auth_bound(&user) => {
+                tracing::warn!(peer = %self.ctx.peer, user = %user, identity = ?self.identity, "AUTH user not bound to the client certificate");
+                self.count_errors(reply(
+                    535,
+                    "5.7.8",
+                    "Authentication credentials invalid for this certificate",
+                ))
+            }
             AuthOutcome::Success(user) => {
                 self.user = Some(user);
                 reply(235, "2.7.0", "Authentication successful")
@@ -479,10 +509,15 @@ impl Session {
                 "Message size exceeds fixed maximum message size",
             );
         }
+        let mpc = match self.amtp_mail(&mail) {
+            Ok(mpc) => mpc,
+            Err(refusal) => return refusal,
+        };
         self.phase = Phase::Mail(
             greeting,
             Transaction {
                 mail,
+                mpc,
                 recipients: Vec::new(),
             },
         );
@@ -496,15 +531,25 @@ impl Session {
         };
         let authenticated = self.user.is_some();
         let max = self.ctx.limits.max_recipients;
-        let Phase::Mail(_, tx) = &mut self.phase else {
+        let Phase::Mail(_, tx) = &self.phase else {
             return reply(503, "5.5.1", "Need MAIL command first");
         };
         if tx.recipients.len() >= max {
             return reply(452, "4.5.3", "Too many recipients");
         }
-        if !local && !authenticated {
-            return reply(550, "5.7.1", "Relay access denied");
+        let domain = match &to {
+            ForwardPath::Postmaster => self.ctx.hostname.to_string(),
+            ForwardPath::Mailbox(m) => m.domain.to_string(),
+        };
+        match self.amtp_rcpt(tx.mpc.as_ref(), &domain, local) {
+            Some(refusal) if !refusal.is_empty() => return refusal,
+            Some(_) => {}
+            None if !local && !authenticated => return reply(550, "5.7.1", "Relay access denied"),
+            None => {}
         }
+        let Phase::Mail(_, tx) = &mut self.phase else {
+            return reply(503, "5.5.1", "Need MAIL command first");
+        };
         let address = match to {
             ForwardPath::Postmaster => format!("postmaster@{}", self.ctx.hostname),
             ForwardPath::Mailbox(m) => m.to_string(),
@@ -550,12 +595,21 @@ impl Session {
                 return vec![Action::Reply(e.reply())];
             }
         };
+        if let Some(refusal) = self.amtp_refuses_body(&body) {
+            self.phase = Phase::Ready(greeting);
+            self.rejected += 1;
+            return refusal;
+        }
         self.serial += 1;
         let id = format!("{}.{}", self.ctx.nonce, self.serial);
         let tls = self
             .tls
             .as_ref()
             .map(|t| format!("version={} cipher={}", t.version, t.cipher));
+        let tls = match (tls, self.amtp_received_comment(tx.mpc.as_ref())) {
+            (Some(t), Some(a)) => Some(format!("{t} {a}")),
+            (t, a) => t.or(a),
+        };
         let single = (tx.recipients.len() == 1).then(|| tx.recipients[0].as_str());
         let received = Received {
             helo: &greeting.name,
@@ -582,11 +636,11 @@ impl Session {
                 ReversePath::Mailbox(m) => m.to_string(),
             },
             mpc: tx.mail.mpc,
-            origin: if self.user.is_some() {
+            origin: self.amtp_origin().unwrap_or(if self.user.is_some() {
                 Origin::Submission
             } else {
                 Origin::Smtp
-            },
+            }),
             listener: self.ctx.listener.name.clone(),
             client_ip: self.ctx.peer.ip().to_string(),
             auth_user: self.user.clone(),

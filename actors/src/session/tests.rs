@@ -37,6 +37,7 @@ fn ctx(role: ListenerRole, limits: SessionConfig) -> SessionContext {
         tls_available: true,
         cram_md5: true,
         nonce: "abc".into(),
+        amtp: None,
     }
 }
 
@@ -433,6 +434,7 @@ async fn dialogue(
         queue: FakeQueue(enqueued.clone()).start().recipient(),
         tls: None,
         enqueue_timeout: Duration::from_secs(5),
+        identity: None,
     };
     let (client, server) = tokio::io::duplex(1 << 20);
     let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
