@@ -1,8 +1,12 @@
 //! End-to-end tests (layer 5): the real `amtp-relay serve` binary, started with a config in a
 //! temporary directory, driven over real sockets on 127.0.0.1 with real TLS (the relay's own
-//! generated dev CA) and real sled files. Each test starts its own relay.
+//! generated dev CA) and real sled files. Each test starts its own relay. The AMTP tests also
+//! run a real DNS server in the test process and bind distinct 127.0.0.x client addresses.
 
+mod amtp;
 mod bad_input;
 mod cli;
+mod dns;
 mod harness;
+mod pki;
 mod smtp;

@@ -263,25 +263,10 @@ fn brute_force_is_locked_out_per_user_across_addresses() {
     );
     for (i, expected) in [(1, 535), (2, 454)] {
         // A different loopback source address each time: a distributed attack on one user.
-        let sock = socket_from(&format!("127.0.0.{}", 10 + i), relay.addr("submission"));
+        let sock =
+            crate::harness::socket_from(&format!("127.0.0.{}", 10 + i), relay.addr("submission"));
         let mut c = crate::harness::Client::from_tcp(sock).starttls(&relay.ca());
         c.expect("EHLO attacker.test", 250);
         c.expect(&format!("AUTH PLAIN {}", plain("dev", "wrong")), expected);
     }
-}
-
-fn socket_from(source: &str, to: std::net::SocketAddr) -> std::net::TcpStream {
-    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    sock.bind(
-        &format!("{source}:0")
-            .parse::<std::net::SocketAddr>()
-            .unwrap()
-            .into(),
-    )
-    .unwrap();
-    sock.connect(&to.into()).unwrap();
-    let s: std::net::TcpStream = sock.into();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
-        .unwrap();
-    s
 }

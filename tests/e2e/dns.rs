@@ -1,0 +1,90 @@
+//! A real authoritative DNS server (hickory-server) in the test process on 127.0.0.1, serving
+//! the forward zone `amtp.test.` and the reverse zone for 127.0.0.0/24. It runs on its own
+//! thread and stops when dropped.
+
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{LowerName, Name};
+use hickory_server::Server;
+use hickory_server::proto::serialize::txt::Parser;
+use hickory_server::store::in_memory::InMemoryZoneHandler;
+use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct TestDns {
+    pub addr: SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// `ptr` maps the last octet of 127.0.0.x to a host name (PTR and A records are made for it).
+pub fn start(ptr: &[(u8, &str)]) -> TestDns {
+    let mut forward = String::from(
+        "$ORIGIN amtp.test.\n$TTL 300\n@ IN SOA ns.amtp.test. admin.amtp.test. 1 3600 600 86400 30\n@ IN NS ns\nns IN A 127.0.0.1\n",
+    );
+    let mut reverse = String::from(
+        "$ORIGIN 0.0.127.in-addr.arpa.\n$TTL 300\n@ IN SOA ns.amtp.test. admin.amtp.test. 1 3600 600 86400 30\n@ IN NS ns.amtp.test.\n",
+    );
+    for (octet, name) in ptr {
+        reverse.push_str(&format!("{octet} IN PTR {name}.\n"));
+        if let Some(label) = name.strip_suffix(".amtp.test") {
+            forward.push_str(&format!("{label} IN A 127.0.0.{octet}\n"));
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut catalog = Catalog::new();
+            for (origin, text) in [("amtp.test.", forward), ("0.0.127.in-addr.arpa.", reverse)] {
+                let (name, records) =
+                    Parser::new(text, None, Some(Name::from_str(origin).unwrap()))
+                        .parse()
+                        .unwrap();
+                let zone = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
+                    name,
+                    records,
+                    ZoneType::Primary,
+                    AxfrPolicy::Deny,
+                )
+                .unwrap();
+                catalog.upsert(LowerName::from_str(origin).unwrap(), vec![Arc::new(zone)]);
+            }
+            let mut server = Server::new(catalog);
+            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = udp.local_addr().unwrap();
+            server.register_socket(udp);
+            server.register_listener(
+                tokio::net::TcpListener::bind(addr).await.unwrap(),
+                Duration::from_secs(5),
+                4096,
+            );
+            tx.send(addr).unwrap();
+            let _ = stop_rx.await;
+            let _ = server.shutdown_gracefully().await;
+        });
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    TestDns {
+        addr,
+        stop: Some(stop_tx),
+        thread: Some(thread),
+    }
+}
+
+impl Drop for TestDns {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
