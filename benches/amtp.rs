@@ -1,0 +1,276 @@
+//! AMTP hot-path benches.
+//!
+//! - `amtp_hot_path/identity_warm`: what a reconnecting, already-verified sender costs the
+//!   identity check: parse the leaf certificate (names + SHA-256 fingerprint), one identity
+//!   cache read, the EHLO comparison. No DNS.
+//! - `amtp_hot_path/resolver_cache_hit`: one PTR answer read from a cache holding 100,000.
+//! - `amtp_hot_path/mpc_evaluate` and `check_mail`: a six-declaration published policy, and the
+//!   full MAIL check (MPC parse, published + unadvertised rules, no rate limit).
+//! - `tls_server_side/*`: a full TLS 1.3 handshake in memory, counting only the time spent in
+//!   the server's `ServerConnection` — bare rustls (no client certificate, the physical limit),
+//!   AMTP mutual TLS (client certificate verified against the trust sets), and mutual TLS plus
+//!   the post-handshake work (leaf parse, trust classification, warm identity cache).
+//! - `tls_parallel/threads_{1,2}`: 64 full mutual-TLS handshakes (client and server sides) spread
+//!   over 1 or 2 threads — models 1 vs 2 connection-worker arbiters; the ratio shows scaling.
+
+use amtp_actors::amtp_policy::{AmtpPolicy, MpcRule};
+use amtp_actors::amtp_tls::{AmtpTrust, TrustFiles};
+use amtp_actors::identity::{IdentityCache, PeerCertificate, check_ehlo};
+use amtp_actors::resolver::{Answer, DnsCache, DnsQuery, Records};
+use amtp_proto::mpc::{Mpc, MpcPolicy};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rustls::client::Resumption;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+use std::hint::black_box;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Pki {
+    _dir: tempfile::TempDir,
+    trust: AmtpTrust,
+    bare: Arc<ServerConfig>,
+    client: Arc<ClientConfig>,
+    client_leaf: Vec<u8>,
+}
+
+fn pki() -> Pki {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec![name.to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        (cert, key)
+    };
+    let (server_cert, server_key) = leaf("relay.test");
+    let (client_cert, client_key) = leaf("host1.amtp.test");
+    let w = |name: &str, text: String| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    };
+    let files = TrustFiles {
+        public_ca: w("ca.pem", ca.pem()),
+        private_ca: vec![],
+        crl: vec![],
+        max_intermediates: 3,
+    };
+    let trust = AmtpTrust::load(
+        &files,
+        &w("server.pem", server_cert.pem()),
+        &w("server-key.pem", server_key.serialize_pem()),
+    )
+    .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let bare = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![server_cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let mut client = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![client_cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    // Every handshake full: resumption would measure something else.
+    client.resumption = Resumption::disabled();
+    Pki {
+        _dir: dir,
+        trust,
+        bare: Arc::new(bare),
+        client: Arc::new(client),
+        client_leaf: client_cert.der().to_vec(),
+    }
+}
+
+/// One full handshake in memory; returns the time spent in the server and the server side.
+fn handshake(
+    server_cfg: &Arc<ServerConfig>,
+    client_cfg: &Arc<ClientConfig>,
+) -> (Duration, ServerConnection) {
+    let mut client = ClientConnection::new(
+        client_cfg.clone(),
+        ServerName::try_from("relay.test").unwrap(),
+    )
+    .unwrap();
+    let mut server = ServerConnection::new(server_cfg.clone()).unwrap();
+    let mut server_time = Duration::ZERO;
+    let mut buf = Vec::with_capacity(8192);
+    for _ in 0..10 {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).unwrap();
+        }
+        let t = Instant::now();
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            server.read_tls(&mut rd).unwrap();
+        }
+        server.process_new_packets().unwrap();
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).unwrap();
+        }
+        server_time += t.elapsed();
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+        }
+        client.process_new_packets().unwrap();
+        if !client.is_handshaking() && !server.is_handshaking() && !client.wants_write() {
+            break;
+        }
+    }
+    assert!(!server.is_handshaking(), "handshake did not complete");
+    (server_time, server)
+}
+
+fn hot_path(c: &mut Criterion) {
+    let p = pki();
+    let ip: IpAddr = "127.0.0.11".parse().unwrap();
+    let mut g = c.benchmark_group("amtp_hot_path");
+    let identities = IdentityCache::new(100_000, 64);
+    let warm = PeerCertificate::from_der(&p.client_leaf).unwrap();
+    identities.insert(
+        (ip, warm.fingerprint),
+        "host1.amtp.test".to_string(),
+        Duration::from_secs(3600),
+        Instant::now(),
+    );
+    g.bench_function("identity_warm", |b| {
+        b.iter(|| {
+            let cert = PeerCertificate::from_der(black_box(&p.client_leaf)).unwrap();
+            let name = identities
+                .get(&(ip, cert.fingerprint), Instant::now())
+                .unwrap();
+            check_ehlo(&name, black_box("HOST1.amtp.test")).unwrap();
+        })
+    });
+    // 100,000 answers in a cache sized for 200,000 (shards fill unevenly; none may evict here).
+    let dns = DnsCache::new(200_000, 64);
+    let now = Instant::now();
+    for i in 0..100_000u32 {
+        let a: Answer = Ok(Records::Names(vec![format!("host{i}.amtp.test")]));
+        dns.insert(
+            DnsQuery::Ptr(IpAddr::from(i.to_be_bytes())),
+            a,
+            Duration::from_secs(3600),
+            now,
+        );
+    }
+    let q = DnsQuery::Ptr(IpAddr::from(777u32.to_be_bytes()));
+    g.bench_function("resolver_cache_hit", |b| {
+        b.iter(|| dns.get(black_box(&q), Instant::now()).unwrap())
+    });
+    let published = MpcPolicy::parse_declarations(
+        "ALLOW=per/* ALLOW=com/confirmed ALLOW=com/optin DENY=com/optout ALLOW=gov/* DENY=pol/*",
+    )
+    .unwrap();
+    let mpc: Mpc = "com/optin".parse().unwrap();
+    g.bench_function("mpc_evaluate", |b| {
+        b.iter(|| published.evaluate(black_box(&mpc)))
+    });
+    let policy = AmtpPolicy {
+        published: published.clone(),
+        rules: vec![MpcRule {
+            sender_domain: Some("spam.test".into()),
+            deny: MpcPolicy::parse_declarations("DENY=*/*").unwrap(),
+            ..MpcRule::default()
+        }],
+        ..AmtpPolicy::default()
+    };
+    g.bench_function("check_mail", |b| {
+        b.iter(|| {
+            policy
+                .check_mail(
+                    black_box(Some("com/optin")),
+                    Some("sender.test"),
+                    "host1.amtp.test",
+                    Instant::now(),
+                )
+                .unwrap()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("tls_server_side");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("bare_rustls", |b| {
+        b.iter_custom(|n| (0..n).map(|_| handshake(&p.bare, &p.client).0).sum())
+    });
+    g.bench_function("amtp_mutual_tls", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| handshake(&p.trust.server_config, &p.client).0)
+                .sum()
+        })
+    });
+    g.bench_function("amtp_mutual_tls_identity", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| {
+                    let (mut t, server) = handshake(&p.trust.server_config, &p.client);
+                    let start = Instant::now();
+                    let chain = server.peer_certificates().unwrap();
+                    let cert = PeerCertificate::from_der(&chain[0]).unwrap();
+                    black_box(p.trust.classify(&cert, chain));
+                    let name = identities
+                        .get(&(ip, cert.fingerprint), Instant::now())
+                        .unwrap();
+                    check_ehlo(&name, "host1.amtp.test").unwrap();
+                    t += start.elapsed();
+                    t
+                })
+                .sum()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("tls_parallel");
+    const N: u64 = 64;
+    g.throughput(Throughput::Elements(N));
+    g.sample_size(10);
+    for threads in [1u64, 2] {
+        g.bench_function(format!("threads_{threads}"), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    std::thread::scope(|s| {
+                        for _ in 0..threads {
+                            s.spawn(|| {
+                                for _ in 0..N / threads {
+                                    black_box(handshake(&p.trust.server_config, &p.client));
+                                }
+                            });
+                        }
+                    });
+                }
+                start.elapsed()
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, hot_path);
+criterion_main!(benches);
