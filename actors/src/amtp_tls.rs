@@ -142,6 +142,8 @@ impl ClientCertVerifier for DepthLimited {
 pub struct AmtpTrust {
     /// The server configuration (mandatory client certificates).
     pub server_config: Arc<ServerConfig>,
+    /// The verifier the server config uses (either set, depth limit, CRLs).
+    either: Arc<dyn ClientCertVerifier>,
     public_only: Arc<dyn ClientCertVerifier>,
     classes: TtlCache<[u8; 32], TrustClass>,
 }
@@ -225,11 +227,12 @@ impl AmtpTrust {
         let server_config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| AmtpTlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(either)
+            .with_client_cert_verifier(either.clone())
             .with_single_cert(chain, key)
             .map_err(|e| AmtpTlsError::Config(e.to_string()))?;
         Ok(Self {
             server_config: Arc::new(server_config),
+            either,
             public_only,
             classes: TtlCache::new(100_000, 16),
         })
@@ -255,5 +258,174 @@ impl AmtpTrust {
         self.classes
             .insert(peer.fingerprint, class, Duration::from_secs(3600), now);
         class
+    }
+}
+
+impl AmtpTrust {
+    /// Verify a client chain (leaf first) exactly as the handshake does, and classify it.
+    pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<TrustClass, rustls::Error> {
+        let (leaf, rest) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.either
+            .verify_client_cert(leaf, rest, UnixTime::now())?;
+        let peer = PeerCertificate::from_der(leaf).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        Ok(self.classify(&peer, chain))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertificateRevocationListParams, IsCa, Issuer,
+        KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber, date_time_ymd,
+    };
+
+    struct Ca {
+        issuer: Issuer<'static, KeyPair>,
+        der: CertificateDer<'static>,
+        pem: String,
+    }
+
+    fn ca_signed_by(name: &str, parent: Option<&Ca>) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = match parent {
+            Some(p) => params.signed_by(&key, &p.issuer).unwrap(),
+            None => params.self_signed(&key).unwrap(),
+        };
+        Ca {
+            der: cert.der().clone(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(name: &str, ca: &Ca, serial: u64) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        params.serial_number = Some(SerialNumber::from(serial));
+        params.signed_by(&key, &ca.issuer).unwrap().der().clone()
+    }
+
+    fn trust(
+        dir: &Path,
+        public: &[&Ca],
+        private: &[&Ca],
+        crl: Option<String>,
+        max_intermediates: usize,
+    ) -> Result<AmtpTrust, AmtpTlsError> {
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let bundle = |cas: &[&Ca]| cas.iter().map(|c| c.pem.clone()).collect::<String>();
+        let server_key = KeyPair::generate().unwrap();
+        let server = CertificateParams::new(vec!["relay.test".to_string()])
+            .unwrap()
+            .self_signed(&server_key)
+            .unwrap();
+        let files = TrustFiles {
+            public_ca: write("public.pem", bundle(public)),
+            private_ca: if private.is_empty() {
+                vec![]
+            } else {
+                vec![write("private.pem", bundle(private))]
+            },
+            crl: crl
+                .map(|c| vec![write("revoked.crl.pem", c)])
+                .unwrap_or_default(),
+            max_intermediates,
+        };
+        AmtpTrust::load(
+            &files,
+            &write("server.pem", server.pem()),
+            &write("server-key.pem", server_key.serialize_pem()),
+        )
+    }
+
+    #[test]
+    fn classification_overlap_depth_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let public = ca_signed_by("Public Root", None);
+        let private = ca_signed_by("Private Root", None);
+        let t = trust(dir.path(), &[&public], &[&private], None, 1).unwrap();
+        assert_eq!(
+            t.verify_chain(&[leaf("a.test", &public, 1)]).unwrap(),
+            TrustClass::Public
+        );
+        assert_eq!(
+            t.verify_chain(&[leaf("b.test", &private, 2)]).unwrap(),
+            TrustClass::Private
+        );
+        let stranger = ca_signed_by("Stranger", None);
+        assert!(t.verify_chain(&[leaf("c.test", &stranger, 3)]).is_err());
+
+        // Depth: root -> int1 -> int2 -> leaf needs 2 intermediates; the limit is 1.
+        let int1 = ca_signed_by("Intermediate 1", Some(&public));
+        let int2 = ca_signed_by("Intermediate 2", Some(&int1));
+        let deep = [
+            leaf("deep.test", &int2, 4),
+            int2.der.clone(),
+            int1.der.clone(),
+        ];
+        assert!(
+            t.verify_chain(&deep).is_err(),
+            "two intermediates over a limit of one"
+        );
+        assert_eq!(
+            t.verify_chain(&[leaf("one.test", &int1, 5), int1.der.clone()])
+                .unwrap(),
+            TrustClass::Public
+        );
+        let t2 = trust(dir.path(), &[&public], &[], None, 2).unwrap();
+        assert_eq!(t2.verify_chain(&deep).unwrap(), TrustClass::Public);
+
+        // A CA in both sets is refused at load, naming it.
+        let e = trust(dir.path(), &[&public], &[&public], None, 3)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("Public Root") && e.contains("both"), "{e}");
+
+        // Revocation: serial 66 is on the CRL, serial 67 is not.
+        let crl = CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: vec![RevokedCertParams {
+                serial_number: SerialNumber::from(66u64),
+                revocation_time: date_time_ymd(2024, 6, 1),
+                reason_code: None,
+                invalidity_date: None,
+            }],
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&public.issuer)
+        .unwrap();
+        let t3 = trust(dir.path(), &[&public], &[], Some(crl.pem().unwrap()), 3).unwrap();
+        assert!(
+            t3.verify_chain(&[leaf("revoked.test", &public, 66)])
+                .is_err(),
+            "revoked"
+        );
+        assert_eq!(
+            t3.verify_chain(&[leaf("fine.test", &public, 67)]).unwrap(),
+            TrustClass::Public
+        );
     }
 }
