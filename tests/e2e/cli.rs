@@ -50,6 +50,17 @@ fn the_example_config_in_docs_is_valid() {
         std::fs::copy(docs.join(f), dir.path().join(f)).unwrap();
     }
     std::fs::create_dir(dir.path().join("tls")).unwrap();
+    std::fs::create_dir(dir.path().join("trust")).unwrap();
+    for (file, name) in [
+        ("public-anchors.pem", "Example Public AMTP Root"),
+        ("isp-customers-ca.pem", "Example ISP Customer CA"),
+    ] {
+        std::fs::write(
+            dir.path().join("trust").join(file),
+            crate::pki::TestCa::new(name).pem,
+        )
+        .unwrap();
+    }
     let key = rcgen::KeyPair::generate().unwrap();
     let cert = rcgen::CertificateParams::new(vec!["mx1.example.test".to_string()])
         .unwrap()
