@@ -181,6 +181,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         helo = session.helo().unwrap_or("-"),
         tls = session.tls().map_or("-", |t| t.version.as_str()),
         user = session.user().unwrap_or("-"),
+        identity = session.identity().unwrap_or("-"),
         accepted = session.accepted,
         rejected = session.rejected,
         outcome = outcome.as_str(),

@@ -188,6 +188,11 @@ impl Session {
         self.helo_name.as_deref()
     }
 
+    /// The verified AMTP identity (certificate name), if any.
+    pub fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
+    }
+
     /// TLS parameters, if TLS is active.
     pub fn tls(&self) -> Option<&TlsInfo> {
         self.tls.as_ref()
