@@ -14,6 +14,7 @@
 //! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
+//! - [`delivery`] — outbound delivery: retry schedule, next-hop ordering (pure parts so far).
 //! - [`identity`] — AMTP identity: certificate name = PTR name = EHLO, cached per (IP, cert).
 //! - [`limits`] — connection limits and permits.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
@@ -30,6 +31,7 @@ pub mod amtp_policy;
 pub mod amtp_tls;
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod identity;
 pub mod limits;
 pub mod listener;
