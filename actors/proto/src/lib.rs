@@ -10,6 +10,7 @@
 //! - [`command`] — parses one command line into a [`Command`] (verbs, paths, MAIL/RCPT parameters).
 //! - [`address`] — mailbox, path and domain grammar shared by MAIL, RCPT and EHLO.
 //! - [`reply`] — replies with enhanced status codes, written as single- or multi-line responses.
+//! - [`dsn`] — delivery status notifications (RFC 3464) for bounces.
 //! - [`ehlo`] — the EHLO keyword list a server advertises.
 //! - [`headers`] — header lookup (Message-ID, MPC) without a full message parser.
 //! - [`data`] — the DATA receiver — dot-unstuffing, end-of-data detection, SMTP-smuggling defence.
@@ -21,6 +22,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod ehlo;
 pub mod headers;
 pub mod limits;
