@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`line`] — splits a byte stream into command lines with a hard bound on line length.
+//! - [`client`] — the outbound (client) side as a state machine, and dot-stuffing.
 //! - [`command`] — parses one command line into a [`Command`] (verbs, paths, MAIL/RCPT parameters).
 //! - [`address`] — mailbox, path and domain grammar shared by MAIL, RCPT and EHLO.
 //! - [`reply`] — replies with enhanced status codes, written as single- or multi-line responses.
@@ -20,6 +21,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod client;
 pub mod command;
 pub mod data;
 pub mod dsn;

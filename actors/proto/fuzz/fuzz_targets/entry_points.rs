@@ -39,6 +39,28 @@ fuzz_target!(|data: &[u8]| {
         let _ = rx.finish();
     }
 
+    // The outbound client fed every reply the input parses into; it must never panic.
+    let mut client = amtp_proto::client::Client::new(amtp_proto::client::ClientConfig { ehlo_name: "relay.test".into(), tls: amtp_proto::client::TlsPolicy::Opportunistic, amtp: split % 2 == 0 });
+    let mut rest = input;
+    let mut sent_message = false;
+    while let Ok(Some((r, used))) = reply::parse_reply(rest, 1024) {
+        for out in client.on_reply(r) {
+            match out {
+                amtp_proto::client::Output::Ready if !sent_message => {
+                    sent_message = true;
+                    let _ = client.send(amtp_proto::client::Envelope { from: "a@b.test".into(), recipients: vec!["c@d.test".into(), "e@f.test".into()], mpc: "per/individual".parse().ok(), size: 10 });
+                }
+                amtp_proto::client::Output::StartTls => {
+                    let _ = client.on_tls();
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[used..];
+    }
+    let _ = client.on_connection_lost("end of input");
+    let _ = amtp_proto::client::dot_stuff(input);
+
     // Replies (client side), MPC values and policy lines, headers, addresses.
     let _ = reply::parse_reply(input, 1024);
     if let Ok(text) = std::str::from_utf8(input) {

@@ -1,0 +1,835 @@
+//! The outbound (client) side of SMTP and AMTP as a pure state machine: replies in, bytes to
+//! send and effects out — the mirror of the inbound session, so delivery is tested without
+//! sockets.
+//!
+//! One [`Client`] drives one connection: greeting, EHLO (HELO fallback for legacy SMTP peers),
+//! STARTTLS per the TLS policy, then any number of messages (connection reuse), each with
+//! per-recipient outcomes, then QUIT. With PIPELINING offered, MAIL, every RCPT and DATA go out
+//! in one write (RFC 2920) and the replies are matched in order. On AMTP hops the peer's `MPC`
+//! policy line is read from EHLO (all three draft forms) and a message whose MPC it denies is
+//! refused without being sent (spec §7: do not retry, bounce).
+
+use crate::mpc::{Mpc, MpcPolicy, Verdict};
+use crate::reply::Reply;
+
+/// How TLS is handled on this connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsPolicy {
+    /// TLS is already up (AMTP: TLS on connect).
+    Implicit,
+    /// Use STARTTLS when offered; continue in clear otherwise.
+    Opportunistic,
+    /// STARTTLS must be offered and succeed; otherwise the hop fails temporarily.
+    Required,
+    /// Never use TLS.
+    Never,
+}
+
+/// Per-connection settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Our EHLO name (on AMTP: our certificate name = our PTR name).
+    pub ehlo_name: String,
+    /// TLS handling.
+    pub tls: TlsPolicy,
+    /// AMTP hop: send `MPC=` on MAIL, honour the peer's MPC line, never fall back to HELO.
+    pub amtp: bool,
+}
+
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// Reverse path ("" for `<>`).
+    pub from: String,
+    /// Recipients.
+    pub recipients: Vec<String>,
+    /// Mail Policy Code (sent as `MPC=` on AMTP hops).
+    pub mpc: Option<Mpc>,
+    /// Body size in octets (for `SIZE=`).
+    pub size: u64,
+}
+
+/// The fate of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Disposition {
+    /// The next hop said 2xx after DATA.
+    Delivered(Reply),
+    /// Try again later (4xx, or the connection failed).
+    Deferred(String),
+    /// Give up and bounce (5xx, or refused before sending).
+    Failed(String),
+}
+
+/// What the driver must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Write these bytes.
+    Send(Vec<u8>),
+    /// Perform the TLS handshake now, then call [`Client::on_tls`].
+    StartTls,
+    /// Write the message body, dot-stuffed and terminated ([`dot_stuff`]).
+    SendBody,
+    /// The current message is finished: one disposition per recipient, in order.
+    MessageDone(Vec<(String, Disposition)>),
+    /// The connection is ready for a message ([`Client::send`]) or [`Client::quit`].
+    Ready,
+    /// The connection failed before or between messages; nothing is in flight.
+    Failed {
+        /// Whether a later attempt may succeed.
+        temporary: bool,
+        /// Why.
+        reason: String,
+    },
+    /// Close the connection (after QUIT or a failure).
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Greeting,
+    Ehlo,
+    Helo,
+    StartTls,
+    Ready,
+    /// Waiting for replies of a transaction.
+    Transaction,
+    Body,
+    /// RSET sent after an aborted transaction.
+    Rset,
+    Quit,
+    Closed,
+}
+
+/// Replies still expected for the transaction in flight, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Mail,
+    Rcpt(usize),
+    Data,
+}
+
+/// What the peer offered in EHLO.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCapabilities {
+    /// PIPELINING.
+    pub pipelining: bool,
+    /// STARTTLS.
+    pub starttls: bool,
+    /// SIZE limit (0: no limit given).
+    pub size: Option<u64>,
+    /// SMTPUTF8.
+    pub smtputf8: bool,
+    /// The peer's published MPC policy (AMTP), `None` when it published none.
+    pub mpc: Option<MpcPolicy>,
+}
+
+/// The client state machine.
+#[derive(Debug)]
+pub struct Client {
+    config: ClientConfig,
+    step: Step,
+    tls_active: bool,
+    caps: PeerCapabilities,
+    envelope: Option<Envelope>,
+    pending: std::collections::VecDeque<Pending>,
+    mail_refused: Option<Disposition>,
+    rcpt: Vec<Option<Disposition>>,
+    accepted: usize,
+}
+
+fn line(s: &str) -> Output {
+    Output::Send(format!("{s}\r\n").into_bytes())
+}
+
+fn reply_text(r: &Reply) -> String {
+    r.to_string()
+}
+
+impl Client {
+    /// A client for a freshly connected socket (TLS already up when `config.tls` is Implicit).
+    pub fn new(config: ClientConfig) -> Self {
+        let tls_active = config.tls == TlsPolicy::Implicit;
+        Self {
+            config,
+            step: Step::Greeting,
+            tls_active,
+            caps: PeerCapabilities::default(),
+            envelope: None,
+            pending: Default::default(),
+            mail_refused: None,
+            rcpt: Vec::new(),
+            accepted: 0,
+        }
+    }
+
+    /// What the peer offered (after EHLO).
+    pub fn capabilities(&self) -> &PeerCapabilities {
+        &self.caps
+    }
+
+    /// Whether TLS is active.
+    pub fn tls_active(&self) -> bool {
+        self.tls_active
+    }
+
+    fn fail(&mut self, temporary: bool, reason: String) -> Vec<Output> {
+        self.step = Step::Closed;
+        vec![Output::Failed { temporary, reason }, Output::Close]
+    }
+
+    /// Feed the next complete reply from the server.
+    pub fn on_reply(&mut self, r: Reply) -> Vec<Output> {
+        match self.step {
+            Step::Greeting => {
+                if r.code != 220 {
+                    return self.fail(!r.is_permanent(), format!("greeting: {}", reply_text(&r)));
+                }
+                self.step = Step::Ehlo;
+                vec![line(&format!("EHLO {}", self.config.ehlo_name))]
+            }
+            Step::Ehlo => self.on_ehlo(r),
+            Step::Helo => {
+                if r.code != 250 {
+                    return self.fail(!r.is_permanent(), format!("HELO: {}", reply_text(&r)));
+                }
+                self.ready()
+            }
+            Step::StartTls => {
+                if r.code == 220 {
+                    return vec![Output::StartTls];
+                }
+                if self.config.tls == TlsPolicy::Required {
+                    return self.fail(true, format!("STARTTLS refused: {}", reply_text(&r)));
+                }
+                self.ready()
+            }
+            Step::Transaction => self.on_transaction_reply(r),
+            Step::Body => {
+                let outcome = if r.code / 100 == 2 {
+                    Disposition::Delivered(r.clone())
+                } else if r.is_permanent() {
+                    Disposition::Failed(reply_text(&r))
+                } else {
+                    Disposition::Deferred(reply_text(&r))
+                };
+                self.finish_message(Some(outcome))
+            }
+            Step::Rset => {
+                if r.code / 100 != 2 {
+                    return self.fail(!r.is_permanent(), format!("RSET: {}", reply_text(&r)));
+                }
+                self.ready()
+            }
+            Step::Quit => {
+                self.step = Step::Closed;
+                vec![Output::Close]
+            }
+            Step::Ready | Step::Closed => {
+                self.fail(true, format!("unexpected reply: {}", reply_text(&r)))
+            }
+        }
+    }
+
+    fn on_ehlo(&mut self, r: Reply) -> Vec<Output> {
+        if r.code != 250 {
+            if !self.config.amtp && matches!(r.code, 500 | 502) {
+                self.step = Step::Helo;
+                return vec![line(&format!("HELO {}", self.config.ehlo_name))];
+            }
+            return self.fail(!r.is_permanent(), format!("EHLO: {}", reply_text(&r)));
+        }
+        let keywords = &r.lines[1.min(r.lines.len())..];
+        let mut caps = PeerCapabilities::default();
+        for kw in keywords {
+            let mut words = kw.split_whitespace();
+            match words.next().map(str::to_ascii_uppercase).as_deref() {
+                Some("PIPELINING") => caps.pipelining = true,
+                Some("STARTTLS") => caps.starttls = true,
+                Some("SMTPUTF8") => caps.smtputf8 = true,
+                Some("SIZE") => {
+                    caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0))
+                }
+                _ => {}
+            }
+        }
+        if self.config.amtp {
+            match MpcPolicy::from_ehlo_lines(keywords) {
+                Ok(policy) => caps.mpc = policy,
+                Err(e) => return self.fail(true, format!("unparseable MPC line from peer: {e}")),
+            }
+        }
+        self.caps = caps;
+        let wants_tls = matches!(
+            self.config.tls,
+            TlsPolicy::Opportunistic | TlsPolicy::Required
+        ) && !self.tls_active;
+        if wants_tls && self.caps.starttls {
+            self.step = Step::StartTls;
+            return vec![line("STARTTLS")];
+        }
+        if wants_tls && self.config.tls == TlsPolicy::Required {
+            return self.fail(
+                true,
+                "TLS is required, but the peer does not offer STARTTLS".into(),
+            );
+        }
+        self.ready()
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: say EHLO again (RFC 3207).
+    pub fn on_tls(&mut self) -> Vec<Output> {
+        self.tls_active = true;
+        self.step = Step::Ehlo;
+        vec![line(&format!("EHLO {}", self.config.ehlo_name))]
+    }
+
+    /// The TLS handshake failed.
+    pub fn on_tls_failed(&mut self, reason: &str) -> Vec<Output> {
+        self.fail(true, format!("TLS handshake failed: {reason}"))
+    }
+
+    fn ready(&mut self) -> Vec<Output> {
+        self.step = Step::Ready;
+        vec![Output::Ready]
+    }
+
+    /// Send a message on a ready connection. Refusals that need no round trip (MPC denied by the
+    /// peer, too big, SMTPUTF8 not offered) finish at once.
+    pub fn send(&mut self, env: Envelope) -> Vec<Output> {
+        if self.step != Step::Ready {
+            let reason = "connection not ready".to_string();
+            return vec![Output::MessageDone(
+                env.recipients
+                    .iter()
+                    .map(|r| (r.clone(), Disposition::Deferred(reason.clone())))
+                    .collect(),
+            )];
+        }
+        let refuse = |why: String| -> Vec<Output> {
+            vec![
+                Output::MessageDone(
+                    env.recipients
+                        .iter()
+                        .map(|r| (r.clone(), Disposition::Failed(why.clone())))
+                        .collect(),
+                ),
+                Output::Ready,
+            ]
+        };
+        if self.config.amtp {
+            let Some(mpc) = env.mpc else {
+                return refuse("no MPC for an AMTP hop".into());
+            };
+            if let Some(policy) = &self.caps.mpc
+                && policy.evaluate(&mpc) == Verdict::Deny
+            {
+                return refuse(format!(
+                    "550 5.7.1 MPC {mpc} denied by the peer's published policy"
+                ));
+            }
+        }
+        if let Some(limit) = self.caps.size.filter(|&l| l > 0 && env.size > l) {
+            return refuse(format!(
+                "552 5.3.4 message size {} exceeds the peer's limit {limit}",
+                env.size
+            ));
+        }
+        let utf8 = !env.from.is_ascii() || env.recipients.iter().any(|r| !r.is_ascii());
+        if utf8 && !self.caps.smtputf8 {
+            return refuse("553 5.6.7 the peer does not support SMTPUTF8 addresses".into());
+        }
+        let mut mail = format!("MAIL FROM:<{}>", env.from);
+        if self.caps.size.is_some() {
+            mail.push_str(&format!(" SIZE={}", env.size));
+        }
+        if utf8 {
+            mail.push_str(" SMTPUTF8");
+        }
+        if self.config.amtp
+            && let Some(mpc) = env.mpc
+        {
+            mail.push_str(&format!(" MPC={mpc}"));
+        }
+        self.rcpt = vec![None; env.recipients.len()];
+        self.accepted = 0;
+        self.mail_refused = None;
+        self.pending.clear();
+        self.pending.push_back(Pending::Mail);
+        let mut lines = vec![mail];
+        for (i, r) in env.recipients.iter().enumerate() {
+            self.pending.push_back(Pending::Rcpt(i));
+            lines.push(format!("RCPT TO:<{r}>"));
+        }
+        self.pending.push_back(Pending::Data);
+        lines.push("DATA".into());
+        self.envelope = Some(env);
+        self.step = Step::Transaction;
+        if self.caps.pipelining {
+            let mut bytes = Vec::new();
+            for l in lines {
+                bytes.extend_from_slice(l.as_bytes());
+                bytes.extend_from_slice(b"\r\n");
+            }
+            vec![Output::Send(bytes)]
+        } else {
+            vec![line(&lines[0])]
+        }
+    }
+
+    /// The next command to send without pipelining, after a reply to `after`.
+    fn next_unpipelined(&self) -> Vec<Output> {
+        let Some(env) = &self.envelope else {
+            return vec![];
+        };
+        match self.pending.front() {
+            Some(Pending::Rcpt(i)) => vec![line(&format!("RCPT TO:<{}>", env.recipients[*i]))],
+            Some(Pending::Data) => vec![line("DATA")],
+            _ => vec![],
+        }
+    }
+
+    fn on_transaction_reply(&mut self, r: Reply) -> Vec<Output> {
+        let Some(p) = self.pending.pop_front() else {
+            return self.fail(true, format!("unexpected reply: {}", reply_text(&r)));
+        };
+        let pipelined = self.caps.pipelining;
+        match p {
+            Pending::Mail => {
+                if r.code / 100 != 2 {
+                    let d = if r.is_permanent() {
+                        Disposition::Failed(reply_text(&r))
+                    } else {
+                        Disposition::Deferred(reply_text(&r))
+                    };
+                    self.mail_refused = Some(d);
+                    if !pipelined {
+                        // Nothing else was sent: reset and report.
+                        self.pending.clear();
+                        return self.abort_transaction();
+                    }
+                }
+                if pipelined {
+                    vec![]
+                } else {
+                    self.next_unpipelined()
+                }
+            }
+            Pending::Rcpt(i) => {
+                if r.code / 100 == 2 {
+                    self.accepted += 1;
+                } else {
+                    self.rcpt[i] = Some(if r.is_permanent() {
+                        Disposition::Failed(reply_text(&r))
+                    } else {
+                        Disposition::Deferred(reply_text(&r))
+                    });
+                }
+                if pipelined {
+                    return vec![];
+                }
+                if self.pending.front() == Some(&Pending::Data) && self.accepted == 0 {
+                    self.pending.clear();
+                    return self.abort_transaction();
+                }
+                self.next_unpipelined()
+            }
+            Pending::Data => {
+                if r.code == 354 {
+                    if self.accepted == 0 || self.mail_refused.is_some() {
+                        // A pipelining server may still say 354: send an empty message to end
+                        // DATA; every recipient already has its refusal, which is reported.
+                        self.step = Step::Body;
+                        return vec![Output::Send(b".\r\n".to_vec())];
+                    }
+                    self.step = Step::Body;
+                    return vec![Output::SendBody];
+                }
+                let d = if r.is_permanent() {
+                    Disposition::Failed(reply_text(&r))
+                } else {
+                    Disposition::Deferred(reply_text(&r))
+                };
+                if self.mail_refused.is_none() && self.accepted > 0 {
+                    self.mail_refused = Some(d);
+                }
+                self.abort_transaction()
+            }
+        }
+    }
+
+    /// Report the message without a body having been accepted, RSET, and become ready again.
+    fn abort_transaction(&mut self) -> Vec<Output> {
+        let mut out = self.finish_message(None);
+        // RSET's reply is consumed as the "ready" step.
+        out.retain(|o| *o != Output::Ready);
+        out.push(line("RSET"));
+        self.step = Step::Rset;
+        out
+    }
+
+    /// Per-recipient dispositions for the message in flight.
+    fn finish_message(&mut self, after_data: Option<Disposition>) -> Vec<Output> {
+        let Some(env) = self.envelope.take() else {
+            return self.ready();
+        };
+        let mut result = Vec::with_capacity(env.recipients.len());
+        for (i, r) in env.recipients.iter().enumerate() {
+            let d = match (&self.mail_refused, &self.rcpt[i], &after_data) {
+                (Some(m), _, _) => m.clone(),
+                (None, Some(rcpt), _) => rcpt.clone(),
+                (None, None, Some(final_reply)) => final_reply.clone(),
+                (None, None, None) => Disposition::Deferred("no reply to DATA".into()),
+            };
+            result.push((r.clone(), d));
+        }
+        let mut out = vec![Output::MessageDone(result)];
+        out.extend(self.ready());
+        out
+    }
+
+    /// End the session politely.
+    pub fn quit(&mut self) -> Vec<Output> {
+        self.step = Step::Quit;
+        vec![line("QUIT")]
+    }
+
+    /// The connection dropped or timed out: everything in flight is deferred.
+    pub fn on_connection_lost(&mut self, reason: &str) -> Vec<Output> {
+        let mut out = Vec::new();
+        if let Some(env) = self.envelope.take() {
+            out.push(Output::MessageDone(
+                env.recipients
+                    .iter()
+                    .map(|r| (r.clone(), Disposition::Deferred(reason.to_string())))
+                    .collect(),
+            ));
+        }
+        self.step = Step::Closed;
+        out.push(Output::Close);
+        out
+    }
+}
+
+/// The body as it goes on the wire: lines starting with "." get another ".", a final CRLF is
+/// ensured, and the end marker is appended (RFC 5321 §4.5.2).
+pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
+    let mut at_line_start = true;
+    for &b in body {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    if !out.ends_with(b"\r\n") && !out.is_empty() {
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b".\r\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(code: u16, status: &str, text: &str) -> Reply {
+        Reply::new(code, status, text)
+    }
+
+    fn ehlo(lines: &[&str]) -> Reply {
+        let mut l = vec!["peer.test".to_string()];
+        l.extend(lines.iter().map(|s| s.to_string()));
+        Reply::multi(250, l)
+    }
+
+    fn sent(out: &[Output]) -> String {
+        out.iter()
+            .filter_map(|o| {
+                if let Output::Send(b) = o {
+                    Some(String::from_utf8_lossy(b).into_owned())
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn done(out: &[Output]) -> Vec<(String, Disposition)> {
+        out.iter()
+            .find_map(|o| {
+                if let Output::MessageDone(d) = o {
+                    Some(d.clone())
+                } else {
+                    None
+                }
+            })
+            .expect("a finished message")
+    }
+
+    fn env(mpc: Option<&str>, rcpts: &[&str]) -> Envelope {
+        Envelope {
+            from: "a@src.test".into(),
+            recipients: rcpts.iter().map(|s| s.to_string()).collect(),
+            mpc: mpc.map(|m| m.parse().unwrap()),
+            size: 100,
+        }
+    }
+
+    fn amtp() -> Client {
+        Client::new(ClientConfig {
+            ehlo_name: "relay.test".into(),
+            tls: TlsPolicy::Implicit,
+            amtp: true,
+        })
+    }
+
+    fn smtp(tls: TlsPolicy) -> Client {
+        Client::new(ClientConfig {
+            ehlo_name: "relay.test".into(),
+            tls,
+            amtp: false,
+        })
+    }
+
+    #[test]
+    fn pipelined_amtp_delivery_with_per_recipient_outcomes_and_reuse() {
+        let mut c = amtp();
+        assert_eq!(
+            sent(&c.on_reply(r(220, "", "peer.test AMTP"))),
+            "EHLO relay.test\r\n"
+        );
+        assert_eq!(
+            c.on_reply(ehlo(&["PIPELINING", "SIZE 1000", "MPC DENY=com/optout"])),
+            vec![Output::Ready]
+        );
+        let out = c.send(env(Some("per/individual"), &["x@peer.test", "y@peer.test"]));
+        assert_eq!(
+            sent(&out),
+            "MAIL FROM:<a@src.test> SIZE=100 MPC=per/individual\r\nRCPT TO:<x@peer.test>\r\nRCPT TO:<y@peer.test>\r\nDATA\r\n"
+        );
+        assert!(c.on_reply(r(250, "2.1.0", "ok")).is_empty());
+        assert!(c.on_reply(r(250, "2.1.5", "ok")).is_empty());
+        assert!(c.on_reply(r(550, "5.1.1", "no such user")).is_empty());
+        assert_eq!(c.on_reply(r(354, "", "go")), vec![Output::SendBody]);
+        let out = c.on_reply(r(250, "2.0.0", "queued as 1"));
+        let d = done(&out);
+        assert!(matches!(&d[0], (a, Disposition::Delivered(_)) if a == "x@peer.test"));
+        assert!(
+            matches!(&d[1], (a, Disposition::Failed(t)) if a == "y@peer.test" && t.contains("550 5.1.1"))
+        );
+        assert_eq!(out.last(), Some(&Output::Ready));
+        // Reuse: a second message on the same connection.
+        let out = c.send(env(Some("per/individual"), &["z@peer.test"]));
+        assert!(sent(&out).starts_with("MAIL FROM:"));
+        c.on_reply(r(250, "", "ok"));
+        c.on_reply(r(250, "", "ok"));
+        c.on_reply(r(354, "", "go"));
+        assert!(matches!(
+            done(&c.on_reply(r(451, "4.3.0", "try later")))[0].1,
+            Disposition::Deferred(_)
+        ));
+        assert_eq!(sent(&c.quit()), "QUIT\r\n");
+        assert_eq!(c.on_reply(r(221, "", "bye")), vec![Output::Close]);
+    }
+
+    #[test]
+    fn peer_mpc_policy_denies_without_sending() {
+        for line in ["MPC ALLOW=per/*", "MPC ALLOW per/*", "MPC-ALLOW per/*"] {
+            let mut c = amtp();
+            c.on_reply(r(220, "", "hi"));
+            c.on_reply(ehlo(&[line]));
+            let out = c.send(env(Some("com/optin"), &["x@peer.test"]));
+            assert!(sent(&out).is_empty(), "{line}: nothing sent");
+            assert!(
+                matches!(&done(&out)[0].1, Disposition::Failed(t) if t.contains("denied by the peer")),
+                "{line}"
+            );
+            // mpc/individual is always accepted.
+            assert!(
+                sent(&c.send(env(Some("mpc/individual"), &["x@peer.test"])))
+                    .starts_with("MAIL FROM:<a@src.test> MPC=mpc/individual")
+            );
+        }
+    }
+
+    #[test]
+    fn smtp_starttls_and_unpipelined_transaction() {
+        let mut c = smtp(TlsPolicy::Opportunistic);
+        c.on_reply(r(220, "", "hi"));
+        assert_eq!(
+            sent(&c.on_reply(ehlo(&["STARTTLS", "8BITMIME"]))),
+            "STARTTLS\r\n"
+        );
+        assert_eq!(
+            c.on_reply(r(220, "2.0.0", "go ahead")),
+            vec![Output::StartTls]
+        );
+        assert_eq!(sent(&c.on_tls()), "EHLO relay.test\r\n");
+        assert_eq!(c.on_reply(ehlo(&["8BITMIME"])), vec![Output::Ready]);
+        assert!(c.tls_active());
+        assert_eq!(
+            sent(&c.send(env(None, &["x@p.test", "y@p.test"]))),
+            "MAIL FROM:<a@src.test>\r\n",
+            "no MPC parameter on SMTP hops"
+        );
+        assert_eq!(
+            sent(&c.on_reply(r(250, "", "ok"))),
+            "RCPT TO:<x@p.test>\r\n"
+        );
+        assert_eq!(
+            sent(&c.on_reply(r(250, "", "ok"))),
+            "RCPT TO:<y@p.test>\r\n"
+        );
+        assert_eq!(sent(&c.on_reply(r(250, "", "ok"))), "DATA\r\n");
+        assert_eq!(c.on_reply(r(354, "", "go")), vec![Output::SendBody]);
+        assert!(
+            done(&c.on_reply(r(250, "", "ok")))
+                .iter()
+                .all(|(_, d)| matches!(d, Disposition::Delivered(_)))
+        );
+    }
+
+    #[test]
+    fn connection_level_failures() {
+        let mut c = smtp(TlsPolicy::Required);
+        c.on_reply(r(220, "", "hi"));
+        assert!(
+            matches!(&c.on_reply(ehlo(&["SIZE 10"]))[0], Output::Failed { temporary: true, reason } if reason.contains("TLS is required"))
+        );
+        let mut c = smtp(TlsPolicy::Never);
+        assert!(matches!(
+            &c.on_reply(r(554, "5.7.1", "go away"))[0],
+            Output::Failed {
+                temporary: false,
+                ..
+            }
+        ));
+        let mut c = smtp(TlsPolicy::Never);
+        assert!(matches!(
+            &c.on_reply(r(421, "4.3.2", "busy"))[0],
+            Output::Failed {
+                temporary: true,
+                ..
+            }
+        ));
+        // EHLO refused: SMTP falls back to HELO, AMTP does not.
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        assert_eq!(
+            sent(&c.on_reply(r(502, "5.5.1", "no EHLO"))),
+            "HELO relay.test\r\n"
+        );
+        assert_eq!(c.on_reply(r(250, "", "hello")), vec![Output::Ready]);
+        let mut c = amtp();
+        c.on_reply(r(220, "", "hi"));
+        assert!(matches!(
+            &c.on_reply(r(502, "5.5.1", "no EHLO"))[0],
+            Output::Failed {
+                temporary: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn refusals_before_data_and_resets() {
+        // Unpipelined, every RCPT refused: no DATA, RSET, then ready.
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&[]));
+        c.send(env(None, &["x@p.test", "y@p.test"]));
+        c.on_reply(r(250, "", "ok"));
+        c.on_reply(r(550, "5.1.1", "unknown"));
+        let out = c.on_reply(r(450, "4.2.0", "mailbox busy"));
+        let d = done(&out);
+        assert!(
+            matches!(d[0].1, Disposition::Failed(_)) && matches!(d[1].1, Disposition::Deferred(_))
+        );
+        assert_eq!(sent(&out), "RSET\r\n");
+        assert_eq!(c.on_reply(r(250, "", "reset")), vec![Output::Ready]);
+        // Pipelined, MAIL refused temporarily: everything deferred with MAIL's reason.
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["PIPELINING"]));
+        c.send(env(None, &["x@p.test"]));
+        c.on_reply(r(451, "4.3.0", "queue full"));
+        c.on_reply(r(503, "5.5.1", "need MAIL"));
+        let out = c.on_reply(r(503, "5.5.1", "need RCPT"));
+        assert!(matches!(&done(&out)[0].1, Disposition::Deferred(t) if t.contains("queue full")));
+        assert_eq!(sent(&out), "RSET\r\n");
+        // Pipelined, all RCPTs refused but the server still says 354: an empty body ends DATA.
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["PIPELINING"]));
+        c.send(env(None, &["x@p.test"]));
+        c.on_reply(r(250, "", "ok"));
+        c.on_reply(r(550, "5.1.1", "unknown"));
+        assert_eq!(sent(&c.on_reply(r(354, "", "go"))), ".\r\n");
+        assert!(
+            matches!(&done(&c.on_reply(r(554, "5.5.1", "no recipients")))[0].1, Disposition::Failed(t) if t.contains("5.1.1"))
+        );
+    }
+
+    #[test]
+    fn refusals_without_a_round_trip_and_lost_connections() {
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["SIZE 50"]));
+        assert!(
+            matches!(&done(&c.send(env(None, &["x@p.test"])))[0].1, Disposition::Failed(t) if t.contains("552 5.3.4"))
+        );
+        let out = c.send(Envelope {
+            from: "ü@src.test".into(),
+            recipients: vec!["x@p.test".into()],
+            mpc: None,
+            size: 10,
+        });
+        assert!(matches!(&done(&out)[0].1, Disposition::Failed(t) if t.contains("SMTPUTF8")));
+        let mut a = amtp();
+        a.on_reply(r(220, "", "hi"));
+        a.on_reply(ehlo(&[]));
+        assert!(
+            matches!(&done(&a.send(env(None, &["x@p.test"])))[0].1, Disposition::Failed(t) if t.contains("no MPC"))
+        );
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&[]));
+        c.send(Envelope {
+            size: 10,
+            ..env(None, &["x@p.test"])
+        });
+        let out = c.on_connection_lost("connection reset");
+        assert!(matches!(&done(&out)[0].1, Disposition::Deferred(t) if t == "connection reset"));
+    }
+
+    #[test]
+    fn dot_stuffing_table() {
+        let cases: &[(&[u8], &[u8])] = &[
+            (b"", b".\r\n"),
+            (b"a\r\n", b"a\r\n.\r\n"),
+            (b".a\r\n", b"..a\r\n.\r\n"),
+            (b"a\r\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
+            (b"no final crlf", b"no final crlf\r\n.\r\n"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                dot_stuff(input),
+                expected.to_vec(),
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            // Round trip through our own DATA receiver gives the body back (with a final CRLF).
+            let mut rx = crate::DataReceiver::new(1 << 20);
+            assert!(matches!(
+                rx.feed(&dot_stuff(input)),
+                crate::Progress::Done { .. }
+            ));
+            let mut body = input.to_vec();
+            if !body.is_empty() && !body.ends_with(b"\r\n") {
+                body.extend_from_slice(b"\r\n");
+            }
+            assert_eq!(rx.finish().unwrap(), body);
+        }
+    }
+}
