@@ -8,8 +8,8 @@
 
 use amtp_actors::auth::users::UserDb;
 use amtp_actors::config::{
-    AmtpConfig, AuthConfig, ListenerConfig, ListenerRole, PoolConfig, QueueConfig, ResolverConfig,
-    SessionConfig,
+    AmtpConfig, AuthConfig, DeliveryConfig, HopProtocol, HopTls, ListenerConfig, ListenerRole,
+    PoolConfig, QueueConfig, ResolverConfig, SessionConfig,
 };
 use amtp_actors::units::HumanDuration;
 use amtp_proto::Domain;
@@ -51,9 +51,12 @@ pub struct ConfigFile {
     pub pools: PoolConfig,
     /// `[amtp]`: required when an `amtp` listener exists.
     pub amtp: Option<AmtpConfig>,
-    /// `[resolver]`: the DNS resolver used by AMTP identity checks.
+    /// `[resolver]`: the DNS resolver used by AMTP identity checks and delivery.
     #[serde(default)]
     pub resolver: ResolverConfig,
+    /// `[delivery]`: outbound delivery.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
 }
 
 /// `[server]`.
@@ -177,6 +180,8 @@ pub struct Config {
     pub local_domains: HashSet<String>,
     /// AMTP trust files (resolved), when `[amtp]` is present.
     pub amtp_files: Option<amtp_actors::amtp_tls::TrustFiles>,
+    /// Trust anchors for verifying next hops (resolved).
+    pub delivery_roots: Option<PathBuf>,
 }
 
 impl Config {
@@ -510,6 +515,82 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         ));
     }
 
+    // [delivery]
+    let d = &file.delivery;
+    let delivery_roots = d
+        .server_ca
+        .as_ref()
+        .map(|p| resolve(p))
+        .or_else(|| amtp_files.as_ref().map(|f| f.public_ca.clone()));
+    if d.enabled {
+        let routed: HashSet<String> = d
+            .route
+            .iter()
+            .flat_map(|r| {
+                r.domains
+                    .iter()
+                    .map(|x| x.trim_end_matches('.').to_ascii_lowercase())
+            })
+            .collect();
+        if let Some(missing) = local_domains.iter().find(|l| !routed.contains(*l)) {
+            return Err(err(
+                "delivery.route".into(),
+                line_of(text, "delivery", None, None),
+                format!(
+                    "local domain {missing:?} has no [[delivery.route]] to a mailbox store (or set [delivery] enabled = false to only accept and queue)"
+                ),
+            ));
+        }
+        for (i, r) in d.route.iter().enumerate() {
+            let at = line_of(text, "delivery.route", Some(i), None);
+            if r.domains.is_empty() || r.host.is_empty() || r.port == 0 {
+                return Err(err(
+                    format!("delivery.route[{i}]"),
+                    at,
+                    "a route needs domains, host and a non-zero port".into(),
+                ));
+            }
+            let needs_roots = r.protocol == HopProtocol::Amtp || r.tls == HopTls::Required;
+            if needs_roots && delivery_roots.is_none() {
+                return Err(err(
+                    format!("delivery.route[{i}]"),
+                    at,
+                    "verified TLS needs [delivery] server_ca (or [amtp] public_ca)".into(),
+                ));
+            }
+            if r.protocol == HopProtocol::Amtp && tls_files.is_none() {
+                return Err(err(
+                    format!("delivery.route[{i}].protocol"),
+                    at,
+                    "an AMTP hop presents our certificate: configure [tls]".into(),
+                ));
+            }
+        }
+        if d.smtp_fallback && d.smtp_fallback_tls == HopTls::Required && delivery_roots.is_none() {
+            return Err(err(
+                "delivery.smtp_fallback_tls".into(),
+                line_of(text, "delivery", None, Some("smtp_fallback_tls")),
+                "required TLS needs [delivery] server_ca".into(),
+            ));
+        }
+        if let Some(p) = &d.server_ca
+            && !resolve(p).is_file()
+        {
+            return Err(err(
+                "delivery.server_ca".into(),
+                line_of(text, "delivery", None, Some("server_ca")),
+                format!("{} does not exist", resolve(p).display()),
+            ));
+        }
+        if d.concurrency_per_destination == 0 || d.max_messages_per_connection == 0 {
+            return Err(err(
+                "delivery.concurrency_per_destination".into(),
+                line_of(text, "delivery", None, None),
+                "concurrency and messages per connection must be at least 1".into(),
+            ));
+        }
+    }
+
     // [session], [queue], [pools]
     let s = &file.session;
     let checks: [(&str, &str, bool, &str); 9] = [
@@ -600,6 +681,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         users_file,
         local_domains,
         amtp_files,
+        delivery_roots,
     })
 }
 

@@ -6,8 +6,9 @@ use crate::devinit;
 use amtp_actors::amtp_tls::AmtpTrust;
 use amtp_actors::auth::users::UserDb;
 use amtp_actors::config::ListenerRole;
+use amtp_actors::delivery::outbound::{self, OutboundContext};
 use amtp_actors::resolver::transport::{DnsTransport, HickoryTransport};
-use amtp_actors::wiring::{self, AmtpSettings, RelaySettings};
+use amtp_actors::wiring::{self, AmtpSettings, DeliverySettings, RelaySettings, ResolverSettings};
 use amtp_storage::Queue;
 use anyhow::{Context, Result};
 use std::sync::Arc;
@@ -66,6 +67,35 @@ pub fn run(config: Config) -> Result<()> {
         }
         _ => None,
     };
+    let delivery = if file.delivery.enabled {
+        let (cert, key) = config
+            .tls_files
+            .as_ref()
+            .map(|(c, k)| (c.as_path(), k.as_path()))
+            .unzip();
+        let tls = outbound::tls_configs(cert, key, config.delivery_roots.as_deref())
+            .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?;
+        let outbound = OutboundContext {
+            ehlo_name: file
+                .delivery
+                .ehlo_name
+                .clone()
+                .unwrap_or_else(|| file.server.hostname.clone()),
+            source: file.delivery.source_address,
+            connect_timeout: file.delivery.connect_timeout.0,
+            command_timeout: file.delivery.command_timeout.0,
+            amtp_tls: tls.amtp,
+            smtp_verified_tls: tls.verified,
+            smtp_opportunistic_tls: tls.opportunistic,
+        };
+        Some(DeliverySettings {
+            config: file.delivery.clone(),
+            outbound,
+        })
+    } else {
+        tracing::info!("delivery is disabled: messages are accepted and queued only");
+        None
+    };
     let mut listeners = Vec::new();
     for l in &file.listeners {
         let socket = std::net::TcpListener::bind(l.address)
@@ -87,6 +117,8 @@ pub fn run(config: Config) -> Result<()> {
         queue_store: Arc::new(queue),
         admin_socket: Some(config.admin_socket()),
         amtp: None,
+        resolver: None,
+        delivery,
     };
     let resolver = file.resolver.clone();
     let grace = file.server.shutdown_grace.0;
@@ -94,8 +126,9 @@ pub fn run(config: Config) -> Result<()> {
     let system = actix::System::new();
     let result = system.block_on(async move {
         let mut settings = settings;
-        if let Some((trust, policy, require_forward_confirmation)) = amtp_parts {
-            // The DNS transport belongs to the runtime, so it is made inside it.
+        // The DNS transport belongs to the runtime, so it is made inside it; only when AMTP
+        // listeners or delivery need DNS.
+        if amtp_parts.is_some() || settings.delivery.is_some() {
             let transport: Arc<dyn DnsTransport> = if resolver.servers.is_empty() {
                 Arc::new(
                     HickoryTransport::from_system(resolver.timeout.0, resolver.attempts)
@@ -108,12 +141,16 @@ pub fn run(config: Config) -> Result<()> {
                     resolver.attempts,
                 )?)
             };
+            settings.resolver = Some(ResolverSettings {
+                transport,
+                config: resolver,
+            });
+        }
+        if let Some((trust, policy, require_forward_confirmation)) = amtp_parts {
             settings.amtp = Some(AmtpSettings {
                 trust,
                 policy,
                 require_forward_confirmation,
-                transport,
-                resolver,
             });
         }
         let relay = wiring::start(settings)?;

@@ -266,6 +266,109 @@ impl AmtpConfig {
     }
 }
 
+/// Protocol of a configured next hop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HopProtocol {
+    /// SMTP (STARTTLS per `tls`); the `MPC:` header is added (the message leaves AMTP).
+    Smtp,
+    /// AMTP: TLS on connect with our certificate, `MPC=` on MAIL.
+    Amtp,
+}
+
+/// TLS on SMTP hops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HopTls {
+    /// Plain text.
+    None,
+    /// STARTTLS when offered (certificate not verified unless `server_ca` is set).
+    Opportunistic,
+    /// STARTTLS must succeed and the certificate must verify against `server_ca`.
+    Required,
+}
+
+/// One `[[delivery.route]]`: a configured (private) next hop for some domains.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Recipient domains sent to this hop (e.g. the local domains, to the mailbox store).
+    pub domains: Vec<String>,
+    /// Host name or IP address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// `smtp` or `amtp`.
+    pub protocol: HopProtocol,
+    /// TLS on SMTP hops (`none`, `opportunistic`, `required`).
+    #[serde(default = "defaults::hop_tls")]
+    pub tls: HopTls,
+}
+
+/// `[delivery]`: outbound delivery.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// Deliver queued mail (off: the relay only accepts and stores).
+    #[serde(default = "defaults::yes")]
+    pub enabled: bool,
+    /// Our EHLO name outbound (default `server.hostname`); on AMTP hops it must be our
+    /// certificate name and the PTR of `source_address`.
+    pub ehlo_name: Option<String>,
+    /// Bind outbound connections to this local address.
+    pub source_address: Option<std::net::IpAddr>,
+    /// Configured next hops, by recipient domain.
+    #[serde(default)]
+    pub route: Vec<RouteConfig>,
+    /// For remote domains without an `_amtp._tcp` SRV record, fall back to SMTP via MX
+    /// (transition; adds the `MPC:` header).
+    #[serde(default)]
+    pub smtp_fallback: bool,
+    /// TLS for the SMTP fallback.
+    #[serde(default = "defaults::hop_tls")]
+    pub smtp_fallback_tls: HopTls,
+    /// CA bundle to verify next hops' server certificates (default: `[amtp] public_ca`).
+    pub server_ca: Option<PathBuf>,
+    /// Simultaneous connections per next hop.
+    #[serde(default = "defaults::hop_concurrency")]
+    pub concurrency_per_destination: usize,
+    /// Messages sent over one connection before it is closed.
+    #[serde(default = "defaults::messages_per_connection")]
+    pub max_messages_per_connection: usize,
+    /// TCP connect timeout.
+    #[serde(default = "defaults::connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Wait for each reply (RFC 5321 §4.5.3.2 suggests minutes).
+    #[serde(default = "defaults::command_timeout")]
+    pub command_timeout: HumanDuration,
+    /// How often the router looks for due messages (it is also woken on every enqueue).
+    #[serde(default = "defaults::poll_interval")]
+    pub poll_interval: HumanDuration,
+    /// A delivery attempt holds its message this long at most.
+    #[serde(default = "defaults::lease")]
+    pub lease: HumanDuration,
+    /// Wait before the first retry.
+    #[serde(default = "defaults::first_retry")]
+    pub first_retry: HumanDuration,
+    /// Longest wait between retries.
+    #[serde(default = "defaults::max_backoff")]
+    pub max_backoff: HumanDuration,
+    /// Bounce what is still undelivered after this long.
+    #[serde(default = "defaults::max_lifetime")]
+    pub max_lifetime: HumanDuration,
+}
+
+impl DeliveryConfig {
+    /// The retry policy.
+    pub fn retry(&self) -> crate::delivery::schedule::RetryPolicy {
+        crate::delivery::schedule::RetryPolicy {
+            first_retry: self.first_retry.0,
+            max_backoff: self.max_backoff.0,
+            max_lifetime: self.max_lifetime.0,
+        }
+    }
+}
+
 /// `[resolver]`: the DNS/rDNS caching resolver.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -328,7 +431,8 @@ default_impl!(
     AuthConfig,
     QueueConfig,
     PoolConfig,
-    ResolverConfig
+    ResolverConfig,
+    DeliveryConfig
 );
 
 /// Default values, one function per field (serde needs functions).
@@ -388,6 +492,36 @@ pub mod defaults {
     }
     pub(crate) fn max_intermediates() -> usize {
         3
+    }
+    pub(crate) fn yes() -> bool {
+        true
+    }
+    pub(crate) fn hop_tls() -> HopTls {
+        HopTls::Opportunistic
+    }
+    pub(crate) fn hop_concurrency() -> usize {
+        4
+    }
+    pub(crate) fn messages_per_connection() -> usize {
+        50
+    }
+    pub(crate) fn connect_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(30))
+    }
+    pub(crate) fn poll_interval() -> HumanDuration {
+        HumanDuration(Duration::from_secs(1))
+    }
+    pub(crate) fn lease() -> HumanDuration {
+        HumanDuration(Duration::from_secs(600))
+    }
+    pub(crate) fn first_retry() -> HumanDuration {
+        HumanDuration(Duration::from_secs(300))
+    }
+    pub(crate) fn max_backoff() -> HumanDuration {
+        HumanDuration(Duration::from_secs(3600))
+    }
+    pub(crate) fn max_lifetime() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5 * 86_400))
     }
     pub(crate) fn dns_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(2))

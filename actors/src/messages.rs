@@ -74,6 +74,26 @@ pub enum EnqueueError {
 #[rtype(result = "crate::resolver::Answer")]
 pub struct Resolve(pub crate::resolver::DnsQuery);
 
+/// Queue → router: something was enqueued; look for due messages now.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct WakeRouter;
+
+/// Router → destination: deliver this message to these recipients.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct DeliverJob(pub crate::delivery::outbound::Job);
+
+/// Destination → router: what happened to a message's recipients.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct JobResult {
+    /// The message.
+    pub id: amtp_storage::QueueId,
+    /// One disposition per recipient.
+    pub outcomes: Vec<(String, amtp_proto::client::Disposition)>,
+}
+
 /// Admin socket → queue: a read-only query (`list`, `show ID`); the answer is the text to print.
 #[derive(Debug, Message)]
 #[rtype(result = "Result<String, String>")]

@@ -5,7 +5,7 @@
 //! socket's read-only queries off the reactor.
 
 use crate::admin;
-use crate::messages::{AdminQuery, Enqueue, EnqueueError};
+use crate::messages::{AdminQuery, Enqueue, EnqueueError, WakeRouter};
 use actix::prelude::*;
 use amtp_storage::{Committer, Queue, QueueId, SubmitError};
 use std::sync::Arc;
@@ -14,12 +14,22 @@ use std::sync::Arc;
 pub struct QueueActor {
     queue: Arc<Queue>,
     committer: Committer,
+    /// Woken after each durable enqueue, so delivery starts without waiting for its poll.
+    router: Option<Recipient<WakeRouter>>,
 }
 
 impl QueueActor {
     /// Over an open queue and its committer.
-    pub fn new(queue: Arc<Queue>, committer: Committer) -> Self {
-        Self { queue, committer }
+    pub fn new(
+        queue: Arc<Queue>,
+        committer: Committer,
+        router: Option<Recipient<WakeRouter>>,
+    ) -> Self {
+        Self {
+            queue,
+            committer,
+            router,
+        }
     }
 }
 
@@ -48,13 +58,22 @@ impl Handler<Enqueue> for QueueActor {
             Err(SubmitError::Unavailable) => {
                 Box::pin(std::future::ready(Err(EnqueueError::Unavailable)))
             }
-            Ok(()) => Box::pin(async move {
-                match rx.await {
-                    Ok(Ok(id)) => Ok(id),
-                    Ok(Err(e)) => Err(EnqueueError::Failed(e.0)),
-                    Err(_) => Err(EnqueueError::Unavailable),
-                }
-            }),
+            Ok(()) => {
+                let router = self.router.clone();
+                Box::pin(async move {
+                    match rx.await {
+                        Ok(Ok(id)) => {
+                            // A full router mailbox means it is busy anyway: it will poll.
+                            if let Some(r) = router {
+                                let _ = r.try_send(WakeRouter);
+                            }
+                            Ok(id)
+                        }
+                        Ok(Err(e)) => Err(EnqueueError::Failed(e.0)),
+                        Err(_) => Err(EnqueueError::Unavailable),
+                    }
+                })
+            }
         }
     }
 }

@@ -8,8 +8,10 @@
 use crate::amtp_policy::AmtpPolicy;
 use crate::amtp_tls::AmtpTrust;
 use crate::auth::users::UserDb;
-use crate::config::ResolverConfig;
 use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, SessionConfig, per_core};
+use crate::config::{DeliveryConfig, ResolverConfig};
+use crate::delivery::outbound::OutboundContext;
+use crate::delivery::router::{Router, RouterShared};
 use crate::identity::{IdentityCache, IdentityChecker};
 use crate::limits::ConnectionLimits;
 use crate::listener::ListenerActor;
@@ -52,8 +54,12 @@ pub struct RelaySettings {
     pub queue_store: Arc<Queue>,
     /// Where to serve admin queries.
     pub admin_socket: Option<PathBuf>,
-    /// AMTP listeners' trust, policy and resolver (present when an `amtp` listener exists).
+    /// AMTP listeners' trust and policy (present when an `amtp` listener exists).
     pub amtp: Option<AmtpSettings>,
+    /// The resolver (present when AMTP or delivery needs DNS).
+    pub resolver: Option<ResolverSettings>,
+    /// Outbound delivery (absent: the relay only accepts and stores).
+    pub delivery: Option<DeliverySettings>,
 }
 
 /// What `amtp` listeners need, loaded before start.
@@ -64,10 +70,22 @@ pub struct AmtpSettings {
     pub policy: Arc<AmtpPolicy>,
     /// Forward-confirm PTR names.
     pub require_forward_confirmation: bool,
+}
+
+/// The DNS resolver (needed by AMTP listeners and by delivery).
+pub struct ResolverSettings {
     /// The DNS transport (real name servers, or a test double).
     pub transport: Arc<dyn DnsTransport>,
     /// `[resolver]`.
-    pub resolver: ResolverConfig,
+    pub config: ResolverConfig,
+}
+
+/// Outbound delivery.
+pub struct DeliverySettings {
+    /// `[delivery]`.
+    pub config: DeliveryConfig,
+    /// TLS and addressing for outbound connections.
+    pub outbound: OutboundContext,
 }
 
 /// A running relay.
@@ -92,8 +110,61 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             capacity: settings.queue.capacity,
         },
     )?;
-    let queue = QueueActor::new(settings.queue_store.clone(), committer.clone()).start();
     let mut extra_arbiters = Vec::new();
+    let resolver = settings.resolver.map(|r| {
+        let resolver_arbiter = Arbiter::new();
+        let cache = Arc::new(DnsCache::new(r.config.cache_size, 64));
+        let (transport, actor_cache, ttl) =
+            (r.transport.clone(), cache.clone(), r.config.ttl_policy());
+        let actor = ResolverActor::start_in_arbiter(&resolver_arbiter.handle(), move |_| {
+            ResolverActor::new(transport, actor_cache, ttl)
+        });
+        extra_arbiters.push(resolver_arbiter);
+        // A lookup may take every try's timeout; give the actor that long plus a margin.
+        let lookup_timeout = r.config.timeout.0
+            * u32::try_from(r.config.attempts.max(1)).unwrap_or(1)
+            + Duration::from_secs(1);
+        (
+            ResolverHandle::new(cache, actor.recipient(), lookup_timeout),
+            r.config.cache_size,
+        )
+    });
+    let router = settings.delivery.map(|d| {
+        let routes = d
+            .config
+            .route
+            .iter()
+            .flat_map(|r| {
+                r.domains
+                    .iter()
+                    .map(move |dom| (dom.trim_end_matches('.').to_ascii_lowercase(), r.clone()))
+            })
+            .collect();
+        let shared = Arc::new(RouterShared {
+            queue: settings.queue_store.clone(),
+            resolver: resolver.as_ref().map(|(h, _)| h.clone()),
+            routes,
+            outbound: d.outbound,
+            smtp_fallback: d.config.smtp_fallback,
+            smtp_fallback_tls: d.config.smtp_fallback_tls,
+            retry: d.config.retry(),
+            lease: d.config.lease.0,
+            poll_interval: d.config.poll_interval.0,
+            concurrency: d.config.concurrency_per_destination,
+            max_per_connection: d.config.max_messages_per_connection,
+            hostname: settings.hostname.clone(),
+        });
+        let arbiter = Arbiter::new();
+        let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| Router::new(shared));
+        extra_arbiters.push(arbiter);
+        addr
+    });
+    let queue = QueueActor::new(
+        settings.queue_store.clone(),
+        committer.clone(),
+        router.map(Addr::recipient),
+    )
+    .start();
     let policy_arbiter = Arbiter::new();
     let users = settings.users.clone();
     let auth = settings.auth.clone();
@@ -103,29 +174,18 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     let mut identity = None;
     let mut amtp_shared = None;
     if let Some(a) = settings.amtp {
-        let resolver_arbiter = Arbiter::new();
-        let cache = Arc::new(DnsCache::new(a.resolver.cache_size, 64));
-        let (transport, actor_cache, ttl) =
-            (a.transport.clone(), cache.clone(), a.resolver.ttl_policy());
-        let resolver = ResolverActor::start_in_arbiter(&resolver_arbiter.handle(), move |_| {
-            ResolverActor::new(transport, actor_cache, ttl)
-        });
-        // A lookup may take every try's timeout; give the actor that long plus a margin.
-        let lookup_timeout = a.resolver.timeout.0
-            * u32::try_from(a.resolver.attempts.max(1)).unwrap_or(1)
-            + Duration::from_secs(1);
-        let handle = ResolverHandle::new(cache, resolver.recipient(), lookup_timeout);
-        identity = Some(IdentityChecker::new(
-            handle,
-            Arc::new(IdentityCache::new(a.resolver.cache_size, 64)),
-            a.require_forward_confirmation,
-        ));
+        if let Some((handle, cache_size)) = &resolver {
+            identity = Some(IdentityChecker::new(
+                handle.clone(),
+                Arc::new(IdentityCache::new(*cache_size, 64)),
+                a.require_forward_confirmation,
+            ));
+        }
         amtp_shared = Some(AmtpShared {
             acceptor: tokio_rustls::TlsAcceptor::from(a.trust.server_config.clone()),
             trust: a.trust,
             policy: a.policy,
         });
-        extra_arbiters.push(resolver_arbiter);
     }
     let deps = SessionDeps {
         policy: policy.recipient(),

@@ -51,6 +51,9 @@ shutdown_grace = "2s"
 [tls]
 generate_dev_certificate = true
 
+[delivery]
+enabled = false
+
 [[listener]]
 name = "mx"
 role = "mx"

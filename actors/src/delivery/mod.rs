@@ -5,7 +5,14 @@
 //! - [`route`] — ordering next hops: SRV per RFC 2782 (AMTP), MX per RFC 5321 §5.1 with implicit
 //!   and null MX (SMTP fallback).
 //!
-//! The Router and Destination actors, the outbound sessions and DSNs build on these.
+//! - [`outbound`] — one outbound connection running the pure client over TCP/TLS.
+//! - [`router`] — the Router actor: due messages → next hops → destinations → outcomes.
+//! - [`destination`] — a Destination actor per next hop: concurrency, reuse, failover.
+//! - [`bounce`] — DSNs for permanent failures.
 
+pub mod bounce;
+pub mod destination;
+pub mod outbound;
 pub mod route;
+pub mod router;
 pub mod schedule;

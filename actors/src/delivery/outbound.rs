@@ -1,0 +1,432 @@
+//! One outbound connection: connect (optionally from a fixed source address), TLS per the
+//! hop, then run the pure [`amtp_proto::client::Client`] over it, pulling messages while the
+//! connection is ready (connection reuse) and reporting per-recipient dispositions. Every read
+//! and write has a timeout; replies are parsed from a bounded buffer.
+
+use amtp_proto::client::{
+    Client, ClientConfig, Disposition, Envelope, Output, TlsPolicy, dot_stuff,
+};
+use amtp_proto::reply::parse_reply;
+use amtp_storage::QueueId;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Where to connect and how.
+#[derive(Debug, Clone)]
+pub struct HopTarget {
+    /// The host name (TLS server name) or address text.
+    pub host: String,
+    /// The resolved address.
+    pub addr: SocketAddr,
+    /// AMTP (implicit TLS with our certificate) or SMTP.
+    pub amtp: bool,
+    /// TLS policy for SMTP hops (AMTP hops are always `Implicit`).
+    pub tls: TlsPolicy,
+}
+
+/// Settings shared by all outbound connections.
+#[derive(Clone)]
+pub struct OutboundContext {
+    /// EHLO name.
+    pub ehlo_name: String,
+    /// Local address to bind.
+    pub source: Option<IpAddr>,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Per-reply timeout.
+    pub command_timeout: Duration,
+    /// AMTP: our certificate, verifying the peer against the trust anchors.
+    pub amtp_tls: Option<Arc<rustls::ClientConfig>>,
+    /// SMTP with `required` TLS: verifying against `server_ca`.
+    pub smtp_verified_tls: Option<Arc<rustls::ClientConfig>>,
+    /// SMTP opportunistic TLS: encryption without certificate verification (RFC 7435).
+    pub smtp_opportunistic_tls: Arc<rustls::ClientConfig>,
+}
+
+/// One message for this connection.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Queue id.
+    pub id: QueueId,
+    /// Envelope for the client.
+    pub envelope: Envelope,
+    /// The message as it is sent (with the `MPC:` header on SMTP hops).
+    pub body: Arc<Vec<u8>>,
+}
+
+/// Why a connection failed before (or between) messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionFailure {
+    /// A later attempt may succeed.
+    pub temporary: bool,
+    /// For logs, DSNs and `queue show`.
+    pub reason: String,
+}
+
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    Gone,
+}
+
+impl Stream {
+    async fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
+        match self {
+            Self::Plain(s) => s.write_all(b).await,
+            Self::Tls(s) => {
+                s.write_all(b).await?;
+                s.flush().await
+            }
+            Self::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+
+    async fn read(&mut self, b: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Self::Plain(s) => s.read(b).await,
+            Self::Tls(s) => s.read(b).await,
+            Self::Gone => Err(std::io::ErrorKind::NotConnected.into()),
+        }
+    }
+}
+
+fn failure(temporary: bool, reason: impl Into<String>) -> ConnectionFailure {
+    ConnectionFailure {
+        temporary,
+        reason: reason.into(),
+    }
+}
+
+async fn connect(
+    target: &HopTarget,
+    ctx: &OutboundContext,
+) -> Result<TcpStream, ConnectionFailure> {
+    let socket = if target.addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(|e| failure(true, format!("socket: {e}")))?;
+    if let Some(src) = ctx.source {
+        socket
+            .bind(SocketAddr::new(src, 0))
+            .map_err(|e| failure(true, format!("cannot bind source address {src}: {e}")))?;
+    }
+    match tokio::time::timeout(ctx.connect_timeout, socket.connect(target.addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) => Err(failure(
+            true,
+            format!("connect to {} ({}): {e}", target.host, target.addr),
+        )),
+        Err(_) => Err(failure(
+            true,
+            format!("connect to {} ({}): timed out", target.host, target.addr),
+        )),
+    }
+}
+
+fn server_name(host: &str) -> Result<ServerName<'static>, ConnectionFailure> {
+    ServerName::try_from(host.to_string())
+        .map_err(|e| failure(false, format!("invalid TLS server name {host}: {e}")))
+}
+
+async fn tls(
+    tcp: TcpStream,
+    host: &str,
+    config: Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, String> {
+    match tokio::time::timeout(
+        timeout,
+        TlsConnector::from(config).connect(server_name(host).map_err(|f| f.reason)?, tcp),
+    )
+    .await
+    {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Deliver messages over one connection. `next_job` is asked for the next message whenever the
+/// connection is ready (until it returns `None` or `max_messages` were sent); `report` gets each
+/// message's dispositions. `Err` means the connection failed with no message in flight.
+pub async fn run_connection(
+    target: &HopTarget,
+    ctx: &OutboundContext,
+    max_messages: usize,
+    mut next_job: impl FnMut() -> Option<Job>,
+    mut report: impl FnMut(QueueId, Vec<(String, Disposition)>),
+) -> Result<(), ConnectionFailure> {
+    let tcp = connect(target, ctx).await?;
+    let mut stream = if target.amtp {
+        let config = ctx
+            .amtp_tls
+            .clone()
+            .ok_or_else(|| failure(false, "AMTP hop without an AMTP client TLS configuration"))?;
+        Stream::Tls(Box::new(
+            tls(tcp, &target.host, config, ctx.command_timeout)
+                .await
+                .map_err(|e| failure(true, format!("TLS with {}: {e}", target.host)))?,
+        ))
+    } else {
+        Stream::Plain(tcp)
+    };
+    let policy = if target.amtp {
+        TlsPolicy::Implicit
+    } else {
+        target.tls
+    };
+    let mut client = Client::new(ClientConfig {
+        ehlo_name: ctx.ehlo_name.clone(),
+        tls: policy,
+        amtp: target.amtp,
+    });
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut current: Option<Job> = None;
+    let mut sent = 0usize;
+    let mut todo: VecDeque<Output> = VecDeque::new();
+    loop {
+        // Read one reply (bounded, with a timeout).
+        let reply = loop {
+            match parse_reply(&buf, 4096) {
+                Ok(Some((r, used))) => {
+                    buf.drain(..used);
+                    break Ok(r);
+                }
+                Ok(None) => {}
+                Err(e) => break Err(format!("unparseable reply: {e:?}")),
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout(ctx.command_timeout, stream.read(&mut chunk)).await {
+                Ok(Ok(0)) => break Err("connection closed by peer".into()),
+                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Err(e)) => break Err(e.to_string()),
+                Err(_) => break Err("timed out waiting for a reply".into()),
+            }
+        };
+        let reply = match reply {
+            Ok(r) => r,
+            Err(reason) => {
+                let reason = format!("{}: {reason}", target.host);
+                for o in client.on_connection_lost(&reason) {
+                    if let (Output::MessageDone(d), Some(job)) = (o, current.take()) {
+                        report(job.id, d);
+                    }
+                }
+                return if sent == 0 {
+                    Err(failure(true, reason))
+                } else {
+                    Ok(())
+                };
+            }
+        };
+        todo.extend(client.on_reply(reply));
+        while let Some(out) = todo.pop_front() {
+            match out {
+                Output::Send(bytes) => {
+                    if let Err(e) =
+                        tokio::time::timeout(ctx.command_timeout, stream.write_all(&bytes))
+                            .await
+                            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
+                            .and_then(|r| r)
+                    {
+                        todo.clear();
+                        todo.extend(
+                            client
+                                .on_connection_lost(&format!("{}: write failed: {e}", target.host)),
+                        );
+                    }
+                }
+                Output::StartTls => {
+                    let Stream::Plain(tcp) = std::mem::replace(&mut stream, Stream::Gone) else {
+                        return Err(failure(true, "STARTTLS on a TLS connection"));
+                    };
+                    let config = match target.tls {
+                        TlsPolicy::Required => ctx.smtp_verified_tls.clone().ok_or_else(|| {
+                            failure(false, "TLS required but no server_ca configured")
+                        })?,
+                        _ => ctx.smtp_opportunistic_tls.clone(),
+                    };
+                    match tls(tcp, &target.host, config, ctx.command_timeout).await {
+                        Ok(s) => {
+                            stream = Stream::Tls(Box::new(s));
+                            buf.clear();
+                            todo.extend(client.on_tls());
+                        }
+                        Err(e) => todo.extend(client.on_tls_failed(&e)),
+                    }
+                }
+                Output::SendBody => {
+                    let Some(job) = &current else { continue };
+                    let wire = dot_stuff(&job.body);
+                    let write = tokio::time::timeout(
+                        ctx.command_timeout.max(Duration::from_secs(60)),
+                        stream.write_all(&wire),
+                    )
+                    .await;
+                    if !matches!(write, Ok(Ok(()))) {
+                        todo.clear();
+                        todo.extend(client.on_connection_lost(&format!(
+                            "{}: writing the message failed",
+                            target.host
+                        )));
+                    }
+                }
+                Output::MessageDone(d) => {
+                    if let Some(job) = current.take() {
+                        report(job.id, d);
+                    }
+                }
+                Output::Ready => {
+                    let job = if sent < max_messages {
+                        next_job()
+                    } else {
+                        None
+                    };
+                    match job {
+                        Some(job) => {
+                            sent += 1;
+                            todo.extend(client.send(job.envelope.clone()));
+                            current = Some(job);
+                        }
+                        None => todo.extend(client.quit()),
+                    }
+                }
+                Output::Failed { temporary, reason } => {
+                    return Err(failure(temporary, format!("{}: {reason}", target.host)));
+                }
+                Output::Close => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Opportunistic TLS (RFC 7435): encrypt, do not authenticate the server. Handshake
+/// signatures are still verified, so the session keys belong to whoever holds the key in the
+/// presented certificate.
+#[derive(Debug)]
+pub struct EncryptOnly(pub rustls::crypto::WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for EncryptOnly {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(m, c, d, &self.0)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        m: &[u8],
+        c: &CertificateDer<'_>,
+        d: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(m, c, d, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}
+
+/// The outbound TLS client configurations.
+pub struct OutboundTls {
+    /// AMTP: our certificate, peers verified against the roots.
+    pub amtp: Option<Arc<rustls::ClientConfig>>,
+    /// SMTP with required TLS: verified against the roots.
+    pub verified: Option<Arc<rustls::ClientConfig>>,
+    /// Opportunistic SMTP TLS: encrypt only.
+    pub opportunistic: Arc<rustls::ClientConfig>,
+}
+
+/// Build the outbound TLS configurations from our certificate and the trust anchors.
+pub fn tls_configs(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+    roots: Option<&std::path::Path>,
+) -> Result<OutboundTls, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = || {
+        rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())
+    };
+    let store = match roots {
+        Some(path) => {
+            let mut store = rustls::RootCertStore::empty();
+            for c in CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?
+            {
+                store
+                    .add(c.map_err(|e| format!("{}: {e}", path.display()))?)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
+    let verified = match &store {
+        Some(s) => Some(Arc::new(
+            builder()?
+                .with_root_certificates(s.clone())
+                .with_no_client_auth(),
+        )),
+        None => None,
+    };
+    let amtp = match (&store, cert, key) {
+        (Some(s), Some(cert), Some(key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(Iterator::collect)
+                .map_err(|e| format!("{}: {e}", cert.display()))?;
+            let key =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+            Some(Arc::new(
+                builder()?
+                    .with_root_certificates(s.clone())
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| e.to_string())?,
+            ))
+        }
+        _ => None,
+    };
+    let algs = provider.signature_verification_algorithms;
+    let opportunistic = Arc::new(
+        builder()?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(EncryptOnly(algs)))
+            .with_no_client_auth(),
+    );
+    Ok(OutboundTls {
+        amtp,
+        verified,
+        opportunistic,
+    })
+}

@@ -1,0 +1,585 @@
+//! The Router: reads due messages from the queue, decides each recipient's next hop, hands
+//! the work to per-destination actors, and writes the outcomes back — delivered and failed
+//! recipients are completed (a message leaves the queue only when no recipient is pending),
+//! failures produce one DSN per message per batch, and the rest is rescheduled by the retry
+//! policy or, past the message's lifetime, bounced.
+//!
+//! Next hops per recipient domain: a configured route (`[[delivery.route]]`, e.g. local domains
+//! to the mailbox store); otherwise, for mail that did not arrive over a public connection,
+//! `_amtp._tcp.<domain>` SRV (RFC 2782); without an SRV record, MX and SMTP when the fallback is
+//! enabled. Mail received over public AMTP (or unauthenticated SMTP) is never sent to a public hop.
+
+use super::bounce;
+use super::destination::Destination;
+use super::outbound::{HopTarget, Job, OutboundContext};
+use super::route::{Hop, Route, order_mx, order_srv};
+use super::schedule::{Next, RetryPolicy};
+use crate::config::{HopProtocol, HopTls, RouteConfig};
+use crate::messages::{DeliverJob, JobResult, WakeRouter};
+use crate::resolver::{DnsQuery, LookupError, Records, ResolverHandle};
+use actix::dev::SendError;
+use actix::prelude::*;
+use amtp_proto::client::{Disposition, Envelope, TlsPolicy};
+use amtp_storage::{Completion, MessageRecord, Origin, Queue, QueueId, RecipientState};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Most messages leased per router tick.
+const BATCH: usize = 256;
+
+/// What the router needs; shared with its planning futures.
+pub struct RouterShared {
+    /// The queue.
+    pub queue: Arc<Queue>,
+    /// DNS (SRV, MX, A).
+    pub resolver: Option<ResolverHandle>,
+    /// Configured routes by recipient domain (normalised).
+    pub routes: HashMap<String, RouteConfig>,
+    /// Outbound connection settings.
+    pub outbound: OutboundContext,
+    /// SMTP fallback via MX for remote domains without SRV.
+    pub smtp_fallback: bool,
+    /// TLS for the fallback.
+    pub smtp_fallback_tls: HopTls,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Lease per attempt.
+    pub lease: Duration,
+    /// Poll interval.
+    pub poll_interval: Duration,
+    /// Connections per destination.
+    pub concurrency: usize,
+    /// Messages per connection.
+    pub max_per_connection: usize,
+    /// Our host name (DSNs).
+    pub hostname: String,
+}
+
+struct InFlight {
+    record: MessageRecord,
+    outstanding: usize,
+    outcomes: Vec<(String, Disposition)>,
+}
+
+/// One destination's share of a message.
+struct Group {
+    key: String,
+    targets: Vec<HopTarget>,
+    job: Job,
+}
+
+struct Plan {
+    id: QueueId,
+    record: MessageRecord,
+    groups: Vec<Group>,
+    immediate: Vec<(String, Disposition)>,
+}
+
+/// See the module docs.
+pub struct Router {
+    shared: Arc<RouterShared>,
+    destinations: HashMap<String, Addr<Destination>>,
+    in_flight: HashMap<QueueId, InFlight>,
+    ticking: bool,
+}
+
+impl Router {
+    /// A router over the shared settings.
+    pub fn new(shared: Arc<RouterShared>) -> Self {
+        Self {
+            shared,
+            destinations: HashMap::new(),
+            in_flight: HashMap::new(),
+            ticking: false,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        if self.ticking {
+            return;
+        }
+        self.ticking = true;
+        let shared = self.shared.clone();
+        let skip: Vec<QueueId> = self.in_flight.keys().copied().collect();
+        let work = async move {
+            let s = shared.clone();
+            let leased = tokio::task::spawn_blocking(move || lease_due(&s, &skip))
+                .await
+                .unwrap_or_default();
+            let mut plans = Vec::with_capacity(leased.len());
+            for (id, record, body) in leased {
+                plans.push(plan(&shared, id, record, Arc::new(body)).await);
+            }
+            plans
+        };
+        ctx.spawn(work.into_actor(self).map(|plans, act, ctx| {
+            act.ticking = false;
+            for p in plans {
+                act.dispatch(p, ctx);
+            }
+        }));
+    }
+
+    fn destination(
+        &mut self,
+        key: &str,
+        targets: &[HopTarget],
+        ctx: &mut Context<Self>,
+    ) -> Addr<Destination> {
+        if let Some(addr) = self.destinations.get(key).filter(|a| a.connected()) {
+            return addr.clone();
+        }
+        let s = &self.shared;
+        let addr = Destination::new(
+            key.to_string(),
+            targets.to_vec(),
+            s.outbound.clone(),
+            s.concurrency,
+            s.max_per_connection,
+            ctx.address().recipient(),
+        )
+        .start();
+        self.destinations.insert(key.to_string(), addr.clone());
+        addr
+    }
+
+    fn dispatch(&mut self, plan: Plan, ctx: &mut Context<Self>) {
+        let outstanding = plan.groups.len() + usize::from(!plan.immediate.is_empty());
+        self.in_flight.insert(
+            plan.id,
+            InFlight {
+                record: plan.record,
+                outstanding,
+                outcomes: Vec::new(),
+            },
+        );
+        if !plan.immediate.is_empty() {
+            self.record_result(
+                JobResult {
+                    id: plan.id,
+                    outcomes: plan.immediate,
+                },
+                ctx,
+            );
+        }
+        for g in plan.groups {
+            let mut msg = DeliverJob(g.job);
+            for _ in 0..2 {
+                let dest = self.destination(&g.key, &g.targets, ctx);
+                match dest.try_send(msg) {
+                    Ok(()) => break,
+                    Err(SendError::Closed(m)) => {
+                        self.destinations.remove(&g.key);
+                        msg = m;
+                    }
+                    Err(SendError::Full(m)) => {
+                        let outcomes = m
+                            .0
+                            .envelope
+                            .recipients
+                            .iter()
+                            .map(|r| {
+                                (
+                                    r.clone(),
+                                    Disposition::Deferred(format!("{}: destination busy", g.key)),
+                                )
+                            })
+                            .collect();
+                        self.record_result(
+                            JobResult {
+                                id: m.0.id,
+                                outcomes,
+                            },
+                            ctx,
+                        );
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn record_result(&mut self, result: JobResult, ctx: &mut Context<Self>) {
+        let Some(entry) = self.in_flight.get_mut(&result.id) else {
+            return;
+        };
+        entry.outcomes.extend(result.outcomes);
+        entry.outstanding = entry.outstanding.saturating_sub(1);
+        if entry.outstanding > 0 {
+            return;
+        }
+        let Some(done) = self.in_flight.remove(&result.id) else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let id = result.id;
+        let finish = async move {
+            let s = shared.clone();
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || finalize(&s, id, &done.record, &done.outcomes))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+            {
+                tracing::error!(id = %id, error = %e, "could not record delivery results; the lease will expire and the message is retried");
+            }
+        };
+        ctx.spawn(finish.into_actor(self));
+    }
+}
+
+impl Actor for Router {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16_384);
+        ctx.run_interval(self.shared.poll_interval, |act, ctx| act.tick(ctx));
+        self.tick(ctx);
+    }
+}
+
+impl Handler<WakeRouter> for Router {
+    type Result = ();
+
+    fn handle(&mut self, _: WakeRouter, ctx: &mut Self::Context) {
+        self.tick(ctx);
+    }
+}
+
+impl Handler<JobResult> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: JobResult, ctx: &mut Self::Context) {
+        self.record_result(msg, ctx);
+    }
+}
+
+/// Lease due messages (not already in flight) and read their bodies.
+fn lease_due(s: &RouterShared, skip: &[QueueId]) -> Vec<(QueueId, MessageRecord, Vec<u8>)> {
+    let now = amtp_storage::now_ms();
+    let until = now + u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX);
+    let due = match s.queue.due(now, BATCH) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read due messages");
+            return vec![];
+        }
+    };
+    let mut out = Vec::new();
+    for id in due.into_iter().filter(|id| !skip.contains(id)) {
+        match s.queue.lease(id, now, until) {
+            Ok(Some(rec)) => match s.queue.body(id) {
+                Ok(body) => out.push((id, rec, body)),
+                Err(e) => {
+                    tracing::error!(id = %id, error = %e, "cannot read message body; will retry")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!(id = %id, error = %e, "cannot lease message"),
+        }
+    }
+    out
+}
+
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or(address, |(_, d)| d)
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
+}
+
+fn xorshift(seed: u64) -> impl FnMut(u32) -> u32 {
+    let mut x = seed | 1;
+    move |max| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        u32::try_from(x % (u64::from(max) + 1)).unwrap_or(0)
+    }
+}
+
+async fn addresses(
+    s: &RouterShared,
+    host: &str,
+    port: u16,
+) -> Result<Vec<SocketAddr>, Disposition> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let Some(resolver) = &s.resolver else {
+        return Err(Disposition::Deferred(format!(
+            "cannot resolve {host}: no resolver configured"
+        )));
+    };
+    let mut addrs = Vec::new();
+    let mut temporary = None;
+    for q in [
+        DnsQuery::A(host.to_string()),
+        DnsQuery::Aaaa(host.to_string()),
+    ] {
+        match resolver.resolve(q).await {
+            Ok(Records::Addrs(a)) => {
+                addrs.extend(a.into_iter().map(|ip| SocketAddr::new(ip, port)))
+            }
+            Err(LookupError::Temporary(e)) => temporary = Some(e),
+            _ => {}
+        }
+    }
+    match (addrs.is_empty(), temporary) {
+        (false, _) => Ok(addrs),
+        (true, Some(e)) => Err(Disposition::Deferred(format!(
+            "DNS lookup of {host} failed: {e}"
+        ))),
+        (true, None) => Err(Disposition::Failed(format!(
+            "550 5.1.2 {host} has no address"
+        ))),
+    }
+}
+
+async fn targets(
+    s: &RouterShared,
+    hops: &[Hop],
+    amtp: bool,
+    tls: TlsPolicy,
+) -> Result<Vec<HopTarget>, Disposition> {
+    let mut out = Vec::new();
+    let mut last = None;
+    for h in hops {
+        match addresses(s, &h.host, h.port).await {
+            Ok(addrs) => out.extend(addrs.into_iter().map(|addr| HopTarget {
+                host: h.host.clone(),
+                addr,
+                amtp,
+                tls,
+            })),
+            Err(d) => last = Some(d),
+        }
+    }
+    if out.is_empty() {
+        Err(last.unwrap_or_else(|| Disposition::Failed("550 5.4.4 no next hop".into())))
+    } else {
+        Ok(out)
+    }
+}
+
+fn tls_policy(t: HopTls) -> TlsPolicy {
+    match t {
+        HopTls::None => TlsPolicy::Never,
+        HopTls::Opportunistic => TlsPolicy::Opportunistic,
+        HopTls::Required => TlsPolicy::Required,
+    }
+}
+
+/// Key, targets and protocol (true = AMTP) for a recipient domain.
+async fn route_domain(
+    s: &RouterShared,
+    domain: &str,
+    origin: Origin,
+) -> Result<(String, Vec<HopTarget>, bool), Disposition> {
+    if let Some(r) = s.routes.get(domain) {
+        let amtp = r.protocol == HopProtocol::Amtp;
+        let hop = Hop {
+            host: r.host.clone(),
+            port: r.port,
+        };
+        let t = targets(s, &[hop], amtp, tls_policy(r.tls)).await?;
+        return Ok((format!("route:{}:{}", r.host, r.port), t, amtp));
+    }
+    if matches!(origin, Origin::AmtpPublic | Origin::Smtp) {
+        return Err(Disposition::Failed(
+            "550 5.7.1 mail received over a public connection is not relayed to a public next hop"
+                .into(),
+        ));
+    }
+    let Some(resolver) = &s.resolver else {
+        return Err(Disposition::Deferred(format!(
+            "no route for {domain} and no resolver configured"
+        )));
+    };
+    let seed = amtp_storage::now_ms() ^ (domain.len() as u64).rotate_left(32);
+    let mut rng = xorshift(seed);
+    match resolver
+        .resolve(DnsQuery::Srv(format!("_amtp._tcp.{domain}")))
+        .await
+    {
+        Ok(Records::Srv(records)) => match order_srv(&records, &mut rng) {
+            Route::NoService => Err(Disposition::Failed(format!(
+                "550 5.1.10 {domain} offers no AMTP service"
+            ))),
+            Route::Hops(h) => Ok((
+                format!("amtp:{domain}"),
+                targets(s, &h, true, TlsPolicy::Implicit).await?,
+                true,
+            )),
+        },
+        Err(LookupError::Temporary(e)) => Err(Disposition::Deferred(format!(
+            "DNS SRV lookup for {domain} failed: {e}"
+        ))),
+        Ok(_) | Err(LookupError::NxDomain | LookupError::NoData) if s.smtp_fallback => {
+            let mx = match resolver.resolve(DnsQuery::Mx(domain.to_string())).await {
+                Ok(Records::Mx(m)) => Some(m),
+                Err(LookupError::NoData) => None,
+                Err(LookupError::NxDomain) => {
+                    return Err(Disposition::Failed(format!(
+                        "550 5.1.2 {domain} does not exist"
+                    )));
+                }
+                Err(LookupError::Temporary(e)) => {
+                    return Err(Disposition::Deferred(format!(
+                        "DNS MX lookup for {domain} failed: {e}"
+                    )));
+                }
+                Ok(_) => None,
+            };
+            match order_mx(domain, mx.as_deref(), 25, &mut rng) {
+                Route::NoService => Err(Disposition::Failed(format!(
+                    "556 5.1.10 {domain} accepts no mail (null MX)"
+                ))),
+                Route::Hops(h) => Ok((
+                    format!("smtp:{domain}"),
+                    targets(s, &h, false, tls_policy(s.smtp_fallback_tls)).await?,
+                    false,
+                )),
+            }
+        }
+        Ok(_) | Err(_) => Err(Disposition::Failed(format!(
+            "550 5.4.4 {domain} has no _amtp._tcp SRV record (SMTP fallback disabled)"
+        ))),
+    }
+}
+
+/// Decide where each pending recipient goes.
+async fn plan(s: &RouterShared, id: QueueId, record: MessageRecord, body: Arc<Vec<u8>>) -> Plan {
+    let mut by_domain: HashMap<String, Vec<String>> = HashMap::new();
+    for r in record.pending() {
+        by_domain
+            .entry(domain_of(&r.address))
+            .or_default()
+            .push(r.address.clone());
+    }
+    let mpc = record.envelope.mpc.as_deref().and_then(|m| m.parse().ok());
+    let mut groups: Vec<Group> = Vec::new();
+    let mut immediate = Vec::new();
+    for (domain, rcpts) in by_domain {
+        match route_domain(s, &domain, record.envelope.origin).await {
+            Ok((key, targets, amtp)) => {
+                // Leaving AMTP: add the MPC header (never on AMTP hops, where MPC= carries it).
+                let wire = match (amtp, &record.envelope.mpc) {
+                    (false, Some(m)) => {
+                        let mut b = format!("MPC: {m}\r\n").into_bytes();
+                        b.extend_from_slice(&body);
+                        Arc::new(b)
+                    }
+                    _ => body.clone(),
+                };
+                if let Some(g) = groups.iter_mut().find(|g| g.key == key) {
+                    g.job.envelope.recipients.extend(rcpts);
+                } else {
+                    let envelope = Envelope {
+                        from: record.envelope.sender.clone(),
+                        recipients: rcpts,
+                        mpc,
+                        size: u64::try_from(wire.len()).unwrap_or(u64::MAX),
+                    };
+                    groups.push(Group {
+                        key,
+                        targets,
+                        job: Job {
+                            id,
+                            envelope,
+                            body: wire,
+                        },
+                    });
+                }
+            }
+            Err(d) => immediate.extend(rcpts.into_iter().map(|r| (r, d.clone()))),
+        }
+    }
+    Plan {
+        id,
+        record,
+        groups,
+        immediate,
+    }
+}
+
+/// Write the outcomes of one attempt: DSN first (durable), then complete; reschedule or expire
+/// what is deferred.
+fn finalize(
+    s: &RouterShared,
+    id: QueueId,
+    record: &MessageRecord,
+    outcomes: &[(String, Disposition)],
+) -> Result<(), String> {
+    let now = amtp_storage::now_ms();
+    let deferred: Vec<&(String, Disposition)> = outcomes
+        .iter()
+        .filter(|(_, d)| matches!(d, Disposition::Deferred(_)))
+        .collect();
+    let next =
+        (!deferred.is_empty()).then(|| s.retry.next(record.received_at, record.attempts + 1, now));
+    let expired = next == Some(Next::Expire);
+    let mut failed: Vec<(String, String)> = outcomes
+        .iter()
+        .filter_map(|(r, d)| {
+            if let Disposition::Failed(t) = d {
+                Some((r.clone(), t.clone()))
+            } else {
+                None
+            }
+        })
+        .collect();
+    if expired {
+        failed.extend(deferred.iter().map(|(r, d)| {
+            (
+                r.clone(),
+                format!("4.4.7 delivery time expired; last error: {}", text(d)),
+            )
+        }));
+    }
+    if !failed.is_empty()
+        && let Some(dsn) = bounce::dsn(&s.hostname, id, record, &failed, now / 1000)
+    {
+        s.queue
+            .enqueue_batch(&[dsn])
+            .map_err(|e| format!("cannot queue the DSN: {e}"))?;
+        tracing::info!(id = %id, recipients = failed.len(), to = %record.envelope.sender, "bounce queued");
+    }
+    let states: Vec<(String, RecipientState, Option<String>)> = outcomes
+        .iter()
+        .map(|(r, d)| {
+            let state = match d {
+                Disposition::Delivered(_) => RecipientState::Delivered,
+                Disposition::Failed(_) => RecipientState::Failed,
+                Disposition::Deferred(_) if expired => RecipientState::Failed,
+                Disposition::Deferred(_) => RecipientState::Pending,
+            };
+            (r.clone(), state, Some(text(d)))
+        })
+        .collect();
+    for (r, d) in outcomes {
+        tracing::info!(id = %id, rcpt = %r, outcome = match d { Disposition::Delivered(_) => "delivered", Disposition::Failed(_) => "failed", Disposition::Deferred(_) => "deferred" }, reply = %text(d), "delivery");
+    }
+    match s.queue.complete(id, &states).map_err(|e| e.to_string())? {
+        Completion::Removed => Ok(()),
+        Completion::Pending => {
+            let at = match next {
+                Some(Next::RetryAt(t)) => t,
+                _ => now,
+            };
+            s.queue
+                .reschedule(id, at)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn text(d: &Disposition) -> String {
+    match d {
+        Disposition::Delivered(r) => r.to_string(),
+        Disposition::Deferred(t) | Disposition::Failed(t) => t.clone(),
+    }
+}
