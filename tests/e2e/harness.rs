@@ -71,7 +71,11 @@ impl Relay {
     }
 
     pub fn start_config(text: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_config_in(tempfile::tempdir().unwrap(), text)
+    }
+
+    /// Start in an existing directory (e.g. to restart on the same data after `kill9`).
+    pub fn start_config_in(dir: tempfile::TempDir, text: &str) -> Self {
         let config = dir.path().join("relay.toml");
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(BIN)
@@ -203,6 +207,13 @@ impl Relay {
         c.expect("EHLO other.test", 250);
         c.expect("NOOP", 250);
         c.expect("QUIT", 221);
+    }
+
+    /// kill -9, and hand back the directory (data and config) for a restart.
+    pub fn kill9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 
     /// SIGTERM, and wait for a clean exit.

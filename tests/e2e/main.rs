@@ -6,7 +6,9 @@
 mod amtp;
 mod bad_input;
 mod cli;
+mod delivery;
 mod dns;
 mod harness;
 mod pki;
+mod sink;
 mod smtp;

@@ -1,0 +1,178 @@
+//! A small SMTP sink on 127.0.0.1 for delivery tests: records each message, and can reject a
+//! recipient or stall in DATA. Runs on threads; stops when dropped.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct SinkMessage {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub data: String,
+}
+
+#[derive(Default)]
+pub struct Behaviour {
+    /// RCPT addresses answered 550 5.1.1.
+    pub reject: Vec<String>,
+    /// Sleep this long before answering the end of DATA.
+    pub stall: Option<Duration>,
+}
+
+pub struct Sink {
+    pub addr: SocketAddr,
+    pub messages: Arc<Mutex<Vec<SinkMessage>>>,
+    pub behaviour: Arc<Mutex<Behaviour>>,
+    /// DATA phases begun (to know a delivery is in flight).
+    pub data_started: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Sink {
+    /// Listen on `addr` (127.0.0.1:0 for any port).
+    pub fn start(addr: &str) -> Self {
+        let listener = TcpListener::bind(addr).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let messages: Arc<Mutex<Vec<SinkMessage>>> = Arc::default();
+        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
+        let data_started = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (m, b, d, s) = (
+            messages.clone(),
+            behaviour.clone(),
+            data_started.clone(),
+            stop.clone(),
+        );
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        let (m, b, d) = (m.clone(), b.clone(), d.clone());
+                        std::thread::spawn(move || {
+                            let _ = session(stream, &m, &b, &d);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Self {
+            addr,
+            messages,
+            behaviour,
+            data_started,
+            stop,
+        }
+    }
+
+    /// Wait until `n` messages arrived (at most `secs`).
+    pub fn wait_for(&self, n: usize, secs: u64) -> Vec<SinkMessage> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.messages.lock().unwrap().clone();
+            if got.len() >= n || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn session(
+    stream: TcpStream,
+    messages: &Mutex<Vec<SinkMessage>>,
+    behaviour: &Mutex<Behaviour>,
+    data_started: &AtomicUsize,
+) -> std::io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut out = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    out.write_all(b"220 sink.test ESMTP\r\n")?;
+    let (mut from, mut rcpts) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let cmd = line.trim_end().to_string();
+        let upper = cmd.to_ascii_uppercase();
+        let reply: String = if upper.starts_with("EHLO") {
+            "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
+        } else if upper.starts_with("MAIL FROM:") {
+            from = cmd[10..]
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            "250 2.1.0 ok\r\n".into()
+        } else if upper.starts_with("RCPT TO:") {
+            let to = cmd[8..]
+                .trim()
+                .trim_start_matches('<')
+                .split('>')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if behaviour.lock().unwrap().reject.contains(&to) {
+                "550 5.1.1 no such user here\r\n".into()
+            } else {
+                rcpts.push(to);
+                "250 2.1.5 ok\r\n".into()
+            }
+        } else if upper == "DATA" {
+            if rcpts.is_empty() {
+                "554 5.5.1 no valid recipients\r\n".into()
+            } else {
+                out.write_all(b"354 go ahead\r\n")?;
+                data_started.fetch_add(1, Ordering::SeqCst);
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" {
+                        break;
+                    }
+                    data.push_str(
+                        line.strip_prefix('.')
+                            .filter(|_| line.starts_with(".."))
+                            .unwrap_or(&line),
+                    );
+                }
+                let stall = behaviour.lock().unwrap().stall;
+                if let Some(d) = stall {
+                    std::thread::sleep(d);
+                }
+                messages.lock().unwrap().push(SinkMessage {
+                    from: from.clone(),
+                    rcpts: std::mem::take(&mut rcpts),
+                    data,
+                });
+                "250 2.0.0 accepted\r\n".into()
+            }
+        } else if upper == "RSET" {
+            rcpts.clear();
+            "250 2.0.0 ok\r\n".into()
+        } else if upper == "QUIT" {
+            out.write_all(b"221 2.0.0 bye\r\n")?;
+            return Ok(());
+        } else {
+            "250 2.0.0 ok\r\n".into()
+        };
+        out.write_all(reply.as_bytes())?;
+    }
+}
