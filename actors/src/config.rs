@@ -327,6 +327,9 @@ pub struct DeliveryConfig {
     /// TLS for the SMTP fallback.
     #[serde(default = "defaults::hop_tls")]
     pub smtp_fallback_tls: HopTls,
+    /// Port for the SMTP fallback (25; other values are for tests and private networks).
+    #[serde(default = "defaults::smtp_port")]
+    pub smtp_fallback_port: u16,
     /// CA bundle to verify next hops' server certificates (default: `[amtp] public_ca`).
     pub server_ca: Option<PathBuf>,
     /// Simultaneous connections per next hop.
@@ -495,6 +498,9 @@ pub mod defaults {
     }
     pub(crate) fn yes() -> bool {
         true
+    }
+    pub(crate) fn smtp_port() -> u16 {
+        25
     }
     pub(crate) fn hop_tls() -> HopTls {
         HopTls::Opportunistic

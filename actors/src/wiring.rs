@@ -147,6 +147,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             outbound: d.outbound,
             smtp_fallback: d.config.smtp_fallback,
             smtp_fallback_tls: d.config.smtp_fallback_tls,
+            smtp_fallback_port: d.config.smtp_fallback_port,
             retry: d.config.retry(),
             lease: d.config.lease.0,
             poll_interval: d.config.poll_interval.0,

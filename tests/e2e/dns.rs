@@ -21,6 +21,11 @@ pub struct TestDns {
 
 /// `ptr` maps the last octet of 127.0.0.x to a host name (PTR and A records are made for it).
 pub fn start(ptr: &[(u8, &str)]) -> TestDns {
+    start_with(ptr, "")
+}
+
+/// As [`start`], with extra records (master-file lines) in the `amtp.test.` zone.
+pub fn start_with(ptr: &[(u8, &str)], extra_forward: &str) -> TestDns {
     let mut forward = String::from(
         "$ORIGIN amtp.test.\n$TTL 300\n@ IN SOA ns.amtp.test. admin.amtp.test. 1 3600 600 86400 30\n@ IN NS ns\nns IN A 127.0.0.1\n",
     );
@@ -33,6 +38,7 @@ pub fn start(ptr: &[(u8, &str)]) -> TestDns {
             forward.push_str(&format!("{label} IN A 127.0.0.{octet}\n"));
         }
     }
+    forward.push_str(extra_forward);
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {

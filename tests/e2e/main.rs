@@ -5,6 +5,7 @@
 
 mod amtp;
 mod bad_input;
+mod chain;
 mod cli;
 mod delivery;
 mod dns;

@@ -34,8 +34,17 @@ impl TestCa {
 
     /// A client certificate for `name`, valid from `from` to `to` (years).
     pub fn client(&self, name: &str, from: i32, to: i32) -> ClientCert {
+        self.host(&[name], from, to)
+    }
+
+    /// A certificate for a host with several names (the first is the CN), usable as server and
+    /// client certificate.
+    pub fn host(&self, names: &[&str], from: i32, to: i32) -> ClientCert {
+        let name = names[0];
         let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(vec![name.to_string()]).unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = date_time_ymd(from, 1, 1);
         params.not_after = date_time_ymd(to, 1, 1);

@@ -43,6 +43,8 @@ pub struct RouterShared {
     pub smtp_fallback: bool,
     /// TLS for the fallback.
     pub smtp_fallback_tls: HopTls,
+    /// Port for the fallback.
+    pub smtp_fallback_port: u16,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Lease per attempt.
@@ -433,7 +435,7 @@ async fn route_domain(
                 }
                 Ok(_) => None,
             };
-            match order_mx(domain, mx.as_deref(), 25, &mut rng) {
+            match order_mx(domain, mx.as_deref(), s.smtp_fallback_port, &mut rng) {
                 Route::NoService => Err(Disposition::Failed(format!(
                     "556 5.1.10 {domain} accepts no mail (null MX)"
                 ))),
