@@ -83,6 +83,27 @@ enum QueueAction {
         /// The queue id (16 hex digits).
         id: String,
     },
+    /// Counts by state and destination, oldest age.
+    Stats,
+    /// Make a message (or all) due now; messages being delivered are left alone.
+    Retry {
+        /// The queue id.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        id: Option<String>,
+        /// Every message.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a message without telling the sender.
+    Delete {
+        /// The queue id.
+        id: String,
+    },
+    /// Return a message to its sender (DSN) and remove it.
+    Bounce {
+        /// The queue id.
+        id: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -130,22 +151,27 @@ fn main() -> ExitCode {
             data_dir,
             config,
         } => {
-            let data_dir = match (data_dir, config) {
-                (Some(d), _) => d,
+            let (data_dir, hostname) = match (data_dir, config) {
+                (Some(d), _) => (d, "localhost".to_string()),
                 (None, Some(c)) => match config::load(Some(&c)) {
-                    Ok(c) => c.data_dir,
+                    Ok(c) => (c.data_dir, c.file.server.hostname),
                     Err(e) => {
                         eprintln!("amtp-relay: {e}");
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 },
-                (None, None) => PathBuf::from("./amtp-data"),
+                (None, None) => (PathBuf::from("./amtp-data"), "localhost".to_string()),
             };
             let query = match action {
                 QueueAction::List => "list".to_string(),
                 QueueAction::Show { id } => format!("show {id}"),
+                QueueAction::Stats => "stats".to_string(),
+                QueueAction::Retry { all: true, .. } => "retry --all".to_string(),
+                QueueAction::Retry { id, .. } => format!("retry {}", id.unwrap_or_default()),
+                QueueAction::Delete { id } => format!("delete {id}"),
+                QueueAction::Bounce { id } => format!("bounce {id}"),
             };
-            match queue_cmd::run(&data_dir, &query) {
+            match queue_cmd::run(&data_dir, &query, &hostname) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS

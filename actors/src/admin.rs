@@ -22,29 +22,132 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 /// Most bytes of a message shown by `queue show` when looking for its headers.
 const HEADER_LIMIT: usize = 64 * 1024;
 
-/// Answer one query against an open queue.
-pub fn answer(queue: &Queue, query: &str) -> Result<String, String> {
-    let mut words = query.split_whitespace();
-    match (words.next(), words.next(), words.next()) {
-        (Some("list"), None, _) => queue
+/// Answer one query against an open queue. `hostname` names us in DSNs (`bounce`).
+///
+/// Queries: `list`, `show ID`, `stats`, `retry ID`, `retry --all`, `delete ID`, `bounce ID`.
+pub fn answer(queue: &Queue, query: &str, hostname: &str) -> Result<String, String> {
+    let words: Vec<&str> = query.split_whitespace().collect();
+    let id = |w: &str| -> Result<QueueId, String> { w.parse() };
+    let record = |id: QueueId| -> Result<MessageRecord, String> {
+        queue
+            .get(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("no message {id} in the queue"))
+    };
+    let now = amtp_storage::now_ms();
+    match words.as_slice() {
+        ["list"] => queue
             .list()
             .map(|all| format_list(&all))
             .map_err(|e| e.to_string()),
-        (Some("show"), Some(id), None) => {
-            let id: QueueId = id.parse()?;
-            let rec = queue
-                .get(id)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("no message {id} in the queue"))?;
+        ["show", i] => {
+            let i = id(i)?;
+            let rec = record(i)?;
             let head = queue
-                .body_prefix(id, HEADER_LIMIT)
+                .body_prefix(i, HEADER_LIMIT)
                 .map_err(|e| e.to_string())?;
-            Ok(format_show(id, &rec, &head))
+            Ok(format_show(i, &rec, &head))
+        }
+        ["stats"] => queue
+            .list()
+            .map(|all| format_stats(&all, now))
+            .map_err(|e| e.to_string()),
+        ["retry", "--all"] => {
+            let all = queue.list().map_err(|e| e.to_string())?;
+            let mut made_due = 0;
+            for (i, _) in &all {
+                made_due += usize::from(queue.retry_now(*i, now).map_err(|e| e.to_string())?);
+            }
+            Ok(format!(
+                "{made_due} of {} message(s) made due now ({} in delivery left alone)\n",
+                all.len(),
+                all.len() - made_due
+            ))
+        }
+        ["retry", i] => {
+            let i = id(i)?;
+            record(i)?;
+            if queue.retry_now(i, now).map_err(|e| e.to_string())? {
+                Ok(format!("{i} is due now\n"))
+            } else {
+                Ok(format!("{i} is being delivered right now; left alone\n"))
+            }
+        }
+        ["delete", i] => {
+            let i = id(i)?;
+            record(i)?;
+            queue.remove(i).map_err(|e| e.to_string())?;
+            Ok(format!("{i} deleted (no bounce sent)\n"))
+        }
+        ["bounce", i] => {
+            let i = id(i)?;
+            let rec = record(i)?;
+            let failed: Vec<(String, String)> = rec
+                .pending()
+                .map(|r| {
+                    (
+                        r.address.clone(),
+                        "5.0.0 returned to the sender by the administrator".to_string(),
+                    )
+                })
+                .collect();
+            let dsn = crate::delivery::bounce::dsn(hostname, i, &rec, &failed, now / 1000);
+            let sent = dsn.is_some();
+            if let Some(d) = dsn {
+                queue
+                    .enqueue_batch(&[d])
+                    .map_err(|e| format!("cannot queue the DSN: {e}"))?;
+            }
+            queue.remove(i).map_err(|e| e.to_string())?;
+            Ok(format!(
+                "{i} removed; {}\n",
+                if sent {
+                    "a DSN was queued to the sender"
+                } else {
+                    "no DSN (null sender or a DSN itself)"
+                }
+            ))
         }
         _ => Err(format!(
-            "unknown query {query:?} (expected `list` or `show ID`)"
+            "unknown query {query:?} (expected list, show ID, stats, retry ID|--all, delete ID, bounce ID)"
         )),
     }
+}
+
+/// Counts by state and by destination domain, and the oldest message's age.
+pub fn format_stats(all: &[(QueueId, MessageRecord)], now: u64) -> String {
+    use std::collections::BTreeMap;
+    let leased = all.iter().filter(|(_, r)| r.lease_until > now).count();
+    let deferred = all
+        .iter()
+        .filter(|(_, r)| r.lease_until <= now && r.attempts > 0)
+        .count();
+    let fresh = all.len() - leased - deferred;
+    let mut by_domain: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, r) in all {
+        for p in r.pending() {
+            *by_domain
+                .entry(
+                    p.address
+                        .rsplit_once('@')
+                        .map_or("-", |(_, d)| d)
+                        .to_ascii_lowercase(),
+                )
+                .or_default() += 1;
+        }
+    }
+    let oldest = all.iter().map(|(_, r)| r.received_at).min().map_or_else(
+        || "-".to_string(),
+        |t| format!("{}s", now.saturating_sub(t) / 1000),
+    );
+    let mut out = format!(
+        "messages:    {}\n  new:       {fresh}\n  deferred:  {deferred}\n  in delivery: {leased}\noldest:      {oldest}\npending recipients by destination:\n",
+        all.len()
+    );
+    for (d, n) in by_domain {
+        out.push_str(&format!("  {d:<40} {n}\n"));
+    }
+    out
 }
 
 fn sender(rec: &MessageRecord) -> String {

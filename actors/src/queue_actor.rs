@@ -13,6 +13,8 @@ use std::sync::Arc;
 /// See the module docs.
 pub struct QueueActor {
     queue: Arc<Queue>,
+    /// Our host name (DSNs from `queue bounce`).
+    hostname: Arc<str>,
     committer: Committer,
     /// Woken after each durable enqueue, so delivery starts without waiting for its poll.
     router: Option<Recipient<WakeRouter>>,
@@ -22,11 +24,13 @@ impl QueueActor {
     /// Over an open queue and its committer.
     pub fn new(
         queue: Arc<Queue>,
+        hostname: Arc<str>,
         committer: Committer,
         router: Option<Recipient<WakeRouter>>,
     ) -> Self {
         Self {
             queue,
+            hostname,
             committer,
             router,
         }
@@ -83,10 +87,16 @@ impl Handler<AdminQuery> for QueueActor {
 
     fn handle(&mut self, msg: AdminQuery, _ctx: &mut Self::Context) -> Self::Result {
         let queue = self.queue.clone();
+        let hostname = self.hostname.clone();
+        let router = self.router.clone();
         Box::pin(async move {
-            tokio::task::spawn_blocking(move || admin::answer(&queue, &msg.0))
-                .await
-                .unwrap_or_else(|e| Err(format!("query failed: {e}")))
+            let answer =
+                tokio::task::spawn_blocking(move || admin::answer(&queue, &msg.0, &hostname)).await;
+            // retry/bounce may have made messages due: let delivery look now.
+            if let Some(r) = router {
+                let _ = r.try_send(WakeRouter);
+            }
+            answer.unwrap_or_else(|e| Err(format!("query failed: {e}")))
         })
     }
 }

@@ -162,6 +162,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     });
     let queue = QueueActor::new(
         settings.queue_store.clone(),
+        Arc::from(settings.hostname.as_str()),
         committer.clone(),
         router.map(Addr::recipient),
     )

@@ -384,6 +384,21 @@ impl Queue {
         Ok((!busy).then_some(rec))
     }
 
+    /// Make a message due now without counting an attempt (`queue retry`). Returns false when
+    /// a delivery currently holds it (its lease has not expired): it is left alone.
+    pub fn retry_now(&self, id: QueueId, now: u64) -> Result<bool, StorageError> {
+        let mut busy = false;
+        self.update(id, |rec| {
+            if rec.lease_until > now {
+                busy = true;
+            } else {
+                rec.next_attempt = now;
+            }
+            Ok(())
+        })?;
+        Ok(!busy)
+    }
+
     /// Release the lease and set the next attempt; counts an attempt.
     pub fn reschedule(
         &self,

@@ -239,3 +239,100 @@ fn kill_9_mid_delivery_loses_nothing() {
         "the lease held by the killed relay was reset"
     );
 }
+
+#[test]
+fn queue_administration_while_running_and_stopped() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // A long first retry keeps the messages queued while we look at them.
+    let relay = Relay::start_config(
+        &config(port, "").replace("first_retry = \"1s\"", "first_retry = \"1h\""),
+    );
+    let a = submit(
+        &relay,
+        "alice@example.test",
+        "bob@example.test",
+        None,
+        "admin-a",
+    );
+    let b = submit(
+        &relay,
+        "alice@example.test",
+        "carol@example.test",
+        None,
+        "admin-b",
+    );
+    let (ok, stats, err) = relay.queue_cli(&["stats"]);
+    assert!(ok, "{err}");
+    assert!(
+        stats.contains("messages:    2")
+            && stats.contains("example.test")
+            && stats.contains(" 2\n"),
+        "{stats}"
+    );
+    assert!(
+        wait_until(10, || relay
+            .queue_cli(&["stats"])
+            .1
+            .contains("deferred:  2")),
+        "both attempted once and deferred"
+    );
+    let (ok, out, _) = relay.queue_cli(&["retry", &a]);
+    assert!(ok && out.contains("due now"), "{out}");
+    let (ok, out, _) = relay.queue_cli(&["retry", "--all"]);
+    assert!(ok && out.contains("message(s) made due now"), "{out}");
+    let (ok, out, _) = relay.queue_cli(&["delete", &a]);
+    assert!(ok && out.contains("deleted"), "{out}");
+    let (ok, out, _) = relay.queue_cli(&["bounce", &b]);
+    assert!(
+        ok && out.contains("a DSN was queued to the sender"),
+        "{out}"
+    );
+    let (_, list, _) = relay.queue_cli(&["list"]);
+    let ids: Vec<&str> = list
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(
+        !ids.contains(&a.as_str()) && !ids.contains(&b.as_str()),
+        "both gone:\n{list}"
+    );
+    assert!(
+        list.contains("<>") && list.contains("alice@example.test") && list.contains("1 message(s)"),
+        "only the DSN is left:\n{list}"
+    );
+    let (ok, _, err) = relay.queue_cli(&["show", &a]);
+    assert!(!ok && err.contains("no message"), "{err}");
+    // Stopped: the same commands work on the data directory.
+    let dir = relay.stop();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::BIN)
+            .arg("queue")
+            .args(args)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, stats) = cli(&["stats"]);
+    assert!(ok && stats.contains("messages:    1"), "{stats}");
+    let dsn_id = cli(&["list"])
+        .1
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(cli(&["delete", &dsn_id]).0);
+    assert_eq!(cli(&["list"]).1, "queue is empty\n");
+}
