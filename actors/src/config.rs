@@ -350,6 +350,10 @@ pub struct DeliveryConfig {
     /// A delivery attempt holds its message this long at most.
     #[serde(default = "defaults::lease")]
     pub lease: HumanDuration,
+    /// Most messages out for delivery at once (leased, bodies in memory). Bounds the router's
+    /// memory: no more is leased until attempts finish.
+    #[serde(default = "defaults::max_in_flight")]
+    pub max_in_flight: usize,
     /// Wait before the first retry.
     #[serde(default = "defaults::first_retry")]
     pub first_retry: HumanDuration,
@@ -501,6 +505,9 @@ pub mod defaults {
     }
     pub(crate) fn smtp_port() -> u16 {
         25
+    }
+    pub(crate) fn max_in_flight() -> usize {
+        2000
     }
     pub(crate) fn hop_tls() -> HopTls {
         HopTls::Opportunistic

@@ -153,6 +153,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             poll_interval: d.config.poll_interval.0,
             concurrency: d.config.concurrency_per_destination,
             max_per_connection: d.config.max_messages_per_connection,
+            max_in_flight: d.config.max_in_flight.max(1),
             hostname: settings.hostname.clone(),
         });
         let arbiter = Arbiter::new();

@@ -28,6 +28,9 @@ pub struct Sink {
     pub behaviour: Arc<Mutex<Behaviour>>,
     /// DATA phases begun (to know a delivery is in flight).
     pub data_started: Arc<AtomicUsize>,
+    /// Connections accepted (read by benches/delivery.rs for the reuse ratio).
+    #[allow(dead_code)]
+    pub connections: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -41,16 +44,19 @@ impl Sink {
         let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
         let data_started = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
-        let (m, b, d, s) = (
+        let connections = Arc::new(AtomicUsize::new(0));
+        let (m, b, d, s, c) = (
             messages.clone(),
             behaviour.clone(),
             data_started.clone(),
             stop.clone(),
+            connections.clone(),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
+                        c.fetch_add(1, Ordering::SeqCst);
                         let (m, b, d) = (m.clone(), b.clone(), d.clone());
                         std::thread::spawn(move || {
                             let _ = session(stream, &m, &b, &d);
@@ -65,6 +71,7 @@ impl Sink {
             messages,
             behaviour,
             data_started,
+            connections,
             stop,
         }
     }
@@ -95,6 +102,8 @@ fn session(
     data_started: &AtomicUsize,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // Small replies must not wait for delayed ACKs (Nagle), or every message costs ~40 ms.
+    stream.set_nodelay(true)?;
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 sink.test ESMTP\r\n")?;

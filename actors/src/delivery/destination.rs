@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// How long a destination with nothing to do lives on.
 const IDLE_STOP: Duration = Duration::from_secs(60);
 
+/// Open another connection only when this many jobs wait per open one: a slow start that
+/// prefers reusing connections (one TLS handshake for many messages) over opening many.
+const JOBS_PER_EXTRA_CONNECTION: usize = 4;
+
 /// See the module docs.
 pub struct Destination {
     name: String,
@@ -59,7 +63,9 @@ impl Destination {
     }
 
     fn maybe_connect(&mut self, ctx: &mut Context<Self>) {
-        while self.active < self.concurrency && self.queued() > self.active {
+        while self.active < self.concurrency
+            && self.queued() > self.active * JOBS_PER_EXTRA_CONNECTION
+        {
             self.active += 1;
             let (targets, octx, jobs, router, max, name) = (
                 self.targets.clone(),

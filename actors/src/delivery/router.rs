@@ -55,6 +55,8 @@ pub struct RouterShared {
     pub concurrency: usize,
     /// Messages per connection.
     pub max_per_connection: usize,
+    /// Most messages in flight at once.
+    pub max_in_flight: usize,
     /// Our host name (DSNs).
     pub hostname: String,
 }
@@ -99,7 +101,13 @@ impl Router {
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
-        if self.ticking {
+        // Backpressure: lease nothing while the destinations are this far behind.
+        let room = self
+            .shared
+            .max_in_flight
+            .saturating_sub(self.in_flight.len())
+            .min(BATCH);
+        if self.ticking || room == 0 {
             return;
         }
         self.ticking = true;
@@ -107,7 +115,7 @@ impl Router {
         let skip: Vec<QueueId> = self.in_flight.keys().copied().collect();
         let work = async move {
             let s = shared.clone();
-            let leased = tokio::task::spawn_blocking(move || lease_due(&s, &skip))
+            let leased = tokio::task::spawn_blocking(move || lease_due(&s, &skip, room))
                 .await
                 .unwrap_or_default();
             let mut plans = Vec::with_capacity(leased.len());
@@ -257,8 +265,12 @@ impl Handler<JobResult> for Router {
     }
 }
 
-/// Lease due messages (not already in flight) and read their bodies.
-fn lease_due(s: &RouterShared, skip: &[QueueId]) -> Vec<(QueueId, MessageRecord, Vec<u8>)> {
+/// Lease up to `room` due messages (not already in flight) and read their bodies.
+fn lease_due(
+    s: &RouterShared,
+    skip: &[QueueId],
+    room: usize,
+) -> Vec<(QueueId, MessageRecord, Vec<u8>)> {
     let now = amtp_storage::now_ms();
     let until = now + u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX);
     let due = match s.queue.due(now, BATCH) {
@@ -269,7 +281,7 @@ fn lease_due(s: &RouterShared, skip: &[QueueId]) -> Vec<(QueueId, MessageRecord,
         }
     };
     let mut out = Vec::new();
-    for id in due.into_iter().filter(|id| !skip.contains(id)) {
+    for id in due.into_iter().filter(|id| !skip.contains(id)).take(room) {
         match s.queue.lease(id, now, until) {
             Ok(Some(rec)) => match s.queue.body(id) {
                 Ok(body) => out.push((id, rec, body)),
