@@ -91,7 +91,9 @@ pub fn answer(queue: &Queue, query: &str, hostname: &str) -> Result<String, Stri
                     )
                 })
                 .collect();
-            let dsn = crate::delivery::bounce::dsn(hostname, i, &rec, &failed, now / 1000);
+            let original = queue.body_prefix(i, HEADER_LIMIT).unwrap_or_default();
+            let dsn =
+                crate::delivery::bounce::dsn(hostname, i, &rec, &failed, &original, now / 1000);
             let sent = dsn.is_some();
             if let Some(d) = dsn {
                 queue

@@ -201,6 +201,32 @@ fn permanent_failure_bounces_to_the_sender() {
 }
 
 #[test]
+fn a_message_that_already_has_an_mpc_header_is_bounced_not_delivered() {
+    let sink = Sink::start("127.0.0.1:0");
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    c.expect("MAIL FROM:<alice@example.test> MPC=per/individual", 250);
+    c.expect("RCPT TO:<bob@example.test>", 250);
+    c.expect("DATA", 354);
+    c.write(b"Subject: sneaky\r\nMPC: com/confirmed\r\n\r\nbody\r\n.\r\n");
+    assert_eq!(
+        c.read_reply().unwrap().code,
+        250,
+        "SMTP listeners do not check the header; delivery does"
+    );
+    let got = sink.wait_for(1, 20);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].from, "", "only the DSN arrives, never the message");
+    assert!(
+        got[0].data.contains("already carries an MPC header")
+            && got[0].data.contains("Subject: sneaky"),
+        "{}",
+        got[0].data
+    );
+}
+
+#[test]
 fn kill_9_mid_delivery_loses_nothing() {
     let sink = Sink::start("127.0.0.1:0");
     sink.behaviour.lock().unwrap().stall = Some(Duration::from_secs(3));

@@ -28,11 +28,14 @@ fn status_of(text: &str) -> String {
 }
 
 /// The DSN for `failed` recipients (address, reason), or `None` when none may be sent.
+/// `original` is the start of the original message (its header section is attached); when it
+/// is unavailable, a minimal header section is made from the envelope.
 pub fn dsn(
     hostname: &str,
     id: QueueId,
     record: &MessageRecord,
     failed: &[(String, String)],
+    original: &[u8],
     now: u64,
 ) -> Option<NewMessage> {
     if record.envelope.sender.is_empty()
@@ -52,11 +55,16 @@ pub fn dsn(
         })
         .collect();
     let token = format!("{id}.{now}");
-    let headers = format!(
+    let fallback = format!(
         "Message-ID: {}\r\nFrom: <{}>\r\n",
         record.envelope.message_id.as_deref().unwrap_or("<unknown>"),
         record.envelope.sender
     );
+    let headers = if original.is_empty() {
+        fallback.as_bytes()
+    } else {
+        original
+    };
     let body = build(&Dsn {
         reporting_mta: hostname,
         to: &record.envelope.sender,
@@ -64,7 +72,7 @@ pub fn dsn(
         now,
         token: &token,
         recipients: &recipients,
-        original_headers: headers.as_bytes(),
+        original_headers: headers,
     });
     Some(NewMessage {
         envelope: Envelope {
@@ -121,6 +129,7 @@ mod tests {
             QueueId(7),
             &record("alice@src.test", Origin::Submission),
             &failed,
+            b"Subject: the original\r\nX-Trace: 1\r\n\r\nsecret body\r\n",
             100,
         )
         .unwrap();
@@ -144,11 +153,17 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains("Subject: the original\r\nX-Trace: 1\r\n")
+                && !text.contains("secret body"),
+            "original headers, not the body: {text}"
+        );
+        assert!(
             dsn(
                 "relay.test",
                 QueueId(7),
                 &record("", Origin::Submission),
                 &failed,
+                b"",
                 100
             )
             .is_none(),
@@ -160,6 +175,7 @@ mod tests {
                 QueueId(7),
                 &record("a@b.test", Origin::Local),
                 &failed,
+                b"",
                 100
             )
             .is_none(),

@@ -479,7 +479,16 @@ async fn plan(s: &RouterShared, id: QueueId, record: MessageRecord, body: Arc<Ve
     for (domain, rcpts) in by_domain {
         match route_domain(s, &domain, record.envelope.origin).await {
             Ok((key, targets, amtp)) => {
-                // Leaving AMTP: add the MPC header (never on AMTP hops, where MPC= carries it).
+                // Leaving AMTP: a message that already has an MPC header is refused (spec §6);
+                // otherwise the header is added (never on AMTP hops, where MPC= carries it).
+                if !amtp
+                    && record.envelope.mpc.is_some()
+                    && amtp_proto::headers::find(&body, "MPC").is_some()
+                {
+                    let why = Disposition::Failed("550 5.7.1 message already carries an MPC header; not delivered outside AMTP".into());
+                    immediate.extend(rcpts.into_iter().map(|r| (r, why.clone())));
+                    continue;
+                }
                 let wire = match (amtp, &record.envelope.mpc) {
                     (false, Some(m)) => {
                         let mut b = format!("MPC: {m}\r\n").into_bytes();
@@ -553,8 +562,13 @@ fn finalize(
             )
         }));
     }
+    let original = if failed.is_empty() {
+        Vec::new()
+    } else {
+        s.queue.body_prefix(id, 64 * 1024).unwrap_or_default()
+    };
     if !failed.is_empty()
-        && let Some(dsn) = bounce::dsn(&s.hostname, id, record, &failed, now / 1000)
+        && let Some(dsn) = bounce::dsn(&s.hostname, id, record, &failed, &original, now / 1000)
     {
         s.queue
             .enqueue_batch(&[dsn])
