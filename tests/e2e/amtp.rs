@@ -41,33 +41,9 @@ fn env(mpc_policy: &str, amtp_extra: &str, dns_override: Option<std::net::Socket
     let private_path = private.write(&scratch.join("private-ca.pem"));
     let config = format!(
         r#"
-[server]
-hostname = "relay.test"
-data_dir = "data"
-local_domains = ["example.test"]
-create_dev_user = true
-shutdown_grace = "2s"
-
-[tls]
-generate_dev_certificate = true
-
+{server}
 [delivery]
 enabled = false
-
-[[listener]]
-name = "mx"
-role = "mx"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "submission"
-role = "submission"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "submissions"
-role = "submissions"
-address = "127.0.0.1:0"
 
 [[listener]]
 name = "amtp"
@@ -92,7 +68,8 @@ timeout = "1s"
 attempts = 1
 "#,
         public_path.display(),
-        private_path.display()
+        private_path.display(),
+        server = crate::harness::SERVER,
     );
     let relay = Relay::start_config(&config);
     Env {

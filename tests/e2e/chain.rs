@@ -6,13 +6,12 @@
 //! relay to a public hop.
 
 use crate::dns;
-use crate::harness::{Client, Relay};
+use crate::harness::{Client, Relay, wait_until};
 use crate::pki::TestCa;
 use crate::sink::Sink;
 use base64::Engine;
 use std::net::TcpListener;
 use std::path::Path;
-use std::time::Duration;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -55,17 +54,6 @@ fn submit(relay: &Relay, mpc: &str, to: &str, subject: &str) {
     );
     assert_eq!(c.read_reply().unwrap().code, 250);
     c.expect("QUIT", 221);
-}
-
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 #[test]

@@ -2,38 +2,14 @@
 //! configured route — the MPC header added when mail leaves AMTP, retries after the next hop
 //! comes back, bounces for permanent failures, and no loss across kill -9 mid-delivery.
 
-use crate::harness::{Client, Relay};
+use crate::harness::{Client, Relay, wait_until};
 use crate::sink::Sink;
 use std::time::Duration;
 
 fn config(sink_port: u16, extra: &str) -> String {
     format!(
         r#"
-[server]
-hostname = "relay.test"
-data_dir = "data"
-local_domains = ["example.test"]
-create_dev_user = true
-shutdown_grace = "2s"
-
-[tls]
-generate_dev_certificate = true
-
-[[listener]]
-name = "mx"
-role = "mx"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "submission"
-role = "submission"
-address = "127.0.0.1:0"
-
-[[listener]]
-name = "submissions"
-role = "submissions"
-address = "127.0.0.1:0"
-
+{server}
 [delivery]
 poll_interval = "200ms"
 first_retry = "1s"
@@ -53,7 +29,8 @@ tls = "none"
 servers = ["127.0.0.1:9"]
 timeout = "1s"
 attempts = 1
-"#
+"#,
+        server = crate::harness::SERVER,
     )
 }
 
@@ -73,17 +50,6 @@ fn submit(relay: &Relay, from: &str, to: &str, mpc: Option<&str>, subject: &str)
     assert_eq!(r.code, 250, "{r}");
     c.expect("QUIT", 221);
     r.text().rsplit(' ').next().unwrap().to_string()
-}
-
-fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
-    while std::time::Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
 }
 
 #[test]

@@ -22,7 +22,9 @@ pub struct Relay {
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
-const BASE: &str = r#"
+/// Server, dev TLS and the three SMTP listeners on free loopback ports: the start of every
+/// test relay's config (tests append their own sections).
+pub const SERVER: &str = r#"
 [server]
 hostname = "relay.test"
 data_dir = "data"
@@ -32,9 +34,6 @@ shutdown_grace = "2s"
 
 [tls]
 generate_dev_certificate = true
-
-[delivery]
-enabled = false
 
 [[listener]]
 name = "mx"
@@ -54,15 +53,20 @@ address = "127.0.0.1:0"
 cram_md5 = true
 "#;
 
+/// The default test relay: accept and queue only.
+fn base() -> String {
+    format!("{SERVER}\n[delivery]\nenabled = false\n")
+}
+
 impl Relay {
     /// Start with the base config plus `extra` TOML sections.
     pub fn start(extra: &str) -> Self {
-        Self::start_config(&format!("{BASE}\n{extra}"))
+        Self::start_config(&format!("{}\n{extra}", base()))
     }
 
     /// Start with `max_connections_per_ip` set on the mx listener.
     pub fn start_with_listener_limit(per_ip: usize) -> Self {
-        let config = BASE.replacen(
+        let config = base().replacen(
             "role = \"mx\"\n",
             &format!("role = \"mx\"\nmax_connections_per_ip = {per_ip}\n"),
             1,
@@ -472,4 +476,16 @@ pub fn socket_from(source: &str, to: SocketAddr) -> TcpStream {
     let s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     s
+}
+
+/// Poll `f` every 100 ms for up to `secs` seconds; whether it became true.
+pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f()
 }
