@@ -328,3 +328,37 @@ fn queue_administration_while_running_and_stopped() {
     assert!(cli(&["delete", &dsn_id]).0);
     assert_eq!(cli(&["list"]).1, "queue is empty\n");
 }
+
+#[test]
+fn a_dead_next_hop_defers_every_queued_message_promptly() {
+    // A black hole: connections are accepted by the kernel (backlog) but never greeted, so each
+    // attempt waits for the command timeout while the rest of the burst queues up behind it.
+    // When the destination gives up, more jobs wait than one connection's result channel holds:
+    // every one must still be reported and deferred, none left "in delivery" until its lease
+    // runs out.
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let text = config(port, "")
+        .replace("first_retry = \"1s\"", "first_retry = \"1h\"")
+        .replace("command_timeout = \"10s\"", "command_timeout = \"3s\"");
+    let relay = Relay::start_config(&text);
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    for i in 0..60 {
+        c.expect("MAIL FROM:<alice@sender.test>", 250);
+        c.expect(&format!("RCPT TO:<r{i}@example.test>"), 250);
+        c.expect("DATA", 354);
+        c.write(b"Subject: burst\r\n\r\nx\r\n.\r\n");
+        assert_eq!(c.read_reply().unwrap().code, 250);
+    }
+    c.expect("QUIT", 221);
+    let deferred = wait_until(30, || {
+        relay.queue_cli(&["stats"]).1.contains("deferred:  60")
+    });
+    assert!(
+        deferred,
+        "all 60 deferred:\n{}",
+        relay.queue_cli(&["stats"]).1
+    );
+    drop(hole);
+}

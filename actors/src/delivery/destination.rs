@@ -94,6 +94,8 @@ impl Destination {
                             .pop_front()
                     };
                     let tx = tx.clone();
+                    // At most `max` results per connection and the channel holds `max + 1`:
+                    // try_send cannot fail here.
                     let report = move |id, outcomes| {
                         let _ = tx.try_send(JobResult { id, outcomes });
                     };
@@ -131,10 +133,15 @@ impl Destination {
                             .iter()
                             .map(|r| (r.clone(), d.clone()))
                             .collect();
-                        let _ = tx.try_send(JobResult {
-                            id: job.id,
-                            outcomes,
-                        });
+                        // More jobs may be queued than the channel holds: wait for room (the
+                        // forwarder drains it) rather than drop a result, which would strand
+                        // the message until its lease expired.
+                        let _ = tx
+                            .send(JobResult {
+                                id: job.id,
+                                outcomes,
+                            })
+                            .await;
                     }
                 }
                 drop(tx);
