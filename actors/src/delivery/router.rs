@@ -21,7 +21,7 @@ use actix::dev::SendError;
 use actix::prelude::*;
 use amtp_proto::client::{Disposition, Envelope, TlsPolicy};
 use amtp_storage::{Completion, MessageRecord, Origin, Queue, QueueId, RecipientState};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -112,7 +112,7 @@ impl Router {
         }
         self.ticking = true;
         let shared = self.shared.clone();
-        let skip: Vec<QueueId> = self.in_flight.keys().copied().collect();
+        let skip: HashSet<QueueId> = self.in_flight.keys().copied().collect();
         let work = async move {
             let s = shared.clone();
             let leased = tokio::task::spawn_blocking(move || lease_due(&s, &skip, room))
@@ -268,7 +268,7 @@ impl Handler<JobResult> for Router {
 /// Lease up to `room` due messages (not already in flight) and read their bodies.
 fn lease_due(
     s: &RouterShared,
-    skip: &[QueueId],
+    skip: &HashSet<QueueId>,
     room: usize,
 ) -> Vec<(QueueId, MessageRecord, Vec<u8>)> {
     let now = amtp_storage::now_ms();
@@ -474,32 +474,39 @@ async fn plan(s: &RouterShared, id: QueueId, record: MessageRecord, body: Arc<Ve
             .push(r.address.clone());
     }
     let mpc = record.envelope.mpc.as_deref().and_then(|m| m.parse().ok());
+    // Leaving AMTP (SMTP hops): a message that already has an MPC header is refused (spec §6);
+    // otherwise the header is prepended. Both are decided once per message, and the body with
+    // the header is made once, when the first SMTP hop needs it.
+    let smtp_header = record
+        .envelope
+        .mpc
+        .as_ref()
+        .map(|m| (m, amtp_proto::headers::find(&body, "MPC").is_some()));
+    let mut smtp_body: Option<Arc<Vec<u8>>> = None;
     let mut groups: Vec<Group> = Vec::new();
     let mut immediate = Vec::new();
     for (domain, rcpts) in by_domain {
         match route_domain(s, &domain, record.envelope.origin).await {
             Ok((key, targets, amtp)) => {
-                // Leaving AMTP: a message that already has an MPC header is refused (spec §6);
-                // otherwise the header is added (never on AMTP hops, where MPC= carries it).
-                if !amtp
-                    && record.envelope.mpc.is_some()
-                    && amtp_proto::headers::find(&body, "MPC").is_some()
-                {
+                if !amtp && matches!(smtp_header, Some((_, true))) {
                     let why = Disposition::Failed("550 5.7.1 message already carries an MPC header; not delivered outside AMTP".into());
                     immediate.extend(rcpts.into_iter().map(|r| (r, why.clone())));
                     continue;
                 }
-                let wire = match (amtp, &record.envelope.mpc) {
-                    (false, Some(m)) => {
-                        let mut b = format!("MPC: {m}\r\n").into_bytes();
-                        b.extend_from_slice(&body);
-                        Arc::new(b)
-                    }
-                    _ => body.clone(),
-                };
                 if let Some(g) = groups.iter_mut().find(|g| g.key == key) {
                     g.job.envelope.recipients.extend(rcpts);
                 } else {
+                    // AMTP hops carry the code as MPC= on MAIL, never as a header.
+                    let wire = match (amtp, smtp_header) {
+                        (false, Some((m, _))) => smtp_body
+                            .get_or_insert_with(|| {
+                                let mut b = format!("MPC: {m}\r\n").into_bytes();
+                                b.extend_from_slice(&body);
+                                Arc::new(b)
+                            })
+                            .clone(),
+                        _ => body.clone(),
+                    };
                     let envelope = Envelope {
                         from: record.envelope.sender.clone(),
                         recipients: rcpts,
