@@ -8,11 +8,7 @@ fn check_config_names_the_field_and_exits_64() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[server]\nhostname = \"relay.test\"\n\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\nmax_conections = 5\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let out = check_config(&bad);
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -22,11 +18,7 @@ fn check_config_names_the_field_and_exits_64() {
 
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[server]\nhostname = \"relay.test\"\n\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out = check_config(&good);
     assert!(
         out.status.success(),
         "{}",
@@ -68,11 +60,7 @@ fn the_example_config_in_docs_is_valid() {
         .unwrap();
     std::fs::write(dir.path().join("tls/mx1.pem"), cert.pem()).unwrap();
     std::fs::write(dir.path().join("tls/mx1-key.pem"), key.serialize_pem()).unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("amtp-relay.example.toml"))
-        .output()
-        .unwrap();
+    let out = check_config(&dir.path().join("amtp-relay.example.toml"));
     assert!(
         out.status.success(),
         "{}",
@@ -80,11 +68,7 @@ fn the_example_config_in_docs_is_valid() {
     );
     // Without the certificate it is refused, naming the field.
     std::fs::remove_file(dir.path().join("tls/mx1.pem")).unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("amtp-relay.example.toml"))
-        .output()
-        .unwrap();
+    let out = check_config(&dir.path().join("amtp-relay.example.toml"));
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("tls.certificate"));
 }
@@ -92,20 +76,11 @@ fn the_example_config_in_docs_is_valid() {
 #[test]
 fn queue_commands_without_a_relay_or_queue_say_so() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(BIN)
-        .args(["queue", "list", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, _, err) = crate::harness::queue_cli(dir.path(), &["list"]);
+    assert!(!ok);
     assert!(err.contains("no relay running and no queue in"), "{err}");
-    let out = Command::new(BIN)
-        .args(["queue", "show", "zz", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let (ok, _, _) = crate::harness::queue_cli(dir.path(), &["show", "zz"]);
+    assert!(!ok);
 }
 
 #[test]
@@ -133,4 +108,13 @@ fn hash_password_produces_a_loadable_users_file() {
         "{text}"
     );
     assert!(!text.contains("correct horse"));
+}
+
+/// `amtp-relay check-config --config <path>`.
+fn check_config(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(path)
+        .output()
+        .unwrap()
 }

@@ -302,17 +302,8 @@ fn queue_administration_while_running_and_stopped() {
     // Stopped: the same commands work on the data directory.
     let dir = relay.stop();
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(crate::harness::BIN)
-            .arg("queue")
-            .args(args)
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-        )
+        let (ok, out, _) = crate::harness::queue_cli(&dir.path().join("data"), args);
+        (ok, out)
     };
     let (ok, stats) = cli(&["stats"]);
     assert!(ok && stats.contains("messages:    1"), "{stats}");

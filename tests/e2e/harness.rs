@@ -158,18 +158,7 @@ impl Relay {
 
     /// `amtp-relay queue <args> --data-dir <ours>`: (exit success, stdout, stderr).
     pub fn queue_cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(BIN)
-            .arg("queue")
-            .args(args)
-            .arg("--data-dir")
-            .arg(self.data_dir())
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        queue_cli(&self.data_dir(), args)
     }
 
     /// `queue show` of the first message in `queue list`.
@@ -488,4 +477,21 @@ pub fn wait_until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     f()
+}
+
+/// `amtp-relay queue <args> --data-dir <data_dir>`, running or stopped relay alike:
+/// (exit success, stdout, stderr).
+pub fn queue_cli(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("queue")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

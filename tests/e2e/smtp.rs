@@ -66,17 +66,9 @@ fn mail_to_a_local_domain_is_queued_durably_and_listed() {
 
     // After a clean stop, the stopped relay's queue is still inspectable offline.
     let dir = relay.stop();
-    let out = std::process::Command::new(crate::harness::BIN)
-        .args(["queue", "list", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains(&id));
+    let (ok, list, err) = crate::harness::queue_cli(&dir.path().join("data"), &["list"]);
+    assert!(ok, "{err}");
+    assert!(list.contains(&id));
 }
 
 #[test]
