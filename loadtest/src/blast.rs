@@ -1,0 +1,257 @@
+//! `amtp-loadtest blast`: N concurrent connections, each running sequential transactions
+//! against the target, in closed loop (as fast as the relay answers) or open loop (messages
+//! scheduled at a fixed rate, latency measured from the scheduled time so a stalled relay
+//! cannot hide its backlog). A run is bounded by its message count and by its duration, and
+//! stops by itself at whichever comes first.
+
+use crate::client::{Connection, ConnectionPlan, Protocol, Transaction};
+use crate::message::{SizeDistribution, bodies};
+use crate::stats::{Phase, Recorder, RunResult};
+use crate::target::ConnectArgs;
+use anyhow::Context;
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BlastArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// Concurrent connections.
+    #[arg(long, default_value_t = 10)]
+    pub connections: usize,
+    /// Transactions per connection before QUIT and a new connection; 0 = sessions only
+    /// (connect, TLS, EHLO, QUIT: a handshake-rate test, and --messages counts sessions).
+    #[arg(long, default_value_t = 10)]
+    pub messages_per_connection: u64,
+    /// Total messages (or sessions with --messages-per-connection 0).
+    #[arg(long, default_value_t = 1000)]
+    pub messages: u64,
+    /// Hard time limit: the run stops after this even if messages remain.
+    #[arg(long, default_value = "60s", value_parser = crate::units::parse_duration)]
+    pub duration: Duration,
+    /// Open loop: messages per second, scheduled evenly. Without it, closed loop.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Message size: `10k`, or a distribution `1k:60,10k:30,200k:10`.
+    #[arg(long, default_value = "10k")]
+    pub size: SizeDistribution,
+    /// Recipients per message.
+    #[arg(long, default_value_t = 1)]
+    pub recipients: usize,
+    /// Envelope sender.
+    #[arg(long, default_value = "loadtest@load.test")]
+    pub from: String,
+    /// Recipient domain (recipients are u<N>@<domain>).
+    #[arg(long, default_value = "sink.load.test")]
+    pub rcpt_domain: String,
+    /// The Mail Policy Code sent as MAIL MPC= (amtp only).
+    #[arg(long, default_value = "per/individual")]
+    pub mpc: String,
+    /// Name of this run in reports (default: protocol and concurrency).
+    #[arg(long)]
+    pub label: Option<String>,
+    /// Print the result as JSON (for `report`) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Generator threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Everything the connection tasks share.
+struct Shared {
+    plans: Vec<ConnectionPlan>,
+    bodies: Vec<Arc<Vec<u8>>>,
+    args: BlastArgs,
+    next_message: AtomicU64,
+    started: Instant,
+    deadline: Instant,
+    progress: indicatif::ProgressBar,
+    totals: Mutex<Recorder>,
+}
+
+impl Shared {
+    /// Claims the next message number, if the run has budget and time left.
+    fn claim(&self) -> Option<u64> {
+        if Instant::now() >= self.deadline {
+            return None;
+        }
+        let n = self.next_message.fetch_add(1, Ordering::Relaxed);
+        (n < self.args.messages).then_some(n)
+    }
+}
+
+/// Validates the arguments, runs the load, returns the merged result.
+pub fn run(args: BlastArgs) -> anyhow::Result<RunResult> {
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(args.recipients > 0, "--recipients must be at least 1");
+    anyhow::ensure!(args.messages > 0, "--messages must be at least 1");
+    if let Some(rate) = args.rate {
+        anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+    }
+    let plans = crate::target::plans(&args.connect)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(threads) = args.threads {
+        runtime.worker_threads(threads.max(1));
+    }
+    let runtime = runtime.build().context("starting the generator runtime")?;
+    let result = runtime.block_on(blast(args, plans));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
+}
+
+async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<RunResult> {
+    let progress = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(args.messages);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let shared = Arc::new(Shared {
+        bodies: bodies(&args.size, &args.from),
+        plans,
+        next_message: AtomicU64::new(0),
+        started,
+        deadline: started + args.duration,
+        progress,
+        totals: Mutex::new(Recorder::new()),
+        args: args.clone(),
+    });
+    let tasks: Vec<_> = (0..args.connections)
+        .map(|slot| tokio::spawn(connection_loop(shared.clone(), slot)))
+        .collect();
+    // Every step has its own timeout, so tasks end soon after the deadline; this bound is the
+    // backstop that makes the run stop by itself whatever the target does.
+    let hard_stop = tokio::time::Instant::from_std(shared.deadline) + args.connect.timeout * 2;
+    let mut aborted = 0u64;
+    for task in tasks {
+        let abort = task.abort_handle();
+        if tokio::time::timeout_at(hard_stop, task).await.is_err() {
+            abort.abort();
+            aborted += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    shared.progress.finish_and_clear();
+    let mut totals = std::mem::take(&mut *shared.totals.lock().expect("not poisoned"));
+    if aborted > 0 {
+        *totals.errors.entry("aborted".into()).or_default() += aborted;
+    }
+    Ok(RunResult {
+        label: args
+            .label
+            .clone()
+            .unwrap_or_else(|| format!("{} c{}", args.connect.protocol.name(), args.connections)),
+        protocol: args.connect.protocol.name().to_string(),
+        target: args.connect.target.to_string(),
+        connections: args.connections,
+        messages_per_connection: args.messages_per_connection,
+        rate: args.rate,
+        mean_size_bytes: args.size.mean(),
+        recipients: args.recipients,
+        identities: shared.plans.len(),
+        elapsed_s: elapsed,
+        sessions: totals.sessions,
+        messages_ok: totals.messages_ok,
+        messages_failed: totals.messages_failed,
+        bytes: totals.bytes,
+        messages_per_s: totals.messages_ok as f64 / elapsed,
+        sessions_per_s: totals.sessions as f64 / elapsed,
+        mb_per_s: totals.bytes as f64 / 1e6 / elapsed,
+        phases: totals.phases(),
+        errors: totals.errors,
+    })
+}
+
+/// One connection slot: opens connections one after another until the run's budget or time
+/// is spent. Identities rotate across slots and reconnections.
+async fn connection_loop(shared: Arc<Shared>, slot: usize) {
+    let mut rec = Recorder::new();
+    let args = &shared.args;
+    let mut round = 0usize;
+    while let Some(mut n) = shared.claim() {
+        let plan = &shared.plans[(slot + round * args.connections) % shared.plans.len()];
+        round += 1;
+        let mut conn = match Connection::open(plan, &mut rec).await {
+            Ok(conn) => conn,
+            Err(failure) => {
+                rec.error(failure.key());
+                rec.messages_failed += u64::from(args.messages_per_connection > 0);
+                shared.progress.inc(1);
+                // Do not spin against a relay that refuses connections.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        rec.sessions += 1;
+        if args.messages_per_connection == 0 {
+            shared.progress.inc(1);
+            conn.quit().await;
+            continue;
+        }
+        let mut sent = 0;
+        let mut alive = true;
+        loop {
+            let scheduled = match args.rate {
+                Some(rate) => {
+                    let at = shared.started + Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                }
+                None => Instant::now(),
+            };
+            let body = &shared.bodies[args.size.pick(n)];
+            let recipients: Vec<String> = (0..args.recipients)
+                .map(|r| {
+                    format!(
+                        "u{}@{}",
+                        (n * args.recipients as u64 + r as u64) % 10_000,
+                        args.rcpt_domain
+                    )
+                })
+                .collect();
+            let tx = Transaction {
+                from: &args.from,
+                recipients: &recipients,
+                mpc: (args.connect.protocol == Protocol::Amtp).then_some(args.mpc.as_str()),
+                body,
+            };
+            match conn.send(&tx, &mut rec).await {
+                Ok(true) => {
+                    rec.messages_ok += 1;
+                    rec.record(Phase::Message, scheduled.elapsed());
+                }
+                Ok(false) => rec.messages_failed += 1,
+                Err(failure) => {
+                    rec.error(failure.key());
+                    rec.messages_failed += 1;
+                    alive = false;
+                }
+            }
+            shared.progress.inc(1);
+            sent += 1;
+            if !alive || sent >= args.messages_per_connection {
+                break;
+            }
+            match shared.claim() {
+                Some(next) => n = next,
+                None => break,
+            }
+        }
+        if alive {
+            conn.quit().await;
+        }
+    }
+    shared.totals.lock().expect("not poisoned").merge(&rec);
+}

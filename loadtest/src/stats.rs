@@ -1,0 +1,260 @@
+//! Measurements of a run: one HDR histogram per protocol phase (microseconds), errors by reply
+//! code, counters — recorded per connection task without locks and merged at the end — and
+//! the result a run prints as a table or as JSON (the input of `report`).
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The phases timed separately.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// TCP connect.
+    Connect,
+    /// TLS handshake (implicit TLS, AMTP, or STARTTLS command plus handshake).
+    Tls,
+    /// Greeting read plus EHLO answered (the AMTP identity check happens here).
+    Ehlo,
+    /// AUTH answered.
+    Auth,
+    /// MAIL FROM sent → 250.
+    Mail,
+    /// End of DATA (`.`) sent → 250: the relay's durable commit.
+    DataEnd,
+    /// A whole transaction: MAIL → final 250 (from the scheduled start in open-loop runs).
+    Message,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 7] = [
+        Phase::Connect,
+        Phase::Tls,
+        Phase::Ehlo,
+        Phase::Auth,
+        Phase::Mail,
+        Phase::DataEnd,
+        Phase::Message,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::Ehlo => "ehlo",
+            Phase::Auth => "auth",
+            Phase::Mail => "mail",
+            Phase::DataEnd => "data_end",
+            Phase::Message => "message",
+        }
+    }
+}
+
+/// What one connection task saw.
+pub struct Recorder {
+    histograms: Vec<Histogram<u64>>,
+    pub errors: BTreeMap<String, u64>,
+    pub messages_ok: u64,
+    pub messages_failed: u64,
+    pub sessions: u64,
+    pub bytes: u64,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Recorder {
+    pub fn new() -> Self {
+        Self {
+            histograms: Phase::ALL
+                .iter()
+                // 1 µs to 1 hour at 3 significant digits.
+                .map(|_| Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
+                .collect(),
+            errors: BTreeMap::new(),
+            messages_ok: 0,
+            messages_failed: 0,
+            sessions: 0,
+            bytes: 0,
+        }
+    }
+
+    pub fn record(&mut self, phase: Phase, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.histograms[phase as usize].saturating_record(us);
+    }
+
+    /// Counts an error under `key` (a reply code like `451`, or `connect`, `tls`, `timeout`).
+    pub fn error(&mut self, key: impl Into<String>) {
+        *self.errors.entry(key.into()).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: &Recorder) {
+        for (mine, theirs) in self.histograms.iter_mut().zip(&other.histograms) {
+            mine.add(theirs).expect("same bounds");
+        }
+        for (k, v) in &other.errors {
+            *self.errors.entry(k.clone()).or_default() += v;
+        }
+        self.messages_ok += other.messages_ok;
+        self.messages_failed += other.messages_failed;
+        self.sessions += other.sessions;
+        self.bytes += other.bytes;
+    }
+
+    pub fn phases(&self) -> Vec<PhaseSummary> {
+        Phase::ALL
+            .iter()
+            .zip(&self.histograms)
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(p, h)| PhaseSummary {
+                phase: p.name().to_string(),
+                count: h.len(),
+                mean_us: h.mean(),
+                p50_us: h.value_at_quantile(0.50),
+                p90_us: h.value_at_quantile(0.90),
+                p99_us: h.value_at_quantile(0.99),
+                p999_us: h.value_at_quantile(0.999),
+                max_us: h.max(),
+            })
+            .collect()
+    }
+}
+
+/// Latency percentiles of one phase.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PhaseSummary {
+    pub phase: String,
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+/// The outcome of one `blast` run (`--json` prints this; `report` reads it).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RunResult {
+    pub label: String,
+    pub protocol: String,
+    pub target: String,
+    pub connections: usize,
+    pub messages_per_connection: u64,
+    /// Open-loop target rate in messages/s; `None` for closed loop.
+    pub rate: Option<f64>,
+    pub mean_size_bytes: f64,
+    pub recipients: usize,
+    pub identities: usize,
+    pub elapsed_s: f64,
+    pub sessions: u64,
+    pub messages_ok: u64,
+    pub messages_failed: u64,
+    pub bytes: u64,
+    pub messages_per_s: f64,
+    pub sessions_per_s: f64,
+    pub mb_per_s: f64,
+    pub phases: Vec<PhaseSummary>,
+    pub errors: BTreeMap<String, u64>,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2}", us as f64 / 1000.0)
+}
+
+impl RunResult {
+    /// The human-readable summary printed at the end of a run.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{label}: {protocol} → {target}, {conns} connections, {mpc} messages/connection, {mode}\n\
+             {ok} messages accepted, {failed} failed, {sessions} sessions in {secs:.2} s\n\
+             throughput: {mps:.1} messages/s, {mbps:.2} MB/s, {sps:.1} sessions/s\n\n\
+             {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "phase",
+            "count",
+            "mean ms",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            label = self.label,
+            protocol = self.protocol,
+            target = self.target,
+            conns = self.connections,
+            mpc = self.messages_per_connection,
+            mode = match self.rate {
+                Some(r) => format!("open loop at {r} messages/s"),
+                None => "closed loop".to_string(),
+            },
+            ok = self.messages_ok,
+            failed = self.messages_failed,
+            sessions = self.sessions,
+            secs = self.elapsed_s,
+            mps = self.messages_per_s,
+            mbps = self.mb_per_s,
+            sps = self.sessions_per_s,
+        );
+        for p in &self.phases {
+            out.push_str(&format!(
+                "{:<9} {:>9} {:>9.2} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+                p.phase,
+                p.count,
+                p.mean_us / 1000.0,
+                ms(p.p50_us),
+                ms(p.p90_us),
+                ms(p.p99_us),
+                ms(p.p999_us),
+                ms(p.max_us)
+            ));
+        }
+        if self.errors.is_empty() {
+            out.push_str("\nerrors: none\n");
+        } else {
+            out.push_str("\nerrors by reply code:\n");
+            for (k, v) in &self.errors {
+                out.push_str(&format!("  {k:<12} {v}\n"));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_recorders_add_counts_histograms_and_errors() {
+        let mut a = Recorder::new();
+        a.record(Phase::Mail, Duration::from_millis(1));
+        a.error("451");
+        a.messages_ok = 2;
+        let mut b = Recorder::new();
+        b.record(Phase::Mail, Duration::from_millis(3));
+        b.record(Phase::Connect, Duration::from_micros(10));
+        b.error("451");
+        b.error("timeout");
+        b.messages_ok = 1;
+        a.merge(&b);
+        assert_eq!(a.messages_ok, 3);
+        assert_eq!(a.errors["451"], 2);
+        assert_eq!(a.errors["timeout"], 1);
+        let phases = a.phases();
+        let mail = phases.iter().find(|p| p.phase == "mail").unwrap();
+        assert_eq!(mail.count, 2);
+        assert!(
+            mail.max_us >= 2990 && mail.max_us <= 3010,
+            "{}",
+            mail.max_us
+        );
+        assert!(
+            phases.iter().all(|p| p.phase != "tls"),
+            "empty phases are left out"
+        );
+    }
+}
