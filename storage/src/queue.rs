@@ -12,9 +12,13 @@
 //! - [`Queue::enqueue_batch`]: on `Ok`, every message (body and envelope) is on stable storage;
 //!   on `Err`, none is acknowledged (some may still appear after a restart; the caller said 451
 //!   so the client retries — a possible duplicate, never a loss).
-//! - [`Queue::lease`], [`Queue::reschedule`], [`Queue::complete`]: flushed to the OS (survive a
-//!   process crash); a lost update after power loss means one more delivery attempt.
-//! - [`Queue::remove`]: the record removal is fsynced before the body file is deleted.
+//! - [`Queue::lease`]: not flushed at all — leases are cleared at start-up, so a lease that
+//!   never reached the disk changes nothing.
+//! - [`Queue::reschedule`], and [`Queue::complete`] while recipients remain: flushed to the OS
+//!   (survive a process crash); a lost update after power loss means one more delivery attempt.
+//! - [`Queue::remove`], and [`Queue::complete`] of the last recipient: the record removal is
+//!   fsynced before the body file is deleted. Concurrent callers share fsyncs (see
+//!   [`Queue::sync`]): the slowest step of delivery is paid once per group, not per message.
 
 use crate::error::StorageError;
 use crate::record::{Envelope, MessageRecord, RecipientState, RecipientStatus};
@@ -87,6 +91,10 @@ pub struct Queue {
     /// into a real fsync (file data and metadata).
     log_file: File,
     db_path: PathBuf,
+    /// Changes applied so far that may need an fsync (a counter, for sharing fsyncs).
+    writes: std::sync::atomic::AtomicU64,
+    /// The `writes` value covered by the last completed fsync; held while syncing.
+    synced: std::sync::Mutex<u64>,
 }
 
 fn message_key(id: u64) -> [u8; 9] {
@@ -186,6 +194,8 @@ impl Queue {
             spool,
             log_file,
             db_path,
+            writes: std::sync::atomic::AtomicU64::new(0),
+            synced: std::sync::Mutex::new(0),
         };
         Ok(queue)
     }
@@ -248,23 +258,42 @@ impl Queue {
         })
     }
 
-    /// Flush sled and fsync its log file: after this returns, committed batches are durable.
+    /// Flush sled and fsync its log file: after this returns, every batch this thread applied
+    /// before calling is durable.
+    ///
+    /// Group fsync: callers that arrive while another thread is syncing wait for it, and
+    /// return at once if a sync that began after their own write has completed meanwhile. A
+    /// sync covers every write counted before it starts, because each write is applied before
+    /// it is counted.
     fn sync(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        let mine = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self
+            .synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *synced >= mine {
+            return Ok(());
+        }
+        let covers = self.writes.load(Ordering::SeqCst);
         self.db.flush()?;
         self.log_file.sync_all().map_err(|e| {
             StorageError::io(format!("fsync of {}", self.db_path.join("db").display()), e)
-        })
+        })?;
+        *synced = covers;
+        Ok(())
     }
 
-    /// Store messages durably; returns their ids in order. One directory fsync, one sled
-    /// batch and one flush+fsync for the whole batch (group commit).
+    /// Store messages durably; returns their ids in order. Bodies synced concurrently, one
+    /// directory fsync, one sled batch and one flush+fsync for the whole batch (group commit).
     pub fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<Vec<QueueId>, StorageError> {
         let now = crate::now_ms();
         let mut ids = Vec::with_capacity(messages.len());
         let mut batch = sled::Batch::default();
+        let mut bodies = Vec::with_capacity(messages.len());
         for m in messages {
             let id = self.db.generate_id()?;
-            self.spool.write(id, &m.body)?;
+            bodies.push((id, m.body.as_slice()));
             let rec = MessageRecord {
                 received_at: now,
                 envelope: m.envelope.clone(),
@@ -286,6 +315,7 @@ impl Queue {
             batch.insert(&due_key(now, id)[..], &[][..]);
             ids.push(QueueId(id));
         }
+        self.spool.write_batch(&bodies)?;
         self.spool.sync_dir()?;
         self.tree.apply_batch(batch)?;
         self.sync()?;
@@ -343,10 +373,12 @@ impl Queue {
             .collect()
     }
 
-    /// Read-modify-write one record, moving its due-index entry; flushed (not fsynced).
+    /// Read-modify-write one record, moving its due-index entry; flushed to the OS (not
+    /// fsynced) when `flush`.
     fn update(
         &self,
         id: QueueId,
+        flush: bool,
         f: impl FnOnce(&mut MessageRecord) -> Result<(), StorageError>,
     ) -> Result<MessageRecord, StorageError> {
         let mut rec = self
@@ -359,7 +391,9 @@ impl Queue {
         batch.insert(&due_key(rec.next_attempt, id.0)[..], &[][..]);
         batch.insert(&message_key(id.0)[..], rec.encode());
         self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        if flush {
+            self.db.flush()?;
+        }
         Ok(rec)
     }
 
@@ -372,7 +406,8 @@ impl Queue {
         until: u64,
     ) -> Result<Option<MessageRecord>, StorageError> {
         let mut busy = false;
-        let rec = self.update(id, |rec| {
+        // Not flushed: start-up clears every lease, so its durability would buy nothing.
+        let rec = self.update(id, false, |rec| {
             if rec.lease_until > now {
                 busy = true;
             } else {
@@ -388,7 +423,7 @@ impl Queue {
     /// a delivery currently holds it (its lease has not expired): it is left alone.
     pub fn retry_now(&self, id: QueueId, now: u64) -> Result<bool, StorageError> {
         let mut busy = false;
-        self.update(id, |rec| {
+        self.update(id, true, |rec| {
             if rec.lease_until > now {
                 busy = true;
             } else {
@@ -405,7 +440,7 @@ impl Queue {
         id: QueueId,
         next_attempt: u64,
     ) -> Result<MessageRecord, StorageError> {
-        self.update(id, |rec| {
+        self.update(id, true, |rec| {
             rec.lease_until = 0;
             rec.next_attempt = next_attempt;
             rec.attempts = rec.attempts.saturating_add(1);
@@ -420,19 +455,29 @@ impl Queue {
         id: QueueId,
         outcomes: &[(String, RecipientState, Option<String>)],
     ) -> Result<Completion, StorageError> {
-        let rec = self.update(id, |rec| {
-            for (address, state, reply) in outcomes {
-                if let Some(r) = rec.recipients.iter_mut().find(|r| &r.address == address) {
-                    r.state = *state;
-                    r.last_reply.clone_from(reply);
-                }
+        let mut rec = self
+            .get(id)?
+            .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
+        for (address, state, reply) in outcomes {
+            if let Some(r) = rec.recipients.iter_mut().find(|r| &r.address == address) {
+                r.state = *state;
+                r.last_reply.clone_from(reply);
             }
-            Ok(())
-        })?;
+        }
+        let mut batch = sled::Batch::default();
         if rec.pending().next().is_none() {
-            self.remove(id)?;
+            // Nothing left to deliver: remove the record in the same batch (one write, one
+            // shared fsync), then the body.
+            batch.remove(&due_key(rec.next_attempt, id.0)[..]);
+            batch.remove(&message_key(id.0)[..]);
+            self.tree.apply_batch(batch)?;
+            self.sync()?;
+            self.spool.remove(id.0)?;
             Ok(Completion::Removed)
         } else {
+            batch.insert(&message_key(id.0)[..], rec.encode());
+            self.tree.apply_batch(batch)?;
+            self.db.flush()?;
             Ok(Completion::Pending)
         }
     }

@@ -255,3 +255,62 @@ fn corrupt_database_is_refused_not_recreated() {
         b"garbage that is not a sled config"
     );
 }
+
+/// Delivery threads completing messages at once share fsyncs; each still returns only after
+/// its own removal is durable, and every completed message is gone after a reopen — record and
+/// body — while the partly delivered ones remain with their recipient states.
+#[test]
+fn concurrent_completions_share_fsyncs_and_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let messages: Vec<NewMessage> = (0..400).map(|_| new_message(&mut rng)).collect();
+    let ids = queue.enqueue_batch(&messages).unwrap();
+    let queue = std::sync::Arc::new(queue);
+    let threads: Vec<_> = ids
+        .chunks(50)
+        .map(|chunk| {
+            let (queue, chunk) = (queue.clone(), chunk.to_vec());
+            std::thread::spawn(move || {
+                for (i, id) in chunk.into_iter().enumerate() {
+                    let rec = queue.get(id).unwrap().unwrap();
+                    let mut outcomes: Vec<_> = rec
+                        .recipients
+                        .iter()
+                        .map(|r| (r.address.clone(), RecipientState::Delivered, None))
+                        .collect();
+                    // Every fifth message keeps its first recipient pending.
+                    if i % 5 == 0 {
+                        outcomes[0].1 = RecipientState::Pending;
+                    }
+                    let expected = if i % 5 == 0 {
+                        Completion::Pending
+                    } else {
+                        Completion::Removed
+                    };
+                    assert_eq!(queue.complete(id, &outcomes).unwrap(), expected);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    drop(queue);
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let left = queue.list().unwrap();
+    assert_eq!(
+        left.len(),
+        80,
+        "one in five of 400 keeps a pending recipient"
+    );
+    for (id, rec) in &left {
+        assert_eq!(rec.pending().count(), 1, "{id}");
+        assert!(
+            queue.body(*id).is_ok(),
+            "{id}: the body of a pending message stays"
+        );
+    }
+    let bodies = std::fs::read_dir(dir.path().join("spool")).unwrap().count();
+    assert_eq!(bodies, 80, "completed messages' bodies are deleted");
+}
