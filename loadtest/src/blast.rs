@@ -58,6 +58,9 @@ pub struct BlastArgs {
     /// Generator threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// The relay's process id: report the CPU time it spent during the run, per message.
+    #[arg(long)]
+    pub pid: Option<u32>,
 }
 
 /// Everything the connection tasks share.
@@ -117,6 +120,7 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let cpu_before = args.pid.map(crate::procfs::cpu_seconds).transpose()?;
     let started = Instant::now();
     let shared = Arc::new(Shared {
         bodies: bodies(&args.size, &args.from),
@@ -143,6 +147,10 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    let relay_cpu_s = match (args.pid, cpu_before) {
+        (Some(pid), Some(before)) => Some(crate::procfs::cpu_seconds(pid)? - before),
+        _ => None,
+    };
     shared.progress.finish_and_clear();
     let mut totals = std::mem::take(&mut *shared.totals.lock().expect("not poisoned"));
     if aborted > 0 {
@@ -169,6 +177,15 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         messages_per_s: totals.messages_ok as f64 / elapsed,
         sessions_per_s: totals.sessions as f64 / elapsed,
         mb_per_s: totals.bytes as f64 / 1e6 / elapsed,
+        relay_cpu_s,
+        relay_cpu_us_per_unit: relay_cpu_s.map(|cpu| {
+            let units = if args.messages_per_connection == 0 {
+                totals.sessions
+            } else {
+                totals.messages_ok
+            };
+            cpu * 1e6 / units.max(1) as f64
+        }),
         phases: totals.phases(),
         errors: totals.errors,
     })

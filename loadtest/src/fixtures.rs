@@ -34,6 +34,9 @@ pub struct FixturesArgs {
     /// Address the relay's plain SMTP (mx role) listener will use.
     #[arg(long, default_value = "127.0.0.1:2525")]
     pub relay_smtp: SocketAddr,
+    /// Address the relay's implicit-TLS submission listener will use (AUTH as user `load`).
+    #[arg(long, default_value = "127.0.0.1:2465")]
+    pub relay_tls: SocketAddr,
     /// Where `amtp-loadtest dns` will serve the zones (the relay's resolver).
     #[arg(long, default_value = "127.0.0.1:5353")]
     pub dns: SocketAddr,
@@ -56,7 +59,13 @@ pub fn generate(args: &FixturesArgs) -> anyhow::Result<Manifest> {
         (1..=MAX_CLIENTS).contains(&args.clients),
         "--clients must be between 1 and {MAX_CLIENTS}"
     );
-    for addr in [args.relay_amtp, args.relay_smtp, args.dns, args.sink] {
+    for addr in [
+        args.relay_amtp,
+        args.relay_smtp,
+        args.relay_tls,
+        args.dns,
+        args.sink,
+    ] {
         crate::safety::check("fixture address", addr, false)?;
     }
     let out = &args.out;
@@ -101,6 +110,7 @@ pub fn generate(args: &FixturesArgs) -> anyhow::Result<Manifest> {
     write(out, &format!("zones/{domain}.zone"), &forward)?;
     write(out, "zones/127.in-addr.arpa.zone", &reverse)?;
     write(out, "relay.toml", &relay_config(&domain, args))?;
+    write(out, "users.toml", &users_file()?)?;
     Ok(manifest)
 }
 
@@ -151,6 +161,26 @@ fn reverse_label(ip: Ipv4Addr) -> String {
     format!("{d}.{c}.{b}")
 }
 
+/// The submission user of a load run.
+pub const USER: &str = "load";
+/// Its password: these are throwaway loopback fixtures, so it is fixed and documented.
+pub const PASSWORD: &str = "load-password";
+
+/// A relay users file (docs/CONFIG.md) with user `load`: an argon2id PHC string.
+fn users_file() -> anyhow::Result<String> {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("random salt: {e}"))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| anyhow::anyhow!("salt: {e}"))?;
+    let hash = argon2::Argon2::default()
+        .hash_password(PASSWORD.as_bytes(), &salt)
+        .map_err(|e| anyhow::anyhow!("hashing the fixture password: {e}"))?;
+    Ok(format!(
+        "# Written by `amtp-loadtest fixtures`: user {USER:?}, password {PASSWORD:?}.\n\
+         [[user]]\nname = {USER:?}\npassword = \"{hash}\"\n"
+    ))
+}
+
 /// A complete relay configuration for a load run against these fixtures: mx and amtp
 /// listeners with limits raised for load, the fixture CA as the public AMTP trust anchor, the
 /// fixture DNS server as resolver, and delivery of `sink.<domain>` to the sink.
@@ -163,6 +193,7 @@ fn relay_config(domain: &str, args: &FixturesArgs) -> String {
 #   amtp-relay serve --config relay.toml
 # then drive it, for example:
 #   amtp-loadtest blast --protocol amtp --target {amtp} --identities identities.json --messages 10000
+#   amtp-loadtest blast --protocol tls --target {tls} --ca ca.pem --auth {user}:{password}
 
 [server]
 hostname = "relay.{domain}"
@@ -190,6 +221,16 @@ address = "{amtp}"
 max_connections = 20000
 max_connections_per_ip = 20000
 
+[[listener]]
+name = "submissions"
+role = "submissions"
+address = "{tls}"
+max_connections = 20000
+max_connections_per_ip = 20000
+
+[auth]
+users_file = "users.toml"
+
 [amtp]
 public_ca = "ca.pem"
 mpc_policy = "ALLOW=per/* ALLOW=com/confirmed ALLOW=com/optin ALLOW=net/*"
@@ -212,6 +253,9 @@ tls = "none"
         sink = args.sink,
         amtp = args.relay_amtp,
         smtp = args.relay_smtp,
+        tls = args.relay_tls,
+        user = USER,
+        password = PASSWORD,
         sink_ip = args.sink.ip(),
         sink_port = args.sink.port(),
     )

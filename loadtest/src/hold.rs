@@ -4,6 +4,7 @@
 //! connection" is measured.
 
 use crate::client::Connection;
+use crate::procfs::rss_kib;
 use crate::stats::Recorder;
 use crate::target::ConnectArgs;
 use anyhow::Context;
@@ -43,17 +44,6 @@ pub struct HoldReport {
     pub rss_before_kib: Option<u64>,
     pub rss_held_kib: Option<u64>,
     pub kib_per_connection: Option<f64>,
-}
-
-/// Resident set size of a process in KiB.
-pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("reading /proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 pub fn run(args: HoldArgs) -> anyhow::Result<HoldReport> {

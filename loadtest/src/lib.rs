@@ -18,6 +18,7 @@ pub mod fixtures;
 pub mod hold;
 pub mod identities;
 pub mod message;
+pub mod procfs;
 pub mod report;
 pub mod safety;
 pub mod sink;

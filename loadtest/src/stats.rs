@@ -158,6 +158,12 @@ pub struct RunResult {
     pub messages_per_s: f64,
     pub sessions_per_s: f64,
     pub mb_per_s: f64,
+    /// CPU seconds the relay (`--pid`) used during the run.
+    #[serde(default)]
+    pub relay_cpu_s: Option<f64>,
+    /// Relay CPU microseconds per accepted message (per session in session-only runs).
+    #[serde(default)]
+    pub relay_cpu_us_per_unit: Option<f64>,
     pub phases: Vec<PhaseSummary>,
     pub errors: BTreeMap<String, u64>,
 }
@@ -172,16 +178,7 @@ impl RunResult {
         let mut out = format!(
             "{label}: {protocol} → {target}, {conns} connections, {mpc} messages/connection, {mode}\n\
              {ok} messages accepted, {failed} failed, {sessions} sessions in {secs:.2} s\n\
-             throughput: {mps:.1} messages/s, {mbps:.2} MB/s, {sps:.1} sessions/s\n\n\
-             {:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-            "phase",
-            "count",
-            "mean ms",
-            "p50 ms",
-            "p90 ms",
-            "p99 ms",
-            "p99.9 ms",
-            "max ms",
+             throughput: {mps:.1} messages/s, {mbps:.2} MB/s, {sps:.1} sessions/s\n",
             label = self.label,
             protocol = self.protocol,
             target = self.target,
@@ -199,6 +196,21 @@ impl RunResult {
             mbps = self.mb_per_s,
             sps = self.sessions_per_s,
         );
+        if let (Some(cpu), Some(per)) = (self.relay_cpu_s, self.relay_cpu_us_per_unit) {
+            let unit = if self.messages_per_connection == 0 {
+                "session"
+            } else {
+                "message"
+            };
+            out.push_str(&format!(
+                "relay CPU: {cpu:.2} s ({:.0} % of one core), {per:.0} µs per {unit}\n",
+                cpu / self.elapsed_s * 100.0
+            ));
+        }
+        out.push_str(&format!(
+            "\n{:<9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            "phase", "count", "mean ms", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
+        ));
         for p in &self.phases {
             out.push_str(&format!(
                 "{:<9} {:>9} {:>9.2} {:>9} {:>9} {:>9} {:>9} {:>9}\n",

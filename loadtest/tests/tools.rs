@@ -20,6 +20,7 @@ fn fixtures(dir: &Path, clients: u32) -> PathBuf {
         domain: "load.test".into(),
         relay_amtp: "127.0.0.1:3025".parse().unwrap(),
         relay_smtp: "127.0.0.1:2525".parse().unwrap(),
+        relay_tls: "127.0.0.1:2465".parse().unwrap(),
         dns: "127.0.0.1:5353".parse().unwrap(),
         sink: "127.0.0.1:2526".parse().unwrap(),
     })
@@ -115,6 +116,7 @@ fn blast_args(connect: ConnectArgs, messages: u64) -> BlastArgs {
         label: None,
         json: true,
         threads: Some(2),
+        pid: None,
     }
 }
 

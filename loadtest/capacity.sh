@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# The capacity figures docs/PERFORMANCE.md reports, in one bounded run on loopback:
+#   1. AMTP (mutual TLS + rDNS identity + MPC) against plain SMTP through the same relay,
+#      as messages/s (relay in, queue, deliver to a sink) and as sessions/s (handshakes);
+#   2. sessions/s with 1 and with 2 connection workers (TLS arbiters): scaling across cores;
+#   3. memory per idle connection with HOLD (10000) open sessions, SMTP and AMTP;
+#   4. an HTML report of every blast run.
+#
+#   bash loadtest/capacity.sh        results and report.html in ./capacity-results/
+#
+# Environment: MESSAGES (default 5000), CONCURRENCY (20), SESSIONS (2000), HOLD (10000),
+# CLIENTS (200 client identities), OUT (capacity-results). Ports 27025/27026/27053/27125/27465.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MESSAGES=${MESSAGES:-5000}
+CONCURRENCY=${CONCURRENCY:-20}
+SESSIONS=${SESSIONS:-2000}
+HOLD=${HOLD:-10000}
+CLIENTS=${CLIENTS:-200}
+OUT=${OUT:-capacity-results}
+SMTP=127.0.0.1:27025 SINK=127.0.0.1:27026 DNS=127.0.0.1:27053 AMTP=127.0.0.1:27125
+TLS=127.0.0.1:27465
+
+die() { echo "capacity: $*" >&2; exit 1; }
+echo "== building release binaries"
+cargo build --release --locked -q -p amtp-relay -p amtp-loadtest
+RELAY_BIN=$PWD/target/release/amtp-relay
+LOAD=$PWD/target/release/amtp-loadtest
+
+rm -rf "$OUT" && mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+PIDS=()
+RELAY_PID=
+cleanup() {
+    for pid in "${PIDS[@]}" $RELAY_PID; do kill "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+wait_port() {
+    for _ in $(seq 1 100); do
+        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+        sleep 0.1
+    done
+    die "nothing listens on $1"
+}
+
+"$LOAD" fixtures --out "$OUT/fixtures" --clients "$CLIENTS" \
+    --relay-smtp "$SMTP" --relay-amtp "$AMTP" --relay-tls "$TLS" --dns "$DNS" --sink "$SINK"
+"$LOAD" dns --zones "$OUT/fixtures/zones" --listen "$DNS" --duration 1h 2> "$OUT/dns.log" &
+PIDS+=($!)
+"$LOAD" sink --listen "$SINK" --duration 1h 2> "$OUT/sink.log" > "$OUT/sink.txt" &
+PIDS+=($!)
+wait_port "$SINK"
+
+# start_relay WORKERS: (re)starts the relay with that many connection workers (0 = per core).
+start_relay() {
+    if [ -n "$RELAY_PID" ]; then kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; fi
+    sed "/^\[pools\]/,\$d" "$OUT/fixtures/relay.toml" > "$OUT/fixtures/relay-run.toml"
+    printf '\n[pools]\nconnection_workers = %s\n' "$1" >> "$OUT/fixtures/relay-run.toml"
+    (cd "$OUT/fixtures" && exec "$RELAY_BIN" serve --config relay-run.toml) > "$OUT/relay-$1.log" 2>&1 &
+    RELAY_PID=$!
+    wait_port "$AMTP"
+    wait_port "$SMTP"
+    wait_port "$TLS"
+}
+
+blast() { # blast NAME ARGS...: one JSON result per run, a one-line summary on stdout
+    local name=$1; shift
+    "$LOAD" blast --label "$name" --json --duration 300s --identities "$OUT/fixtures/identities.json" \
+        --pid "$RELAY_PID" "$@" \
+        > "$OUT/$name.json" || die "$name failed"
+    python3 - "$OUT/$name.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+rate = r["sessions_per_s"] if r["messages_per_connection"] == 0 else r["messages_per_s"]
+unit = "sessions/s" if r["messages_per_connection"] == 0 else "messages/s"
+p = {x["phase"]: x for x in r["phases"]}
+lat = " ".join(f'{k} p50 {p[k]["p50_us"]/1000:.2f} ms p99 {p[k]["p99_us"]/1000:.2f} ms' for k in ("tls", "ehlo", "data_end") if k in p)
+errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "no errors"
+cpu = f'relay CPU {r["relay_cpu_us_per_unit"]:.0f} us/{unit[:-2]}' if r.get("relay_cpu_us_per_unit") else ""
+print(f'{r["label"]:<24} {rate:9.1f} {unit:<11} {cpu} ({r["messages_ok"]} ok, {errs}) {lat}')
+PY
+}
+
+echo "== relay with one connection worker per core"
+start_relay 0
+echo "-- messages: $MESSAGES x 10 KB, $CONCURRENCY connections, 100 per connection"
+blast smtp-messages --protocol smtp --target "$SMTP" --connections "$CONCURRENCY" \
+    --messages "$MESSAGES" --messages-per-connection 100
+blast amtp-messages --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
+    --messages "$MESSAGES" --messages-per-connection 100
+blast tls-auth-messages --protocol tls --target "$TLS" --auth load:load-password \
+    --connections "$CONCURRENCY" --messages "$MESSAGES" --messages-per-connection 100
+echo "-- sessions: $SESSIONS connect + handshake + EHLO + QUIT, $CONCURRENCY at once"
+blast smtp-sessions --protocol smtp --target "$SMTP" --connections "$CONCURRENCY" \
+    --messages "$SESSIONS" --messages-per-connection 0
+blast tls-sessions --protocol tls --target "$TLS" --connections "$CONCURRENCY" \
+    --messages "$SESSIONS" --messages-per-connection 0
+blast amtp-sessions-2w --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
+    --messages "$SESSIONS" --messages-per-connection 0
+
+echo "== scaling: the same AMTP sessions with 1 connection worker, then 2"
+start_relay 1
+blast amtp-sessions-1w --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
+    --messages "$SESSIONS" --messages-per-connection 0
+start_relay 2
+blast amtp-sessions-2w-again --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
+    --messages "$SESSIONS" --messages-per-connection 0
+
+summarise_hold() {
+    python3 - "$1" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f'{r["protocol"]}: {r["opened"]} idle sessions, relay RSS {r["rss_before_kib"] / 1024:.1f} -> '
+      f'{r["rss_held_kib"] / 1024:.1f} MiB: {r["kib_per_connection"]:.1f} KiB per connection; errors {r["errors"]}')
+PY
+}
+
+echo "== memory: $HOLD idle sessions held open"
+start_relay 0
+sleep 1
+"$LOAD" hold --protocol smtp --target "$SMTP" --identities "$OUT/fixtures/identities.json" \
+    --connections "$HOLD" --hold 5s --pid "$RELAY_PID" --json > "$OUT/hold-smtp.json"
+summarise_hold "$OUT/hold-smtp.json"
+start_relay 0
+sleep 1
+"$LOAD" hold --protocol amtp --target "$AMTP" --identities "$OUT/fixtures/identities.json" \
+    --connections "$HOLD" --hold 5s --pid "$RELAY_PID" --json > "$OUT/hold-amtp.json"
+summarise_hold "$OUT/hold-amtp.json"
+
+"$LOAD" report --out "$OUT/report.html" --title "amtp-relay capacity ($(nproc) cores)" "$OUT"/*-messages.json "$OUT"/*-sessions*.json
+echo "== results in $OUT (report.html)"
