@@ -78,8 +78,9 @@ unit = "sessions/s" if r["messages_per_connection"] == 0 else "messages/s"
 p = {x["phase"]: x for x in r["phases"]}
 lat = " ".join(f'{k} p50 {p[k]["p50_us"]/1000:.2f} ms p99 {p[k]["p99_us"]/1000:.2f} ms' for k in ("tls", "ehlo", "data_end") if k in p)
 errs = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "no errors"
-cpu = f'relay CPU {r["relay_cpu_us_per_unit"]:.0f} us/{unit[:-2]}' if r.get("relay_cpu_us_per_unit") else ""
-print(f'{r["label"]:<24} {rate:9.1f} {unit:<11} {cpu} ({r["messages_ok"]} ok, {errs}) {lat}')
+cpu = f'relay CPU {r["relay_cpu_us_per_unit"]:.0f} us per {unit.split("/")[0].rstrip("s")}' if r.get("relay_cpu_us_per_unit") else ""
+tls = f'TLS {r["tls_full"]} full/{r["tls_resumed"]} resumed' if r["tls_full"] + r["tls_resumed"] else ""
+print(f'{r["label"]:<24} {rate:9.1f} {unit:<11} {cpu} ({r["messages_ok"]} ok, {errs}) {tls} {lat}')
 PY
 }
 
@@ -92,21 +93,24 @@ blast amtp-messages --protocol amtp --target "$AMTP" --connections "$CONCURRENCY
     --messages "$MESSAGES" --messages-per-connection 100
 blast tls-auth-messages --protocol tls --target "$TLS" --auth load:load-password \
     --connections "$CONCURRENCY" --messages "$MESSAGES" --messages-per-connection 100
-echo "-- sessions: $SESSIONS connect + handshake + EHLO + QUIT, $CONCURRENCY at once"
+echo "-- sessions: $SESSIONS connect + full handshake + EHLO + QUIT, $CONCURRENCY at once"
 blast smtp-sessions --protocol smtp --target "$SMTP" --connections "$CONCURRENCY" \
     --messages "$SESSIONS" --messages-per-connection 0
 blast tls-sessions --protocol tls --target "$TLS" --connections "$CONCURRENCY" \
-    --messages "$SESSIONS" --messages-per-connection 0
+    --messages "$SESSIONS" --messages-per-connection 0 --no-resumption
 blast amtp-sessions-2w --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
+    --messages "$SESSIONS" --messages-per-connection 0 --no-resumption
+echo "-- the same AMTP sessions with TLS resumption, as returning peers do"
+blast amtp-sessions-resumed --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
     --messages "$SESSIONS" --messages-per-connection 0
 
 echo "== scaling: the same AMTP sessions with 1 connection worker, then 2"
 start_relay 1
 blast amtp-sessions-1w --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
-    --messages "$SESSIONS" --messages-per-connection 0
+    --messages "$SESSIONS" --messages-per-connection 0 --no-resumption
 start_relay 2
 blast amtp-sessions-2w-again --protocol amtp --target "$AMTP" --connections "$CONCURRENCY" \
-    --messages "$SESSIONS" --messages-per-connection 0
+    --messages "$SESSIONS" --messages-per-connection 0 --no-resumption
 
 summarise_hold() {
     python3 - "$1" <<'PY'

@@ -177,6 +177,8 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         messages_per_s: totals.messages_ok as f64 / elapsed,
         sessions_per_s: totals.sessions as f64 / elapsed,
         mb_per_s: totals.bytes as f64 / 1e6 / elapsed,
+        tls_full: totals.tls_full,
+        tls_resumed: totals.tls_resumed,
         relay_cpu_s,
         relay_cpu_us_per_unit: relay_cpu_s.map(|cpu| {
             let units = if args.messages_per_connection == 0 {

@@ -117,8 +117,9 @@ impl Connection {
         };
         if matches!(plan.protocol, Protocol::Tls | Protocol::Amtp) {
             let t = Instant::now();
-            conn.start_tls(plan).await?;
+            let resumed = conn.start_tls(plan).await?;
             rec.record(Phase::Tls, t.elapsed());
+            rec.handshake(resumed);
         }
         let t = Instant::now();
         conn.expect(220).await?;
@@ -128,8 +129,9 @@ impl Connection {
         if plan.protocol == Protocol::Starttls {
             let t = Instant::now();
             conn.command("STARTTLS\r\n", 220).await?;
-            conn.start_tls(plan).await?;
+            let resumed = conn.start_tls(plan).await?;
             rec.record(Phase::Tls, t.elapsed());
+            rec.handshake(resumed);
             conn.command(&format!("EHLO {}\r\n", plan.ehlo), 250)
                 .await?;
         }
@@ -143,7 +145,8 @@ impl Connection {
         Ok(conn)
     }
 
-    async fn start_tls(&mut self, plan: &ConnectionPlan) -> Result<(), Failure> {
+    /// Wraps the stream in TLS; `Ok(true)` when the session was resumed.
+    async fn start_tls(&mut self, plan: &ConnectionPlan) -> Result<bool, Failure> {
         let config = plan
             .tls
             .clone()
@@ -157,8 +160,12 @@ impl Connection {
             TlsConnector::from(config).connect(plan.server_name.clone(), tcp),
         )
         .await?;
+        let resumed = matches!(
+            tls.get_ref().1.handshake_kind(),
+            Some(rustls::HandshakeKind::Resumed)
+        );
         self.stream = Stream::Tls(Box::new(tls));
-        Ok(())
+        Ok(resumed)
     }
 
     /// One transaction; `Ok(true)` when the message was accepted, `Ok(false)` when the server

@@ -58,6 +58,8 @@ pub struct Recorder {
     pub messages_failed: u64,
     pub sessions: u64,
     pub bytes: u64,
+    pub tls_full: u64,
+    pub tls_resumed: u64,
 }
 
 impl Default for Recorder {
@@ -79,6 +81,17 @@ impl Recorder {
             messages_failed: 0,
             sessions: 0,
             bytes: 0,
+            tls_full: 0,
+            tls_resumed: 0,
+        }
+    }
+
+    /// Counts a completed TLS handshake.
+    pub fn handshake(&mut self, resumed: bool) {
+        if resumed {
+            self.tls_resumed += 1;
+        } else {
+            self.tls_full += 1;
         }
     }
 
@@ -103,6 +116,8 @@ impl Recorder {
         self.messages_failed += other.messages_failed;
         self.sessions += other.sessions;
         self.bytes += other.bytes;
+        self.tls_full += other.tls_full;
+        self.tls_resumed += other.tls_resumed;
     }
 
     pub fn phases(&self) -> Vec<PhaseSummary> {
@@ -158,6 +173,11 @@ pub struct RunResult {
     pub messages_per_s: f64,
     pub sessions_per_s: f64,
     pub mb_per_s: f64,
+    /// Full TLS handshakes, and resumed ones.
+    #[serde(default)]
+    pub tls_full: u64,
+    #[serde(default)]
+    pub tls_resumed: u64,
     /// CPU seconds the relay (`--pid`) used during the run.
     #[serde(default)]
     pub relay_cpu_s: Option<f64>,
@@ -178,7 +198,8 @@ impl RunResult {
         let mut out = format!(
             "{label}: {protocol} → {target}, {conns} connections, {mpc} messages/connection, {mode}\n\
              {ok} messages accepted, {failed} failed, {sessions} sessions in {secs:.2} s\n\
-             throughput: {mps:.1} messages/s, {mbps:.2} MB/s, {sps:.1} sessions/s\n",
+             throughput: {mps:.1} messages/s, {mbps:.2} MB/s, {sps:.1} sessions/s\n\
+             TLS handshakes: {full} full, {resumed} resumed\n",
             label = self.label,
             protocol = self.protocol,
             target = self.target,
@@ -195,6 +216,8 @@ impl RunResult {
             mps = self.messages_per_s,
             mbps = self.mb_per_s,
             sps = self.sessions_per_s,
+            full = self.tls_full,
+            resumed = self.tls_resumed,
         );
         if let (Some(cpu), Some(per)) = (self.relay_cpu_s, self.relay_cpu_us_per_unit) {
             let unit = if self.messages_per_connection == 0 {

@@ -34,6 +34,10 @@ pub struct ConnectArgs {
     /// Do not verify the server certificate.
     #[arg(long)]
     pub insecure: bool,
+    /// Never resume TLS sessions: every handshake is a full one (the worst case for the
+    /// relay). By default sessions resume as real clients' do.
+    #[arg(long)]
+    pub no_resumption: bool,
     /// AUTH PLAIN as `user:password`.
     #[arg(long)]
     pub auth: Option<String>,
@@ -91,7 +95,7 @@ pub fn plans(args: &ConnectArgs) -> anyhow::Result<Vec<ConnectionPlan>> {
         None => None,
     };
     let shared_tls = if uses_tls && args.protocol != Protocol::Amtp {
-        Some(client_config(&trust, None)?)
+        Some(client_config(&trust, None, !args.no_resumption)?)
     } else {
         None
     };
@@ -125,7 +129,11 @@ pub fn plans(args: &ConnectArgs) -> anyhow::Result<Vec<ConnectionPlan>> {
             args.allow_non_loopback,
         )?;
         let tls = if args.protocol == Protocol::Amtp {
-            Some(client_config(&trust, Some((&id.cert, &id.key)))?)
+            Some(client_config(
+                &trust,
+                Some((&id.cert, &id.key)),
+                !args.no_resumption,
+            )?)
         } else {
             shared_tls.clone()
         };

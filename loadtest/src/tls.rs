@@ -45,9 +45,11 @@ pub enum ServerTrust {
 }
 
 /// A client configuration, with a client certificate when `client` is given (cert, key).
+/// Without `resume`, every handshake is a full one (no session tickets kept).
 pub fn client_config(
     trust: &ServerTrust,
     client: Option<(&Path, &Path)>,
+    resume: bool,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     let builder = match trust {
         ServerTrust::Ca(ca) => rustls::ClientConfig::builder().with_root_certificates(roots(ca)?),
@@ -55,12 +57,15 @@ pub fn client_config(
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyServer::new())),
     };
-    let config = match client {
+    let mut config = match client {
         Some((cert, key)) => builder
             .with_client_auth_cert(certificates(cert)?, private_key(key)?)
             .with_context(|| format!("client certificate {}", cert.display()))?,
         None => builder.with_no_client_auth(),
     };
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
     Ok(Arc::new(config))
 }
 

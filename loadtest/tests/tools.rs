@@ -93,6 +93,7 @@ fn connect_args(target: std::net::SocketAddr, protocol: Protocol) -> ConnectArgs
         ca: None,
         server_name: None,
         insecure: false,
+        no_resumption: false,
         auth: None,
         ehlo: "loadtest.load.test".into(),
         timeout: Duration::from_secs(10),
@@ -153,6 +154,11 @@ fn blast_delivers_every_message_over_smtp_starttls_and_implicit_tls() {
         );
         let has_tls = result.phases.iter().any(|p| p.phase == "tls");
         assert_eq!(has_tls, protocol != Protocol::Smtp, "{protocol:?}");
+        if protocol != Protocol::Smtp {
+            assert_eq!(result.tls_full + result.tls_resumed, result.sessions);
+            // Four connections start without a ticket; later ones resume.
+            assert!(result.tls_resumed > 0, "{protocol:?}: {result:?}");
+        }
         let data_end = result
             .phases
             .iter()
@@ -173,9 +179,16 @@ fn amtp_runs_with_mutual_tls_per_identity_and_fail_with_an_untrusted_ca() {
     let sink = RunningSink::start(args.clone());
     let mut connect = connect_args(sink.addr, Protocol::Amtp);
     connect.identities = Some(fx.join("identities.json"));
-    let result = blast::run(blast_args(connect.clone(), 40)).unwrap();
+    let mut full_only = connect.clone();
+    full_only.no_resumption = true;
+    let result = blast::run(blast_args(full_only, 40)).unwrap();
     assert_eq!(result.messages_ok, 40, "{result:?}");
     assert_eq!(result.identities, 8);
+    assert_eq!(
+        result.tls_resumed, 0,
+        "--no-resumption makes every handshake full"
+    );
+    assert_eq!(result.tls_full, result.sessions);
     assert_eq!(sink.finish().messages, 40);
 
     // Client certificates from another CA: the sink refuses the handshake.
