@@ -1,8 +1,8 @@
-//! Queue commit bench: the cost of making messages durable (spool file fdatasync per message,
-//! one directory fsync, one sled batch, flush + fsync of sled's log) at batch sizes 1, 16 and
-//! 128 of 4 KiB messages — the trade-off `[queue] batch_max` / `batch_wait` tune. Reported in
-//! messages/s. Runs on the real filesystem under the target directory (not tmpfs), because
-//! fsync cost is the point.
+//! Queue commit bench: the cost of making messages durable (one spool file per message, the
+//! batch's files fdatasynced concurrently, one directory fsync, one sled batch, flush + fsync
+//! of sled's log) at batch sizes 1, 16 and 128 of 4 KiB messages — the trade-off
+//! `[queue] batch_max` / `batch_wait` tune. Reported in messages/s. Runs on the real
+//! filesystem under the target directory (not tmpfs), because fsync cost is the point.
 
 use amtp_storage::{Envelope, NewMessage, Origin, Queue};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
