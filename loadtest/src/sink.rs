@@ -94,6 +94,16 @@ struct Sink {
     done: tokio::sync::Notify,
 }
 
+/// Live counts of a running sink.
+#[derive(Clone)]
+pub struct SinkStats(Arc<Sink>);
+
+impl SinkStats {
+    pub fn report(&self) -> SinkReport {
+        self.0.report()
+    }
+}
+
 /// A bound sink, ready to run (bind first so callers know the port before load starts).
 pub struct BoundSink {
     listener: TcpListener,
@@ -134,6 +144,11 @@ impl BoundSink {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().expect("bound")
+    }
+
+    /// A handle that reads the counts while the sink runs.
+    pub fn stats(&self) -> SinkStats {
+        SinkStats(self.sink.clone())
     }
 
     /// Serves until the message count, the duration, or `stop` resolves; returns the counts.

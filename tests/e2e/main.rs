@@ -2,6 +2,7 @@
 //! temporary directory, driven over real sockets on 127.0.0.1 with real TLS (the relay's own
 //! generated dev CA) and real sled files. Each test starts its own relay. The AMTP tests also
 //! run a real DNS server in the test process and bind distinct 127.0.0.x client addresses.
+//! `loadtest.rs` drives the relay with the amtp-loadtest library and its fixtures.
 
 mod amtp;
 mod bad_input;
@@ -10,6 +11,7 @@ mod cli;
 mod delivery;
 mod dns;
 mod harness;
+mod loadtest;
 mod pki;
 mod sink;
 mod smtp;
