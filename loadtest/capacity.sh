@@ -93,6 +93,13 @@ blast amtp-messages --protocol amtp --target "$AMTP" --connections "$CONCURRENCY
     --messages "$MESSAGES" --messages-per-connection 100
 blast tls-auth-messages --protocol tls --target "$TLS" --auth load:load-password \
     --connections "$CONCURRENCY" --messages "$MESSAGES" --messages-per-connection 100
+echo "-- concurrency sweep: messages/s with 1, 5, 10, 20, 50 connections (2000 messages each)"
+for c in 1 5 10 20 50; do
+    blast "smtp-c$c" --protocol smtp --target "$SMTP" --connections "$c" --messages 2000 \
+        --messages-per-connection 100
+    blast "amtp-c$c" --protocol amtp --target "$AMTP" --connections "$c" --messages 2000 \
+        --messages-per-connection 100
+done
 echo "-- sessions: $SESSIONS connect + full handshake + EHLO + QUIT, $CONCURRENCY at once"
 blast smtp-sessions --protocol smtp --target "$SMTP" --connections "$CONCURRENCY" \
     --messages "$SESSIONS" --messages-per-connection 0
@@ -133,5 +140,6 @@ sleep 1
     --connections "$HOLD" --hold 5s --pid "$RELAY_PID" --json > "$OUT/hold-amtp.json"
 summarise_hold "$OUT/hold-amtp.json"
 
-"$LOAD" report --out "$OUT/report.html" --title "amtp-relay capacity ($(nproc) cores)" "$OUT"/*-messages.json "$OUT"/*-sessions*.json
+"$LOAD" report --out "$OUT/report.html" --title "amtp-relay capacity ($(nproc) cores)" \
+    "$OUT"/*-c*.json "$OUT"/*-messages.json "$OUT"/*-sessions*.json
 echo "== results in $OUT (report.html)"

@@ -51,8 +51,12 @@ pub fn html(title: &str, runs: &[RunResult]) -> anyhow::Result<String> {
          td:first-child{{text-align:left}} figure{{margin:1em 0}}</style></head><body>\n<h1>{t}</h1>\n",
         t = escape(title)
     );
-    page.push_str("<h2>Throughput against concurrency</h2>\n<figure>");
-    page.push_str(&throughput_chart(runs)?);
+    page.push_str("<h2>Messages per second against concurrency</h2>\n<figure>");
+    page.push_str(&throughput_chart(runs, false)?);
+    page.push_str(
+        "</figure>\n<h2>Sessions per second against concurrency (session-only runs)</h2>\n<figure>",
+    );
+    page.push_str(&throughput_chart(runs, true)?);
     page.push_str(
         "</figure>\n<h2>Latency percentiles (whole transaction, MAIL to final 250)</h2>\n<figure>",
     );
@@ -80,21 +84,25 @@ fn rate(run: &RunResult) -> f64 {
     }
 }
 
-fn throughput_chart(runs: &[RunResult]) -> anyhow::Result<String> {
+/// One line per protocol: messages/s (or, with `sessions`, sessions/s of session-only runs)
+/// against the number of concurrent connections.
+fn throughput_chart(runs: &[RunResult], sessions: bool) -> anyhow::Result<String> {
+    let runs: Vec<&RunResult> = runs
+        .iter()
+        .filter(|r| (r.messages_per_connection == 0) == sessions)
+        .collect();
+    if runs.is_empty() {
+        return Ok("<p>No runs of this kind.</p>".to_string());
+    }
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    for run in runs {
-        let kind = if run.messages_per_connection == 0 {
-            format!("{} (sessions/s)", run.protocol)
-        } else {
-            format!("{} (messages/s)", run.protocol)
-        };
+    for run in &runs {
         series
-            .entry(kind)
+            .entry(run.protocol.clone())
             .or_default()
             .push((run.connections as f64, rate(run)));
     }
     let max_x = runs.iter().map(|r| r.connections).max().unwrap_or(1) as f64;
-    let max_y = runs.iter().map(rate).fold(1.0, f64::max);
+    let max_y = runs.iter().map(|r| rate(r)).fold(1.0, f64::max);
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 420)).into_drawing_area();
@@ -108,7 +116,7 @@ fn throughput_chart(runs: &[RunResult]) -> anyhow::Result<String> {
         chart
             .configure_mesh()
             .x_desc("concurrent connections")
-            .y_desc("per second")
+            .y_desc(if sessions { "sessions/s" } else { "messages/s" })
             .draw()
             .map_err(plot_error)?;
         for (i, (name, mut points)) in series.into_iter().enumerate() {
@@ -158,6 +166,12 @@ fn latency_chart(runs: &[RunResult], phase: &str) -> anyhow::Result<String> {
         .iter()
         .flat_map(|(_, v)| v.iter().copied())
         .fold(0.001, f64::max);
+    let min_y = lines
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(max_y, f64::min)
+        .max(0.001)
+        / 2.0;
     let mut svg = String::new();
     {
         let root = SVGBackend::with_string(&mut svg, (800, 420)).into_drawing_area();
@@ -166,7 +180,7 @@ fn latency_chart(runs: &[RunResult], phase: &str) -> anyhow::Result<String> {
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(70)
-            .build_cartesian_2d(0.0..4.2, (0.01..max_y * 2.0).log_scale())
+            .build_cartesian_2d(0.0..4.2, (min_y..max_y * 2.0).log_scale())
             .map_err(plot_error)?;
         chart
             .configure_mesh()
@@ -186,7 +200,7 @@ fn latency_chart(runs: &[RunResult], phase: &str) -> anyhow::Result<String> {
             let points: Vec<(f64, f64)> = values
                 .iter()
                 .enumerate()
-                .map(|(x, y)| (x as f64, y.max(0.01)))
+                .map(|(x, y)| (x as f64, y.max(min_y)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))

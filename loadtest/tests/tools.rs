@@ -358,6 +358,10 @@ fn report_renders_charts_and_a_table_from_json_results() {
     assert_eq!(runs.len(), 2);
     let page = report::html("capacity <test>", &runs).unwrap();
     assert_eq!(page.matches("<svg").count(), 3, "three charts");
+    assert!(
+        page.contains("No runs of this kind"),
+        "no session-only runs: that chart says so"
+    );
     assert!(page.contains("smtp with 1") && page.contains("smtp with 4"));
     assert!(page.contains("capacity &lt;test&gt;"));
     assert!(
