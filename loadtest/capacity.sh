@@ -141,5 +141,5 @@ sleep 1
 summarise_hold "$OUT/hold-amtp.json"
 
 "$LOAD" report --out "$OUT/report.html" --title "amtp-relay capacity ($(nproc) cores)" \
-    "$OUT"/*-c*.json "$OUT"/*-messages.json "$OUT"/*-sessions*.json
+    "$OUT"/*-c[0-9]*.json "$OUT"/tls-auth-messages.json "$OUT"/*-sessions*.json
 echo "== results in $OUT (report.html)"
