@@ -87,7 +87,15 @@ pub struct Router {
     destinations: HashMap<String, Addr<Destination>>,
     in_flight: HashMap<QueueId, InFlight>,
     ticking: bool,
+    /// Bounds the results being written at once (see [`FINALIZE_CONCURRENCY`]).
+    finalizers: Arc<tokio::sync::Semaphore>,
 }
+
+/// Results written to the queue at once. Each write holds a blocking-pool thread for a sled
+/// batch and a (shared) fsync; more of them do not make the disk faster, they only grow
+/// tokio's blocking pool. Unbounded, 2,000 deferrals in flight grew it to about 270 threads
+/// and the relay to about 1.3 GiB (measured with 100,000 deferred messages, issue 4).
+const FINALIZE_CONCURRENCY: usize = 8;
 
 impl Router {
     /// A router over the shared settings.
@@ -97,6 +105,7 @@ impl Router {
             destinations: HashMap::new(),
             in_flight: HashMap::new(),
             ticking: false,
+            finalizers: Arc::new(tokio::sync::Semaphore::new(FINALIZE_CONCURRENCY)),
         }
     }
 
@@ -225,8 +234,12 @@ impl Router {
         };
         let shared = self.shared.clone();
         let id = result.id;
+        let finalizers = self.finalizers.clone();
         let finish = async move {
             let s = shared.clone();
+            // Never closed, so acquiring cannot fail; waiting here keeps the write queued in
+            // this actor's task list, not in a thread.
+            let _permit = finalizers.acquire_owned().await;
             if let Err(e) =
                 tokio::task::spawn_blocking(move || finalize(&s, id, &done.record, &done.outcomes))
                     .await
