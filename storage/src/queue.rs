@@ -16,6 +16,8 @@
 //!   never reached the disk changes nothing.
 //! - [`Queue::reschedule`], and [`Queue::complete`] while recipients remain: flushed to the OS
 //!   (survive a process crash); a lost update after power loss means one more delivery attempt.
+//! - Every read-modify-write of a record holds that record's lock (striped by id), so an update
+//!   racing a removal finds the record gone instead of writing it back.
 //! - [`Queue::remove`], and [`Queue::complete`] of the last recipient: the record removal is
 //!   fsynced before the body file is deleted. Concurrent callers share fsyncs (see
 //!   [`Queue::sync`]): the slowest step of delivery is paid once per group, not per message.
@@ -95,7 +97,13 @@ pub struct Queue {
     writes: std::sync::atomic::AtomicU64,
     /// The `writes` value covered by the last completed fsync; held while syncing.
     synced: std::sync::Mutex<u64>,
+    /// Serialises read-modify-writes of one record (striped by id): without it, an update
+    /// that read a record just before a removal would write it back after the removal.
+    record_locks: Vec<std::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Queue::record_locks`]: enough that unrelated messages rarely share one.
+const RECORD_LOCK_STRIPES: usize = 64;
 
 fn message_key(id: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
@@ -196,6 +204,9 @@ impl Queue {
             db_path,
             writes: std::sync::atomic::AtomicU64::new(0),
             synced: std::sync::Mutex::new(0),
+            record_locks: (0..RECORD_LOCK_STRIPES)
+                .map(|_| std::sync::Mutex::new(()))
+                .collect(),
         };
         Ok(queue)
     }
@@ -381,6 +392,7 @@ impl Queue {
         flush: bool,
         f: impl FnOnce(&mut MessageRecord) -> Result<(), StorageError>,
     ) -> Result<MessageRecord, StorageError> {
+        let guard = self.lock_record(id);
         let mut rec = self
             .get(id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
@@ -391,10 +403,19 @@ impl Queue {
         batch.insert(&due_key(rec.next_attempt, id.0)[..], &[][..]);
         batch.insert(&message_key(id.0)[..], rec.encode());
         self.tree.apply_batch(batch)?;
+        drop(guard);
         if flush {
             self.db.flush()?;
         }
         Ok(rec)
+    }
+
+    /// The lock for `id`'s read-modify-writes (held around the write, never around a sync).
+    fn lock_record(&self, id: QueueId) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = usize::try_from(id.0 % RECORD_LOCK_STRIPES as u64).unwrap_or(0);
+        self.record_locks[stripe]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Take a delivery lease until `until` (ms). Returns `None` if another worker holds an
@@ -455,6 +476,7 @@ impl Queue {
         id: QueueId,
         outcomes: &[(String, RecipientState, Option<String>)],
     ) -> Result<Completion, StorageError> {
+        let guard = self.lock_record(id);
         let mut rec = self
             .get(id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
@@ -471,12 +493,14 @@ impl Queue {
             batch.remove(&due_key(rec.next_attempt, id.0)[..]);
             batch.remove(&message_key(id.0)[..]);
             self.tree.apply_batch(batch)?;
+            drop(guard);
             self.sync()?;
             self.spool.remove(id.0)?;
             Ok(Completion::Removed)
         } else {
             batch.insert(&message_key(id.0)[..], rec.encode());
             self.tree.apply_batch(batch)?;
+            drop(guard);
             self.db.flush()?;
             Ok(Completion::Pending)
         }
@@ -485,11 +509,13 @@ impl Queue {
     /// Remove a message: the record removal is made durable, then the body is deleted.
     /// Removing a missing message is not an error.
     pub fn remove(&self, id: QueueId) -> Result<(), StorageError> {
+        let guard = self.lock_record(id);
         if let Some(rec) = self.get(id)? {
             let mut batch = sled::Batch::default();
             batch.remove(&due_key(rec.next_attempt, id.0)[..]);
             batch.remove(&message_key(id.0)[..]);
             self.tree.apply_batch(batch)?;
+            drop(guard);
             self.sync()?;
         }
         self.spool.remove(id.0)
