@@ -63,6 +63,23 @@ pub struct BlastArgs {
     pub pid: Option<u32>,
 }
 
+impl BlastArgs {
+    /// The command line's defaults for `--target target --protocol protocol`: for driving a
+    /// run from Rust (tests, tools) without restating every default.
+    pub fn defaults(target: std::net::SocketAddr, protocol: Protocol) -> Self {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: BlastArgs,
+        }
+        let target = target.to_string();
+        let mut args =
+            <Command as clap::Parser>::parse_from(["blast", "--target", target.as_str()]).args;
+        args.connect.protocol = protocol;
+        args
+    }
+}
+
 /// Everything the connection tasks share.
 struct Shared {
     plans: Vec<ConnectionPlan>,

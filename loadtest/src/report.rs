@@ -121,19 +121,7 @@ fn throughput_chart(runs: &[RunResult], sessions: bool) -> anyhow::Result<String
             .map_err(plot_error)?;
         for (i, (name, mut points)) in series.into_iter().enumerate() {
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let colour = Palette99::pick(i).to_rgba();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 4, colour.filled())),
-                )
-                .map_err(plot_error)?;
+            draw_line(&mut chart, i, name, points, 4)?;
         }
         chart
             .configure_series_labels()
@@ -196,24 +184,12 @@ fn latency_chart(runs: &[RunResult], phase: &str) -> anyhow::Result<String> {
             .draw()
             .map_err(plot_error)?;
         for (i, (label, values)) in lines.into_iter().enumerate() {
-            let colour = Palette99::pick(i).to_rgba();
             let points: Vec<(f64, f64)> = values
                 .iter()
                 .enumerate()
                 .map(|(x, y)| (x as f64, y.max(min_y)))
                 .collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                .map_err(plot_error)?
-                .label(label)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-            chart
-                .draw_series(
-                    points
-                        .into_iter()
-                        .map(|p| Circle::new(p, 3, colour.filled())),
-                )
-                .map_err(plot_error)?;
+            draw_line(&mut chart, i, label, points, 3)?;
         }
         chart
             .configure_series_labels()
@@ -260,6 +236,35 @@ fn table(runs: &[RunResult]) -> String {
     }
     t.push_str("</table>\n");
     t
+}
+
+/// One labelled series: a line through `points` with a dot on each, in the `index`-th colour.
+fn draw_line<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    index: usize,
+    label: String,
+    points: Vec<(f64, f64)>,
+    dot_radius: u32,
+) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    let colour = Palette99::pick(index).to_rgba();
+    chart
+        .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+        .map_err(plot_error)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, dot_radius, colour.filled())),
+        )
+        .map_err(plot_error)?;
+    Ok(())
 }
 
 fn plot_error<E: std::fmt::Debug>(e: E) -> anyhow::Error {

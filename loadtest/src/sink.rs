@@ -59,6 +59,21 @@ pub struct SinkArgs {
     pub allow_non_loopback: bool,
 }
 
+impl SinkArgs {
+    /// The command line's defaults, listening on `listen`: for embedding the sink (tests,
+    /// scripts in Rust) without restating every default.
+    pub fn defaults(listen: SocketAddr) -> Self {
+        #[derive(clap::Parser)]
+        struct Command {
+            #[command(flatten)]
+            args: SinkArgs,
+        }
+        let mut args = <Command as clap::Parser>::parse_from(["sink"]).args;
+        args.listen = listen;
+        args
+    }
+}
+
 /// What the sink saw.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct SinkReport {
@@ -524,23 +539,10 @@ mod tests {
 
     #[test]
     fn injected_refusals_are_spread_evenly() {
+        let mut args = SinkArgs::defaults("127.0.0.1:0".parse().unwrap());
+        args.reject_percent = 10.0;
         let sink = Sink {
-            args: SinkArgs {
-                listen: "127.0.0.1:0".parse().unwrap(),
-                tls_cert: None,
-                tls_key: None,
-                tls_on_connect: false,
-                client_ca: None,
-                mpc_policy: None,
-                delay: None,
-                reject_percent: 10.0,
-                reject_code: 451,
-                messages: None,
-                duration: Duration::from_secs(1),
-                json: false,
-                progress_every: Duration::ZERO,
-                allow_non_loopback: false,
-            },
+            args,
             tls: None,
             counters: Counters::default(),
             started: Instant::now(),

@@ -29,22 +29,11 @@ fn fixtures(dir: &Path, clients: u32) -> PathBuf {
 }
 
 fn sink_args(fx: Option<&Path>) -> SinkArgs {
-    SinkArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: fx.map(|d| d.join("server.pem")),
-        tls_key: fx.map(|d| d.join("server-key.pem")),
-        tls_on_connect: false,
-        client_ca: None,
-        mpc_policy: None,
-        delay: None,
-        reject_percent: 0.0,
-        reject_code: 451,
-        messages: None,
-        duration: Duration::from_secs(120),
-        json: false,
-        progress_every: Duration::ZERO,
-        allow_non_loopback: false,
-    }
+    let mut args = SinkArgs::defaults("127.0.0.1:0".parse().unwrap());
+    args.tls_cert = fx.map(|d| d.join("server.pem"));
+    args.tls_key = fx.map(|d| d.join("server-key.pem"));
+    args.duration = Duration::from_secs(120);
+    args
 }
 
 /// A sink on its own runtime thread; `finish` stops it and returns its counts.
@@ -85,40 +74,22 @@ impl RunningSink {
 }
 
 fn connect_args(target: std::net::SocketAddr, protocol: Protocol) -> ConnectArgs {
-    ConnectArgs {
-        target,
-        protocol,
-        identities: None,
-        sources: 0,
-        ca: None,
-        server_name: None,
-        insecure: false,
-        no_resumption: false,
-        auth: None,
-        ehlo: "loadtest.load.test".into(),
-        timeout: Duration::from_secs(10),
-        allow_non_loopback: false,
-    }
+    let mut connect = BlastArgs::defaults(target, protocol).connect;
+    connect.timeout = Duration::from_secs(10);
+    connect
 }
 
 fn blast_args(connect: ConnectArgs, messages: u64) -> BlastArgs {
-    BlastArgs {
-        connect,
-        connections: 4,
-        messages_per_connection: 5,
-        messages,
-        duration: Duration::from_secs(60),
-        rate: None,
-        size: "2k".parse().unwrap(),
-        recipients: 2,
-        from: "loadtest@load.test".into(),
-        rcpt_domain: "sink.load.test".into(),
-        mpc: "per/individual".into(),
-        label: None,
-        json: true,
-        threads: Some(2),
-        pid: None,
-    }
+    let mut args = BlastArgs::defaults(connect.target, connect.protocol);
+    args.connect = connect;
+    args.connections = 4;
+    args.messages_per_connection = 5;
+    args.messages = messages;
+    args.size = "2k".parse().unwrap();
+    args.recipients = 2;
+    args.json = true;
+    args.threads = Some(2);
+    args
 }
 
 #[test]

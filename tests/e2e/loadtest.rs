@@ -8,7 +8,6 @@ use amtp_loadtest::blast::{self, BlastArgs};
 use amtp_loadtest::client::Protocol;
 use amtp_loadtest::fixtures::{self, FixturesArgs};
 use amtp_loadtest::sink::{BoundSink, SinkArgs, SinkReport, SinkStats};
-use amtp_loadtest::target::ConnectArgs;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -29,22 +28,8 @@ impl<T, M> Background<T, M> {
 }
 
 fn start_sink() -> Background<SinkReport, (SocketAddr, SinkStats)> {
-    let args = SinkArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        tls_cert: None,
-        tls_key: None,
-        tls_on_connect: false,
-        client_ca: None,
-        mpc_policy: None,
-        delay: None,
-        reject_percent: 0.0,
-        reject_code: 451,
-        messages: None,
-        duration: Duration::from_secs(300),
-        json: false,
-        progress_every: Duration::ZERO,
-        allow_non_loopback: false,
-    };
+    let mut args = SinkArgs::defaults("127.0.0.1:0".parse().unwrap());
+    args.duration = Duration::from_secs(300);
     spawn(move |addr_tx, stop| async move {
         let sink = BoundSink::bind(args).await.unwrap();
         addr_tx.send((sink.local_addr(), sink.stats())).unwrap();
@@ -95,36 +80,16 @@ where
 }
 
 fn load(target: SocketAddr, protocol: Protocol, identities: &Path, messages: u64) -> BlastArgs {
-    BlastArgs {
-        connect: ConnectArgs {
-            target,
-            protocol,
-            identities: Some(identities.to_path_buf()),
-            sources: 0,
-            ca: None,
-            server_name: None,
-            insecure: false,
-            no_resumption: false,
-            auth: None,
-            ehlo: "unused.load.test".into(),
-            timeout: Duration::from_secs(20),
-            allow_non_loopback: false,
-        },
-        connections: 3,
-        messages_per_connection: 5,
-        messages,
-        duration: Duration::from_secs(60),
-        rate: None,
-        size: "4k".parse().unwrap(),
-        recipients: 1,
-        from: "loadtest@load.test".into(),
-        rcpt_domain: "sink.load.test".into(),
-        mpc: "per/individual".into(),
-        label: None,
-        json: true,
-        threads: Some(1),
-        pid: None,
-    }
+    let mut args = BlastArgs::defaults(target, protocol);
+    args.connect.identities = Some(identities.to_path_buf());
+    args.connect.timeout = Duration::from_secs(20);
+    args.connections = 3;
+    args.messages_per_connection = 5;
+    args.messages = messages;
+    args.size = "4k".parse().unwrap();
+    args.json = true;
+    args.threads = Some(1);
+    args
 }
 
 #[test]
