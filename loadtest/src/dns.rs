@@ -32,10 +32,9 @@ pub struct DnsArgs {
     pub allow_non_loopback: bool,
 }
 
-/// Loads every `*.zone` file in `dir` into a catalog.
+/// Loads every `*.zone` file in `dir` (named after its origin) into a catalog.
 pub fn catalog(dir: &Path) -> anyhow::Result<(Catalog, Vec<String>)> {
-    let mut catalog = Catalog::new();
-    let mut origins = Vec::new();
+    let mut zones = Vec::new();
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries {
         let path = entry?.path();
@@ -46,24 +45,34 @@ pub fn catalog(dir: &Path) -> anyhow::Result<(Catalog, Vec<String>)> {
         else {
             continue;
         };
-        let origin = format!("{}.", origin.trim_end_matches('.'));
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
+        zones.push((origin.to_string(), text));
+    }
+    anyhow::ensure!(!zones.is_empty(), "no *.zone files in {}", dir.display());
+    catalog_from(zones).with_context(|| format!("zones in {}", dir.display()))
+}
+
+/// A catalog of master-file zones given as (origin, text).
+pub fn catalog_from(zones: Vec<(String, String)>) -> anyhow::Result<(Catalog, Vec<String>)> {
+    let mut catalog = Catalog::new();
+    let mut origins = Vec::new();
+    for (origin, text) in zones {
+        let origin = format!("{}.", origin.trim_end_matches('.'));
         let name = Name::from_str(&origin).with_context(|| format!("zone name {origin}"))?;
-        let (name, records) = Parser::new(text, Some(path.clone()), Some(name))
+        let (name, records) = Parser::new(text, None, Some(name))
             .parse()
-            .with_context(|| format!("parsing {}", path.display()))?;
+            .with_context(|| format!("parsing zone {origin}"))?;
         let zone = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
             name,
             records,
             ZoneType::Primary,
             AxfrPolicy::Deny,
         )
-        .map_err(|e| anyhow::anyhow!("loading {}: {e}", path.display()))?;
+        .map_err(|e| anyhow::anyhow!("loading zone {origin}: {e}"))?;
         catalog.upsert(LowerName::from_str(&origin)?, vec![Arc::new(zone)]);
         origins.push(origin);
     }
-    anyhow::ensure!(!origins.is_empty(), "no *.zone files in {}", dir.display());
     origins.sort();
     Ok((catalog, origins))
 }

@@ -1,16 +1,8 @@
-//! A real authoritative DNS server (hickory-server) in the test process on 127.0.0.1, serving
-//! the forward zone `amtp.test.` and the reverse zone for 127.0.0.0/24. It runs on its own
-//! thread and stops when dropped.
+//! A real authoritative DNS server (hickory-server, through amtp-loadtest's `dns` module) in the
+//! test process on 127.0.0.1, serving the forward zone `amtp.test.` and the reverse zone for
+//! 127.0.0.0/24. It runs on its own thread and stops when dropped.
 
-use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{LowerName, Name};
-use hickory_server::Server;
-use hickory_server::proto::serialize::txt::Parser;
-use hickory_server::store::in_memory::InMemoryZoneHandler;
-use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use std::net::SocketAddr;
-use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 pub struct TestDns {
@@ -39,6 +31,11 @@ pub fn start_with(ptr: &[(u8, &str)], extra_forward: &str) -> TestDns {
         }
     }
     forward.push_str(extra_forward);
+    let (catalog, _) = amtp_loadtest::dns::catalog_from(vec![
+        ("amtp.test.".to_string(), forward),
+        ("0.0.127.in-addr.arpa.".to_string(), reverse),
+    ])
+    .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
@@ -47,33 +44,16 @@ pub fn start_with(ptr: &[(u8, &str)], extra_forward: &str) -> TestDns {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let mut catalog = Catalog::new();
-            for (origin, text) in [("amtp.test.", forward), ("0.0.127.in-addr.arpa.", reverse)] {
-                let (name, records) =
-                    Parser::new(text, None, Some(Name::from_str(origin).unwrap()))
-                        .parse()
-                        .unwrap();
-                let zone = InMemoryZoneHandler::<TokioRuntimeProvider>::new(
-                    name,
-                    records,
-                    ZoneType::Primary,
-                    AxfrPolicy::Deny,
-                )
-                .unwrap();
-                catalog.upsert(LowerName::from_str(origin).unwrap(), vec![Arc::new(zone)]);
-            }
-            let mut server = Server::new(catalog);
-            let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-            let addr = udp.local_addr().unwrap();
-            server.register_socket(udp);
-            server.register_listener(
-                tokio::net::TcpListener::bind(addr).await.unwrap(),
-                Duration::from_secs(5),
-                4096,
-            );
-            tx.send(addr).unwrap();
-            let _ = stop_rx.await;
-            let _ = server.shutdown_gracefully().await;
+            let server =
+                amtp_loadtest::dns::DnsServer::bind(catalog, "127.0.0.1:0".parse().unwrap())
+                    .await
+                    .unwrap();
+            tx.send(server.addr).unwrap();
+            server
+                .serve_until(async {
+                    let _ = stop_rx.await;
+                })
+                .await;
         });
     });
     let addr = rx.recv_timeout(Duration::from_secs(10)).unwrap();
