@@ -42,6 +42,7 @@ fn fill(dir: &std::path::Path, n: usize, domains: usize) {
         let batch: Vec<NewMessage> = chunk
             .iter()
             .map(|i| NewMessage {
+                id: None,
                 envelope: Envelope {
                     sender: "a@src.test".into(),
                     mpc: Some("per/individual".into()),

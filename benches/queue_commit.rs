@@ -10,6 +10,7 @@ use std::time::Duration;
 
 fn message(i: usize) -> NewMessage {
     NewMessage {
+        id: None,
         envelope: Envelope {
             sender: format!("s{i}@sender.test"),
             mpc: None,

@@ -31,8 +31,12 @@ pub enum SubmitError {
 /// Called once with the outcome of a submitted message.
 pub type Responder = Box<dyn FnOnce(Result<QueueId, CommitError>) + Send>;
 
+/// Told after every commit: messages in the batch, time spent committing, and whether it
+/// succeeded (for metrics; must be cheap — it runs on the commit thread).
+pub type CommitObserver = std::sync::Arc<dyn Fn(usize, Duration, bool) + Send + Sync>;
+
 /// Tuning for the committer (from the config file's `[queue]` section).
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct CommitterConfig {
     /// Most messages in one commit.
     pub batch_max: usize,
@@ -41,6 +45,19 @@ pub struct CommitterConfig {
     pub batch_wait: Duration,
     /// Pending messages allowed before submit reports `Full`.
     pub capacity: usize,
+    /// Told about every commit (metrics), if set.
+    pub observer: Option<CommitObserver>,
+}
+
+impl std::fmt::Debug for CommitterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommitterConfig")
+            .field("batch_max", &self.batch_max)
+            .field("batch_wait", &self.batch_wait)
+            .field("capacity", &self.capacity)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
 }
 
 /// Counters for logs and benches.
@@ -52,6 +69,9 @@ pub struct CommitStats {
     pub messages: AtomicU64,
     /// Failed commits.
     pub failures: AtomicU64,
+    /// The error of the last commit when it failed; cleared by the next success. Read by
+    /// readiness checks (no I/O).
+    pub last_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// Handle to the commit thread. Cloning shares the same thread.
@@ -79,7 +99,7 @@ impl Committer {
         let (h, s) = (healthy.clone(), stats.clone());
         std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || run(&queue, &rx, config, &h, &s))?;
+            .spawn(move || run(&queue, &rx, &config, &h, &s))?;
         Ok(Self { tx, healthy, stats })
     }
 
@@ -92,6 +112,15 @@ impl Committer {
             TrySendError::Full(_) => SubmitError::Full,
             TrySendError::Disconnected(_) => SubmitError::Unavailable,
         })
+    }
+
+    /// Why the last commit failed, or `None` when it succeeded (no I/O).
+    pub fn last_failure(&self) -> Option<String> {
+        self.stats
+            .last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     /// Whether the last commit succeeded (no I/O).
@@ -113,7 +142,7 @@ impl Committer {
 fn run(
     queue: &Queue,
     rx: &Receiver<(NewMessage, Responder)>,
-    config: CommitterConfig,
+    config: &CommitterConfig,
     healthy: &AtomicBool,
     stats: &CommitStats,
 ) {
@@ -132,9 +161,21 @@ fn run(
             }
         }
         let (messages, responders): (Vec<NewMessage>, Vec<Responder>) = batch.into_iter().unzip();
-        match queue.enqueue_batch(&messages) {
+        let started = Instant::now();
+        let result = queue.enqueue_batch(&messages);
+        if let Some(observe) = &config.observer {
+            observe(messages.len(), started.elapsed(), result.is_ok());
+        }
+        let set_failure = |f: Option<String>| {
+            *stats
+                .last_failure
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = f;
+        };
+        match result {
             Ok(ids) => {
                 healthy.store(true, Ordering::Relaxed);
+                set_failure(None);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
                     .messages
@@ -146,6 +187,7 @@ fn run(
             Err(e) => {
                 tracing::error!(error = %e, batch = messages.len(), "queue commit failed; answering 451 until a commit succeeds");
                 healthy.store(false, Ordering::Relaxed);
+                set_failure(Some(e.to_string()));
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = CommitError(e.to_string());
                 for respond in responders {

@@ -15,10 +15,12 @@
 //! - [`record`] — the on-disk envelope record (version byte, per-recipient status).
 //! - [`spool`] — body files and the directory fsync discipline.
 //! - [`queue`] — [`Queue`], the store: enqueue, due, lease, complete, reschedule, remove.
+//! - [`census`] — messages per state (ready, deferred, delivering), kept current without scans.
 //! - [`committer`] — the group-commit thread and its bounded submission channel.
 //! - [`error`] — [`StorageError`].
 #![forbid(unsafe_code)]
 
+pub mod census;
 pub mod committer;
 pub mod error;
 pub mod queue;

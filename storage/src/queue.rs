@@ -22,6 +22,7 @@
 //!   fsynced before the body file is deleted. Concurrent callers share fsyncs (see
 //!   [`Queue::sync`]): the slowest step of delivery is paid once per group, not per message.
 
+use crate::census::{Census, Counts, state_of};
 use crate::error::StorageError;
 use crate::record::{Envelope, MessageRecord, RecipientState, RecipientStatus};
 use crate::spool::{self, Spool};
@@ -51,6 +52,9 @@ impl std::str::FromStr for QueueId {
 /// A message to enqueue.
 #[derive(Debug, Clone)]
 pub struct NewMessage {
+    /// Its id, when allocated before the commit ([`Queue::new_id`]) so that the Received
+    /// header, the 250 reply and the log name the same id; `None` allocates one at commit.
+    pub id: Option<QueueId>,
     /// Sender, MPC and origin.
     pub envelope: Envelope,
     /// Accepted recipients.
@@ -100,6 +104,8 @@ pub struct Queue {
     /// Serialises read-modify-writes of one record (striped by id): without it, an update
     /// that read a record just before a removal would write it back after the removal.
     record_locks: Vec<std::sync::Mutex<()>>,
+    /// Messages per state, updated with every change (read by metrics without a scan).
+    census: Census,
 }
 
 /// Stripes of [`Queue::record_locks`]: enough that unrelated messages rarely share one.
@@ -207,6 +213,7 @@ impl Queue {
             record_locks: (0..RECORD_LOCK_STRIPES)
                 .map(|_| std::sync::Mutex::new(()))
                 .collect(),
+            census: Census::default(),
         };
         Ok(queue)
     }
@@ -225,7 +232,8 @@ impl Queue {
             let mut rec = self.decode(id, &value)?;
             known.insert(id);
             report.messages += 1;
-            if rec.lease_until != 0 {
+            let was_leased = rec.lease_until != 0;
+            if was_leased {
                 batch.remove(&due_key(rec.next_attempt, id)[..]);
                 rec.lease_until = 0;
                 rec.next_attempt = now;
@@ -233,6 +241,7 @@ impl Queue {
                 batch.insert(&message_key(id)[..], rec.encode());
                 report.leases_reset += 1;
             }
+            self.census.add(state_of(&rec));
         }
         self.tree.apply_batch(batch)?;
         let on_disk: std::collections::HashSet<u64> = self.spool.ids()?.into_iter().collect();
@@ -303,7 +312,10 @@ impl Queue {
         let mut batch = sled::Batch::default();
         let mut bodies = Vec::with_capacity(messages.len());
         for m in messages {
-            let id = self.db.generate_id()?;
+            let id = match m.id {
+                Some(id) => id.0,
+                None => self.db.generate_id()?,
+            };
             bodies.push((id, m.body.as_slice()));
             let rec = MessageRecord {
                 received_at: now,
@@ -330,7 +342,33 @@ impl Queue {
         self.spool.sync_dir()?;
         self.tree.apply_batch(batch)?;
         self.sync()?;
+        for _ in &ids {
+            self.census.add(crate::census::State::Ready);
+        }
         Ok(ids)
+    }
+
+    /// Allocate a queue id before the message is committed (never reused, increasing).
+    pub fn new_id(&self) -> Result<QueueId, StorageError> {
+        Ok(QueueId(self.db.generate_id()?))
+    }
+
+    /// Messages per state, without touching the disk.
+    pub fn census(&self) -> Counts {
+        self.census.counts()
+    }
+
+    /// When the oldest message arrived (ms since the epoch), or `None` when the queue is
+    /// empty. Ids increase with time, so this is one index lookup, not a scan.
+    pub fn oldest_received_at(&self) -> Result<Option<u64>, StorageError> {
+        match self.tree.scan_prefix(b"m").next() {
+            Some(item) => {
+                let (k, v) = item?;
+                let id = id_from_key(&k).ok_or_else(|| self.corrupt("bad message key"))?;
+                Ok(Some(self.decode(id, &v)?.received_at))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The record for `id`.
@@ -397,12 +435,14 @@ impl Queue {
             .get(id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
         let old_due = rec.next_attempt;
+        let old_state = state_of(&rec);
         f(&mut rec)?;
         let mut batch = sled::Batch::default();
         batch.remove(&due_key(old_due, id.0)[..]);
         batch.insert(&due_key(rec.next_attempt, id.0)[..], &[][..]);
         batch.insert(&message_key(id.0)[..], rec.encode());
         self.tree.apply_batch(batch)?;
+        self.census.moved(old_state, state_of(&rec));
         drop(guard);
         if flush {
             self.db.flush()?;
@@ -493,6 +533,7 @@ impl Queue {
             batch.remove(&due_key(rec.next_attempt, id.0)[..]);
             batch.remove(&message_key(id.0)[..]);
             self.tree.apply_batch(batch)?;
+            self.census.remove(state_of(&rec));
             drop(guard);
             self.sync()?;
             self.spool.remove(id.0)?;
@@ -515,6 +556,7 @@ impl Queue {
             batch.remove(&due_key(rec.next_attempt, id.0)[..]);
             batch.remove(&message_key(id.0)[..]);
             self.tree.apply_batch(batch)?;
+            self.census.remove(state_of(&rec));
             drop(guard);
             self.sync()?;
         }

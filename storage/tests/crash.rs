@@ -40,6 +40,7 @@ fn crash_child() {
             batch_max: 32,
             batch_wait: Duration::from_millis(1),
             capacity: 256,
+            observer: None,
         },
     )
     .unwrap();
@@ -51,6 +52,7 @@ fn crash_child() {
                 for n in 0.. {
                     let (tx, rx) = std::sync::mpsc::channel();
                     let msg = NewMessage {
+                        id: None,
                         envelope: Envelope {
                             sender: format!("t{thread}@crash.test"),
                             mpc: None,

@@ -22,6 +22,7 @@ fn new_message(rng: &mut fastrand::Rng) -> NewMessage {
         rng.usize(0..5000)
     };
     NewMessage {
+        id: None,
         envelope: Envelope {
             sender: if rng.bool() {
                 String::new()
@@ -66,6 +67,32 @@ fn check(queue: &Queue, model: &HashMap<QueueId, ModelMsg>, base: u64, rng: &mut
         }
         assert_eq!(queue.body(*id).unwrap(), m.body, "{id} body");
     }
+    // The census (read by metrics without a scan) agrees with the records, and so does the
+    // oldest-message lookup.
+    let census = queue.census();
+    let count = |f: &dyn Fn(&amtp_storage::MessageRecord) -> bool| {
+        u64::try_from(listed.iter().filter(|(_, r)| f(r)).count()).unwrap()
+    };
+    assert_eq!(
+        census.delivering,
+        count(&|r| r.lease_until != 0),
+        "census delivering"
+    );
+    assert_eq!(
+        census.deferred,
+        count(&|r| r.lease_until == 0 && r.attempts > 0),
+        "census deferred"
+    );
+    assert_eq!(
+        census.total(),
+        u64::try_from(listed.len()).unwrap(),
+        "census total"
+    );
+    assert_eq!(
+        queue.oldest_received_at().unwrap(),
+        listed.iter().map(|(_, r)| r.received_at).min(),
+        "oldest message"
+    );
     let t = base + rng.u64(0..2_000);
     let mut due = queue.due(t, usize::MAX).unwrap();
     due.sort();
