@@ -123,7 +123,11 @@ fn session_step(c: &mut Criterion) {
             for cmd in &lines {
                 n += s.on_command(cmd.clone()).len();
             }
-            for a in s.on_data(Ok(body.clone()), 1_795_339_800) {
+            for a in s.on_data(
+                Ok(body.clone()),
+                1_795_339_800,
+                Some(amtp_storage::QueueId(1)),
+            ) {
                 if let Action::Enqueue(m) = a {
                     n += m.body.len();
                 }

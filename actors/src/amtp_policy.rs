@@ -8,6 +8,7 @@
 //! only add latency, since nothing here does I/O.)
 
 use crate::amtp_tls::TrustClass;
+use crate::metrics;
 use amtp_proto::Reply;
 use amtp_proto::mpc::{Mpc, MpcError, MpcPolicy, Verdict};
 use std::collections::hash_map::DefaultHasher;
@@ -61,13 +62,16 @@ impl AmtpPolicy {
         now: Instant,
     ) -> Result<Mpc, Reply> {
         let Some(text) = mpc else {
+            metrics::mpc_refused("missing");
             return Err(Reply::new(550, "5.7.1", "MPC parameter required"));
         };
         let mpc: Mpc = text.parse().map_err(|e: MpcError| {
             tracing::debug!(error = %e, "MPC refused");
+            metrics::mpc_refused("malformed");
             policy_violation()
         })?;
         if self.published.evaluate(&mpc) == Verdict::Deny {
+            metrics::mpc_refused("published_policy");
             return Err(policy_violation());
         }
         let denied = self.rules.iter().any(|r| {
@@ -80,11 +84,13 @@ impl AmtpPolicy {
                 && r.deny.evaluate(&mpc) == Verdict::Deny
         });
         if denied {
+            metrics::mpc_refused("sender_rule");
             return Err(policy_violation());
         }
         if let Some(limiter) = &self.rate_limit
             && !limiter.allow(identity, now)
         {
+            metrics::rate_limited();
             return Err(Reply::new(
                 451,
                 "4.7.1",
@@ -106,6 +112,7 @@ impl AmtpPolicy {
         let reachable = local || self.relay_domains.contains(domain);
         match class {
             TrustClass::Public if !reachable => {
+                metrics::public_relay_refused();
                 return Err(Reply::new(
                     550,
                     "5.7.1",
@@ -121,6 +128,7 @@ impl AmtpPolicy {
             r.recipient_domain.as_deref() == Some(domain) && r.deny.evaluate(mpc) == Verdict::Deny
         });
         if denied {
+            metrics::mpc_refused("recipient_rule");
             Err(policy_violation())
         } else {
             Ok(())

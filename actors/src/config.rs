@@ -376,6 +376,16 @@ impl DeliveryConfig {
     }
 }
 
+/// `[metrics]`: the operations HTTP endpoint (`/metrics`, `/healthz/live`, `/healthz/ready`).
+/// Absent: no endpoint, and metrics are not recorded at all.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve it, e.g. "127.0.0.1:9425". Bind a private or loopback address: the
+    /// endpoint has no authentication (like every Prometheus exporter).
+    pub listen: SocketAddr,
+}
+
 /// `[resolver]`: the DNS/rDNS caching resolver.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -93,6 +93,18 @@ pub enum IdentityError {
 }
 
 impl IdentityError {
+    /// A bounded metric label for the failure.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::NoCertificateName => "no_certificate_name",
+            Self::NoPtr => "no_ptr",
+            Self::PtrMismatch { .. } => "ptr_mismatch",
+            Self::NotForwardConfirmed { .. } => "not_forward_confirmed",
+            Self::EhloMismatch { .. } => "ehlo_mismatch",
+            Self::Temporary(_) => "dns_temporary",
+        }
+    }
+
     /// The reply to EHLO: 454 for a temporary DNS failure (never 5xx), 504 otherwise.
     pub fn reply(&self) -> Reply {
         match self {
@@ -186,9 +198,18 @@ impl IdentityChecker {
         ip: IpAddr,
         cert: &PeerCertificate,
     ) -> Result<String, IdentityError> {
+        self.verify_cached(ip, cert).await.map(|(name, _)| name)
+    }
+
+    /// [`IdentityChecker::verify`], also saying whether the binding came from the cache.
+    pub async fn verify_cached(
+        &self,
+        ip: IpAddr,
+        cert: &PeerCertificate,
+    ) -> Result<(String, bool), IdentityError> {
         let key = (ip, cert.fingerprint);
         if let Some(name) = self.cache.get(&key, Instant::now()) {
-            return Ok(name);
+            return Ok((name, true));
         }
         let (ptr, mut ttl) = self.resolver.resolve_with_ttl(DnsQuery::Ptr(ip)).await;
         let name = bind(&cert.names, &ptr)?;
@@ -207,7 +228,7 @@ impl IdentityChecker {
         if ttl > Duration::ZERO {
             self.cache.insert(key, name.clone(), ttl, Instant::now());
         }
-        Ok(name)
+        Ok((name, false))
     }
 
     /// The identity cache (for counters).

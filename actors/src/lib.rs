@@ -23,6 +23,8 @@
 //! - [`amtp_tls`] — AMTP mutual TLS: public/private trust sets, depth limit, CRLs, classification.
 //! - [`ttl_cache`] — the sharded, bounded TTL cache shared across cores.
 //! - [`admin`] — queue listing text, admin socket server and client.
+//! - [`metrics`] — the Prometheus catalog, recording functions, pool meters, the HTTP endpoint.
+//! - [`health`] — readiness (listeners up, storage healthy, not draining).
 //! - [`wiring`] — starts everything (the only module naming concrete actor types).
 #![forbid(unsafe_code)]
 
@@ -32,10 +34,12 @@ pub mod amtp_tls;
 pub mod auth;
 pub mod config;
 pub mod delivery;
+pub mod health;
 pub mod identity;
 pub mod limits;
 pub mod listener;
 pub mod messages;
+pub mod metrics;
 pub mod policy;
 pub mod queue_actor;
 pub mod resolver;

@@ -6,8 +6,10 @@
 //! exponentially from 10 ms to 1 s instead of spinning.
 
 use crate::config::ListenerConfig;
+use crate::health::Health;
 use crate::limits::{ConnectionLimits, LimitExceeded};
 use crate::messages::{Connection, StopAccepting};
+use crate::metrics::{self, pool::Metered};
 use actix::dev::SendError;
 use actix::prelude::*;
 use std::sync::Arc;
@@ -20,9 +22,12 @@ pub struct ListenerActor {
     socket: Option<std::net::TcpListener>,
     config: Arc<ListenerConfig>,
     limits: Arc<ConnectionLimits>,
-    workers: Vec<Recipient<Connection>>,
+    workers: Vec<Metered<Connection>>,
     hostname: Arc<str>,
     accepting: Option<SpawnHandle>,
+    health: Arc<Health>,
+    /// Counted as up in `health` (the accept loop started).
+    up: bool,
 }
 
 impl ListenerActor {
@@ -32,8 +37,9 @@ impl ListenerActor {
         socket: std::net::TcpListener,
         config: Arc<ListenerConfig>,
         limits: Arc<ConnectionLimits>,
-        workers: Vec<Recipient<Connection>>,
+        workers: Vec<Metered<Connection>>,
         hostname: Arc<str>,
+        health: Arc<Health>,
     ) -> Self {
         Self {
             socket: Some(socket),
@@ -42,6 +48,8 @@ impl ListenerActor {
             workers,
             hostname,
             accepting: None,
+            health,
+            up: false,
         }
     }
 }
@@ -72,6 +80,14 @@ impl Actor for ListenerActor {
             self.hostname.clone(),
         );
         self.accepting = Some(ctx.spawn(actix::fut::wrap_future(accept)));
+        self.health.listener_up();
+        self.up = true;
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        if std::mem::take(&mut self.up) {
+            self.health.listener_down();
+        }
     }
 }
 
@@ -95,7 +111,7 @@ async fn accept_loop(
     listener: TcpListener,
     config: Arc<ListenerConfig>,
     limits: Arc<ConnectionLimits>,
-    workers: Vec<Recipient<Connection>>,
+    workers: Vec<Metered<Connection>>,
     hostname: Arc<str>,
 ) {
     let mut next = 0usize;
@@ -116,10 +132,13 @@ async fn accept_loop(
         let permit = match limits.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(which) => {
-                let why = match which {
-                    LimitExceeded::Global => "Too many connections",
-                    LimitExceeded::PerIp => "Too many connections from your address",
+                let (why, reason) = match which {
+                    LimitExceeded::Global => ("Too many connections", "limit"),
+                    LimitExceeded::PerIp => {
+                        ("Too many connections from your address", "per_ip_limit")
+                    }
                 };
+                metrics::connection_refused(&config.name, reason);
                 tracing::info!(listener = %config.name, %peer, limit = ?which, "connection refused: limit reached");
                 actix::spawn(refuse(
                     stream,
@@ -149,7 +168,11 @@ async fn accept_loop(
                 pending = Some(m);
             }
         }
+        if pending.is_none() {
+            metrics::connection_accepted(&config.name);
+        }
         if let Some(msg) = pending {
+            metrics::connection_refused(&config.name, "pool_full");
             tracing::warn!(listener = %config.name, %peer, "all connection workers are saturated; refusing");
             if let Ok(stream) = TcpStream::from_std(msg.stream) {
                 actix::spawn(refuse(

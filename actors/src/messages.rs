@@ -69,6 +69,17 @@ pub enum EnqueueError {
     Failed(String),
 }
 
+impl EnqueueError {
+    /// A bounded metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Busy => "busy",
+            Self::Unavailable => "unavailable",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
 /// Session → resolver: look up a DNS name (sent only on a cache miss).
 #[derive(Debug, Message)]
 #[rtype(result = "crate::resolver::Answer")]
@@ -92,6 +103,17 @@ pub struct JobResult {
     pub id: amtp_storage::QueueId,
     /// One disposition per recipient.
     pub outcomes: Vec<(String, amtp_proto::client::Disposition)>,
+    /// The next hop that gave them (none when the relay decided without connecting).
+    pub hop: Option<NextHop>,
+}
+
+/// A next hop as the per-message log names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    /// Its host name (SRV/MX target or configured host).
+    pub name: String,
+    /// The address connected to.
+    pub addr: SocketAddr,
 }
 
 /// Admin socket → queue: a read-only query (`list`, `show ID`); the answer is the text to print.

@@ -10,6 +10,7 @@ use crate::auth::throttle::FailureTracker;
 use crate::auth::users::UserDb;
 use crate::config::{AuthConfig, per_core};
 use crate::messages::{AuthOutcome, Authenticate};
+use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,11 +26,13 @@ pub struct PolicyActor {
     by_ip: FailureTracker<IpAddr>,
     by_user: FailureTracker<String>,
     verify_slots: Arc<Semaphore>,
+    /// Handled messages and time on the actor's thread (argon2 runs on the blocking pool).
+    meter: Meter,
 }
 
 impl PolicyActor {
     /// A policy actor over `users` with the `[auth]` settings.
-    pub fn new(users: Arc<UserDb>, config: &AuthConfig) -> Self {
+    pub fn new(users: Arc<UserDb>, config: &AuthConfig, meter: Meter) -> Self {
         let window = config.failure_window.0;
         let lockout = config.lockout.0;
         Self {
@@ -47,6 +50,7 @@ impl PolicyActor {
                 TRACKER_CAPACITY,
             ),
             verify_slots: Arc::new(Semaphore::new(per_core(config.verify_workers))),
+            meter,
         }
     }
 }
@@ -63,6 +67,8 @@ impl Handler<Authenticate> for PolicyActor {
     type Result = ResponseActFuture<Self, AuthOutcome>;
 
     fn handle(&mut self, msg: Authenticate, _ctx: &mut Self::Context) -> Self::Result {
+        let _busy = self.meter.busy();
+        self.meter.add_handled(1);
         let ip = msg.ip;
         let user = msg.credentials.user().to_string();
         let now = Instant::now();
@@ -89,6 +95,12 @@ impl Handler<Authenticate> for PolicyActor {
                 let now = Instant::now();
                 let ip_locked = act.by_ip.record_failure(ip, now);
                 let user_locked = act.by_user.record_failure(user.clone(), now);
+                if ip_locked {
+                    metrics::auth_lockout("ip");
+                }
+                if user_locked {
+                    metrics::auth_lockout("user");
+                }
                 if ip_locked || user_locked {
                     tracing::warn!(%ip, user = %user, ip_locked, user_locked, "AUTH failed; locking out");
                     AuthOutcome::Locked

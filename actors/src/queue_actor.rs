@@ -6,6 +6,7 @@
 
 use crate::admin;
 use crate::messages::{AdminQuery, Enqueue, EnqueueError, WakeRouter};
+use crate::metrics::pool::Meter;
 use actix::prelude::*;
 use amtp_storage::{Committer, Queue, QueueId, SubmitError};
 use std::sync::Arc;
@@ -18,6 +19,9 @@ pub struct QueueActor {
     committer: Committer,
     /// Woken after each durable enqueue, so delivery starts without waiting for its poll.
     router: Option<Recipient<WakeRouter>>,
+    /// Handled messages and busy time. Sessions `send()` to this actor; its mailbox drains
+    /// in microseconds, so its depth is not metered (the committer's backlog is).
+    meter: Meter,
 }
 
 impl QueueActor {
@@ -27,12 +31,14 @@ impl QueueActor {
         hostname: Arc<str>,
         committer: Committer,
         router: Option<Recipient<WakeRouter>>,
+        meter: Meter,
     ) -> Self {
         Self {
             queue,
             hostname,
             committer,
             router,
+            meter,
         }
     }
 }
@@ -50,6 +56,8 @@ impl Handler<Enqueue> for QueueActor {
     type Result = ResponseFuture<Result<QueueId, EnqueueError>>;
 
     fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) -> Self::Result {
+        let _busy = self.meter.busy();
+        self.meter.add_handled(1);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = self.committer.submit(
             *msg.0,

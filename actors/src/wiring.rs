@@ -12,10 +12,15 @@ use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, Session
 use crate::config::{DeliveryConfig, ResolverConfig};
 use crate::delivery::outbound::OutboundContext;
 use crate::delivery::router::{Router, RouterShared};
+use crate::health::Health;
 use crate::identity::{IdentityCache, IdentityChecker};
 use crate::limits::ConnectionLimits;
 use crate::listener::ListenerActor;
 use crate::messages::{Connection, StopAccepting};
+use crate::metrics::{
+    self,
+    pool::{Meter, Metered},
+};
 use crate::policy::PolicyActor;
 use crate::queue_actor::QueueActor;
 use crate::resolver::actor::ResolverActor;
@@ -60,6 +65,9 @@ pub struct RelaySettings {
     pub resolver: Option<ResolverSettings>,
     /// Outbound delivery (absent: the relay only accepts and stores).
     pub delivery: Option<DeliverySettings>,
+    /// The bound `[metrics]` listener (absent: no endpoint; recording is on only when the
+    /// caller enabled [`metrics::enable`]).
+    pub metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// What `amtp` listeners need, loaded before start.
@@ -95,6 +103,7 @@ pub struct Relay {
     workers: Vec<Arbiter>,
     committer: Committer,
     admin: Option<SpawnHandleTask>,
+    health: Arc<Health>,
 }
 
 /// Keeps the admin socket task; aborted on shutdown.
@@ -102,22 +111,53 @@ struct SpawnHandleTask(tokio::task::JoinHandle<()>);
 
 /// Start all actors. Returns once they are running.
 pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
+    let committer_meter = Meter::new("committer", 0);
+    let observer = metrics::get().map(|m| {
+        let meter = committer_meter.clone();
+        Arc::new(move |n: usize, took: Duration, ok: bool| {
+            #[allow(clippy::cast_precision_loss)]
+            m.commit_batch.observe(n as f64);
+            meter.add_handled(u64::try_from(n).unwrap_or(u64::MAX));
+            meter.add_busy(took.as_secs_f64());
+            if !ok {
+                m.commit_failures.inc();
+            }
+        }) as amtp_storage::committer::CommitObserver
+    });
     let committer = Committer::start(
         settings.queue_store.clone(),
         CommitterConfig {
             batch_max: settings.queue.batch_max,
             batch_wait: settings.queue.batch_wait.0,
             capacity: settings.queue.capacity,
+            observer,
         },
     )?;
+    let health = {
+        let committer = committer.clone();
+        Arc::new(Health::new(
+            settings.listeners.len(),
+            Box::new(move || committer.last_failure()),
+        ))
+    };
     let mut extra_arbiters = Vec::new();
     let resolver = settings.resolver.map(|r| {
         let resolver_arbiter = Arbiter::new();
         let cache = Arc::new(DnsCache::new(r.config.cache_size, 64));
+        if let Some(m) = metrics::get() {
+            let cache = cache.clone();
+            m.on_scrape(move |m| {
+                m.dns_cache_entries
+                    .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
+            });
+        }
         let (transport, actor_cache, ttl) =
             (r.transport.clone(), cache.clone(), r.config.ttl_policy());
+        let meter = Meter::new("resolver", 0);
+        Meter::pool_size("resolver", 1);
+        let actor_meter = meter.clone();
         let actor = ResolverActor::start_in_arbiter(&resolver_arbiter.handle(), move |_| {
-            ResolverActor::new(transport, actor_cache, ttl)
+            ResolverActor::new(transport, actor_cache, ttl, actor_meter)
         });
         extra_arbiters.push(resolver_arbiter);
         // A lookup may take every try's timeout; give the actor that long plus a margin.
@@ -125,7 +165,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             * u32::try_from(r.config.attempts.max(1)).unwrap_or(1)
             + Duration::from_secs(1);
         (
-            ResolverHandle::new(cache, actor.recipient(), lookup_timeout),
+            ResolverHandle::new(cache, actor.recipient(), lookup_timeout, meter),
             r.config.cache_size,
         )
     });
@@ -155,24 +195,55 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             max_per_connection: d.config.max_messages_per_connection,
             max_in_flight: d.config.max_in_flight.max(1),
             hostname: settings.hostname.clone(),
+            meter: Meter::new("router", 0),
+            destination_meter: Meter::new("destination", 0),
         });
         let arbiter = Arbiter::new();
+        Meter::pool_size("router", 1);
         let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| Router::new(shared));
         extra_arbiters.push(arbiter);
         addr
     });
+    Meter::pool_size("queue", 1);
+    Meter::pool_size("committer", 1);
     let queue = QueueActor::new(
         settings.queue_store.clone(),
         Arc::from(settings.hostname.as_str()),
         committer.clone(),
         router.map(Addr::recipient),
+        Meter::new("queue", 0),
     )
     .start();
+    if let Some(m) = metrics::get() {
+        let (store, committer) = (settings.queue_store.clone(), committer.clone());
+        m.on_scrape(move |m| {
+            let c = store.census();
+            let set = |state: &str, n: u64| {
+                m.queue_messages
+                    .with_label_values(&[state])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            };
+            set("ready", c.ready);
+            set("deferred", c.deferred);
+            set("delivering", c.delivering);
+            let age = match store.oldest_received_at() {
+                Ok(Some(at)) => amtp_storage::now_ms().saturating_sub(at),
+                _ => 0,
+            };
+            #[allow(clippy::cast_precision_loss)]
+            m.queue_oldest_age.set(age as f64 / 1000.0);
+            committer_meter.set_depth(committer.backlog());
+            m.storage_healthy
+                .set(i64::from(committer.last_failure().is_none()));
+        });
+    }
     let policy_arbiter = Arbiter::new();
     let users = settings.users.clone();
     let auth = settings.auth.clone();
+    Meter::pool_size("policy", 1);
+    let policy_meter = Meter::new("policy", 0);
     let policy = PolicyActor::start_in_arbiter(&policy_arbiter.handle(), move |_| {
-        PolicyActor::new(users, &auth)
+        PolicyActor::new(users, &auth, policy_meter)
     });
     let mut identity = None;
     let mut amtp_shared = None;
@@ -190,12 +261,20 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             policy: a.policy,
         });
     }
+    let ids = settings.queue_store.clone();
     let deps = SessionDeps {
         policy: policy.recipient(),
         queue: queue.clone().recipient(),
         tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         enqueue_timeout: settings.queue.enqueue_timeout.0,
         identity,
+        new_id: Arc::new(move || match ids.new_id() {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot allocate a queue id; answering 451");
+                None
+            }
+        }),
     };
     let hostname: Arc<str> = Arc::from(settings.hostname.as_str());
     let shared = Arc::new(WorkerShared {
@@ -209,14 +288,20 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     });
     let n_workers = per_core(settings.pools.connection_workers);
     let mut workers = Vec::with_capacity(n_workers + 1);
-    let mut recipients: Vec<Recipient<Connection>> = Vec::with_capacity(n_workers);
-    for _ in 0..n_workers {
+    let mut recipients: Vec<Metered<Connection>> = Vec::with_capacity(n_workers);
+    Meter::pool_size("worker", n_workers);
+    for member in 0..n_workers {
         let arbiter = Arbiter::new();
         let shared = shared.clone();
+        let meter = Meter::new("worker", member);
+        let worker_meter = meter.clone();
         let addr = ConnectionWorker::start_in_arbiter(&arbiter.handle(), move |_| {
-            ConnectionWorker::new(shared)
+            ConnectionWorker::new(shared, worker_meter)
         });
-        recipients.push(addr.recipient());
+        recipients.push(Metered {
+            to: addr.recipient(),
+            meter,
+        });
         workers.push(arbiter);
     }
     workers.push(policy_arbiter);
@@ -232,8 +317,27 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             l,
             recipients.clone(),
             hostname.clone(),
+            health.clone(),
         );
         listeners.push(actor.start());
+    }
+    if let Some(socket) = settings.metrics_listener {
+        let arbiter = Arbiter::new();
+        let health = health.clone();
+        arbiter.spawn(async move {
+            let listener = match socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(socket))
+            {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot use the metrics listener");
+                    return;
+                }
+            };
+            metrics::http::serve(listener, health).await;
+        });
+        workers.push(arbiter);
     }
     let admin = settings.admin_socket.map(|path| {
         let queue = queue.recipient();
@@ -250,10 +354,16 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         workers,
         committer,
         admin,
+        health,
     })
 }
 
 impl Relay {
+    /// The node's readiness state.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
     /// Connections open across all listeners.
     pub fn active_connections(&self) -> usize {
         self.limits.iter().map(|l| l.active()).sum()
@@ -263,6 +373,8 @@ impl Relay {
     /// Messages already acknowledged are on disk; a session cut short had not been
     /// answered 250, so its client will retry.
     pub async fn shutdown(self, grace: Duration) {
+        // Readiness says "draining" first, so a load balancer stops sending here.
+        self.health.set_draining(true);
         for l in &self.listeners {
             let _ = l.send(StopAccepting).await;
         }

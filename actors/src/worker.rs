@@ -10,9 +10,10 @@ use crate::amtp_tls::AmtpTrust;
 use crate::config::{ListenerRole, SessionConfig};
 use crate::identity::PeerCertificate;
 use crate::messages::Connection;
+use crate::metrics::{self, pool::Meter};
 use crate::session::amtp::AmtpContext;
 use crate::session::driver::{self, SessionDeps};
-use crate::session::stream::{MaybeTls, tls_info};
+use crate::session::stream::{MaybeTls, handshake_failure, resumed, tls_info};
 use crate::session::{Session, SessionContext};
 use actix::prelude::*;
 use std::collections::HashSet;
@@ -51,12 +52,15 @@ pub struct AmtpShared {
 /// See the module docs.
 pub struct ConnectionWorker {
     shared: Arc<WorkerShared>,
+    /// This pool member's meter: its depth is counted by the listeners that send to it, and
+    /// its busy time is the time spent polling its sessions (handshakes included).
+    meter: Meter,
 }
 
 impl ConnectionWorker {
     /// A worker over the shared session dependencies.
-    pub fn new(shared: Arc<WorkerShared>) -> Self {
-        Self { shared }
+    pub fn new(shared: Arc<WorkerShared>, meter: Meter) -> Self {
+        Self { shared, meter }
     }
 }
 
@@ -72,7 +76,10 @@ impl Handler<Connection> for ConnectionWorker {
     type Result = ();
 
     fn handle(&mut self, conn: Connection, _ctx: &mut Self::Context) {
-        actix::spawn(serve_connection(conn, self.shared.clone()));
+        let _busy = self.meter.handled();
+        let meter = self.meter.clone();
+        let session = serve_connection(conn, self.shared.clone());
+        actix::spawn(async move { meter.timed(session).await });
     }
 }
 
@@ -117,6 +124,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
             tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
             return;
         };
+        let handshake = Instant::now();
         match tokio::time::timeout(
             shared.limits.tls_handshake_timeout.0,
             acceptor.accept(stream),
@@ -124,14 +132,21 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         .await
         {
             Ok(Ok(tls)) => {
+                metrics::tls_handshake(&listener.name, Ok(resumed(&tls)), handshake.elapsed());
                 let info = tls_info(&tls);
                 (MaybeTls::Tls(Box::new(tls)), Some(info))
             }
             Ok(Err(e)) => {
+                metrics::tls_handshake(
+                    &listener.name,
+                    Err(handshake_failure(&e)),
+                    handshake.elapsed(),
+                );
                 tracing::info!(listener = %listener.name, %peer, error = %e, outcome = "tls-handshake-failed", "session");
                 return;
             }
             Err(_) => {
+                metrics::tls_handshake(&listener.name, Err("timeout"), handshake.elapsed());
                 tracing::info!(listener = %listener.name, %peer, outcome = "tls-handshake-timeout", "session");
                 return;
             }
@@ -174,7 +189,9 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         amtp,
     };
     let mut session = Session::new(ctx, tls);
+    metrics::session_started(&listener.name);
     let outcome = driver::run(io, &mut session, &shared.deps).await;
+    metrics::session_ended(&listener.name, outcome.as_str());
     tracing::info!(
         listener = %listener.name,
         %peer,

@@ -75,6 +75,7 @@ pub fn dsn(
         original_headers: headers,
     });
     Some(NewMessage {
+        id: None,
         envelope: Envelope {
             sender: String::new(),
             mpc: Some("net/autoresponse".into()),

@@ -5,7 +5,8 @@
 //! makes a new one on demand.
 
 use super::outbound::{ConnectionFailure, HopTarget, Job, OutboundContext, run_connection};
-use crate::messages::{DeliverJob, JobResult};
+use crate::messages::{DeliverJob, JobResult, NextHop};
+use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
 use amtp_proto::client::Disposition;
 use std::collections::VecDeque;
@@ -30,6 +31,8 @@ pub struct Destination {
     active: usize,
     router: Recipient<JobResult>,
     last_busy: Instant,
+    /// Shared by every destination: jobs waiting (depth), jobs taken, time in connections.
+    meter: Meter,
 }
 
 impl Destination {
@@ -41,6 +44,7 @@ impl Destination {
         concurrency: usize,
         max_per_connection: usize,
         router: Recipient<JobResult>,
+        meter: Meter,
     ) -> Self {
         Self {
             name,
@@ -52,6 +56,7 @@ impl Destination {
             active: 0,
             router,
             last_busy: Instant::now(),
+            meter,
         }
     }
 
@@ -75,6 +80,8 @@ impl Destination {
                 self.max_per_connection,
                 self.name.clone(),
             );
+            let meter = self.meter.clone();
+            let timing = meter.clone();
             let work = async move {
                 let (tx, mut rx) = tokio::sync::mpsc::channel::<JobResult>(max + 1);
                 let forward = {
@@ -87,17 +94,31 @@ impl Destination {
                     })
                 };
                 let mut last_failure: Option<ConnectionFailure> = None;
+                let mut last_hop: Option<NextHop> = None;
                 for target in &targets {
                     let next = || {
-                        jobs.lock()
+                        let job = jobs
+                            .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .pop_front()
+                            .pop_front();
+                        if job.is_some() {
+                            meter.not_queued();
+                        }
+                        job
                     };
                     let tx = tx.clone();
                     // At most `max` results per connection and the channel holds `max + 1`:
                     // try_send cannot fail here.
+                    let hop = NextHop {
+                        name: target.host.clone(),
+                        addr: target.addr,
+                    };
                     let report = move |id, outcomes| {
-                        let _ = tx.try_send(JobResult { id, outcomes });
+                        let _ = tx.try_send(JobResult {
+                            id,
+                            outcomes,
+                            hop: Some(hop.clone()),
+                        });
                     };
                     match run_connection(target, &octx, max, next, report).await {
                         Ok(()) => {
@@ -105,7 +126,13 @@ impl Destination {
                             break;
                         }
                         Err(f) => {
-                            tracing::info!(destination = %name, target = %target.host, reason = %f.reason, "next hop failed");
+                            last_hop = Some(NextHop {
+                                name: target.host.clone(),
+                                addr: target.addr,
+                            });
+                            // `next_hop`, not `target`: JSON logs already use `target` for the
+                            // event's module, and a repeated key loses one of them.
+                            tracing::info!(destination = %name, next_hop = %target.host, address = %target.addr, reason = %f.reason, "next hop failed");
                             let permanent = !f.temporary;
                             last_failure = Some(f);
                             if permanent {
@@ -122,6 +149,7 @@ impl Destination {
                         .drain(..)
                         .collect();
                     for job in left {
+                        meter.not_queued();
                         let d = if f.temporary {
                             Disposition::Deferred(f.reason.clone())
                         } else {
@@ -140,6 +168,7 @@ impl Destination {
                             .send(JobResult {
                                 id: job.id,
                                 outcomes,
+                                hop: last_hop.clone(),
                             })
                             .await;
                     }
@@ -147,6 +176,7 @@ impl Destination {
                 drop(tx);
                 let _ = forward.await;
             };
+            let work = async move { timing.timed(work).await };
             ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
                 act.active -= 1;
                 act.last_busy = Instant::now();
@@ -160,6 +190,7 @@ impl Actor for Destination {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        metrics::destinations_changed(1);
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(IDLE_STOP / 4, |act, ctx| {
             if act.active == 0 && act.queued() == 0 && act.last_busy.elapsed() >= IDLE_STOP {
@@ -167,12 +198,19 @@ impl Actor for Destination {
             }
         });
     }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        metrics::destinations_changed(-1);
+    }
 }
 
 impl Handler<DeliverJob> for Destination {
     type Result = ();
 
     fn handle(&mut self, msg: DeliverJob, ctx: &mut Self::Context) {
+        let _busy = self.meter.busy();
+        self.meter.add_handled(1);
+        self.meter.queued();
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

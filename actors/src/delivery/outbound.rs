@@ -160,6 +160,15 @@ async fn tls(
     }
 }
 
+/// Counts an outbound connection as open (`amtp_outbound_connections_open`) until dropped.
+struct OpenConnection;
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        crate::metrics::outbound_closed();
+    }
+}
+
 /// Deliver messages over one connection. `next_job` is asked for the next message whenever the
 /// connection is ready (until it returns `None` or `max_messages` were sent); `report` gets each
 /// message's dispositions. `Err` means the connection failed with no message in flight.
@@ -170,7 +179,10 @@ pub async fn run_connection(
     mut next_job: impl FnMut() -> Option<Job>,
     mut report: impl FnMut(QueueId, Vec<(String, Disposition)>),
 ) -> Result<(), ConnectionFailure> {
-    let tcp = connect(target, ctx).await?;
+    let tcp = connect(target, ctx).await;
+    crate::metrics::outbound_connect(tcp.is_ok());
+    let tcp = tcp?;
+    let _open = OpenConnection;
     let mut stream = if target.amtp {
         let config = ctx
             .amtp_tls

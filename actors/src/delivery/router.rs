@@ -15,7 +15,9 @@ use super::outbound::{HopTarget, Job, OutboundContext};
 use super::route::{Hop, Route, order_mx, order_srv};
 use super::schedule::{Next, RetryPolicy};
 use crate::config::{HopProtocol, HopTls, RouteConfig};
+use crate::messages::NextHop;
 use crate::messages::{DeliverJob, JobResult, WakeRouter};
+use crate::metrics::{self, pool::Meter};
 use crate::resolver::{DnsQuery, LookupError, Records, ResolverHandle};
 use actix::dev::SendError;
 use actix::prelude::*;
@@ -59,12 +61,37 @@ pub struct RouterShared {
     pub max_in_flight: usize,
     /// Our host name (DSNs).
     pub hostname: String,
+    /// The router's meter (handled messages, time on its thread).
+    pub meter: Meter,
+    /// One meter for all destinations together: queued jobs, jobs taken, time spent.
+    pub destination_meter: Meter,
 }
 
 struct InFlight {
     record: MessageRecord,
     outstanding: usize,
     outcomes: Vec<(String, Disposition)>,
+    trail: Trail,
+}
+
+/// Per recipient, how it was routed and which next hop answered: for the per-message log
+/// and the delivery metrics.
+#[derive(Default)]
+struct Trail {
+    /// Recipient → route kind (`route`, `amtp_srv`, `smtp_mx`; absent: `none`).
+    routes: HashMap<String, &'static str>,
+    /// Recipient → the next hop that gave its outcome.
+    hops: HashMap<String, NextHop>,
+}
+
+/// The route kind of a destination key (as made by `route_domain`).
+fn route_kind(key: &str) -> &'static str {
+    match key.split(':').next() {
+        Some("route") => "route",
+        Some("amtp") => "amtp_srv",
+        Some("smtp") => "smtp_mx",
+        _ => "none",
+    }
 }
 
 /// One destination's share of a message.
@@ -122,6 +149,7 @@ impl Router {
         self.ticking = true;
         let shared = self.shared.clone();
         let skip: HashSet<QueueId> = self.in_flight.keys().copied().collect();
+        let meter = self.shared.meter.clone();
         let work = async move {
             let s = shared.clone();
             let leased = tokio::task::spawn_blocking(move || lease_due(&s, &skip, room))
@@ -133,6 +161,7 @@ impl Router {
             }
             plans
         };
+        let work = async move { meter.timed(work).await };
         ctx.spawn(work.into_actor(self).map(|plans, act, ctx| {
             act.ticking = false;
             for p in plans {
@@ -158,6 +187,7 @@ impl Router {
             s.concurrency,
             s.max_per_connection,
             ctx.address().recipient(),
+            s.destination_meter.clone(),
         )
         .start();
         self.destinations.insert(key.to_string(), addr.clone());
@@ -166,12 +196,19 @@ impl Router {
 
     fn dispatch(&mut self, plan: Plan, ctx: &mut Context<Self>) {
         let outstanding = plan.groups.len() + usize::from(!plan.immediate.is_empty());
+        let mut trail = Trail::default();
+        for g in &plan.groups {
+            for r in &g.job.envelope.recipients {
+                trail.routes.insert(r.clone(), route_kind(&g.key));
+            }
+        }
         self.in_flight.insert(
             plan.id,
             InFlight {
                 record: plan.record,
                 outstanding,
                 outcomes: Vec::new(),
+                trail,
             },
         );
         if !plan.immediate.is_empty() {
@@ -179,6 +216,7 @@ impl Router {
                 JobResult {
                     id: plan.id,
                     outcomes: plan.immediate,
+                    hop: None,
                 },
                 ctx,
             );
@@ -210,6 +248,7 @@ impl Router {
                             JobResult {
                                 id: m.0.id,
                                 outcomes,
+                                hop: None,
                             },
                             ctx,
                         );
@@ -224,6 +263,11 @@ impl Router {
         let Some(entry) = self.in_flight.get_mut(&result.id) else {
             return;
         };
+        if let Some(hop) = &result.hop {
+            for (r, _) in &result.outcomes {
+                entry.trail.hops.insert(r.clone(), hop.clone());
+            }
+        }
         entry.outcomes.extend(result.outcomes);
         entry.outstanding = entry.outstanding.saturating_sub(1);
         if entry.outstanding > 0 {
@@ -240,10 +284,11 @@ impl Router {
             // Never closed, so acquiring cannot fail; waiting here keeps the write queued in
             // this actor's task list, not in a thread.
             let _permit = finalizers.acquire_owned().await;
-            if let Err(e) =
-                tokio::task::spawn_blocking(move || finalize(&s, id, &done.record, &done.outcomes))
-                    .await
-                    .unwrap_or_else(|e| Err(e.to_string()))
+            if let Err(e) = tokio::task::spawn_blocking(move || {
+                finalize(&s, id, &done.record, &done.outcomes, &done.trail)
+            })
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()))
             {
                 tracing::error!(id = %id, error = %e, "could not record delivery results; the lease will expire and the message is retried");
             }
@@ -266,6 +311,9 @@ impl Handler<WakeRouter> for Router {
     type Result = ();
 
     fn handle(&mut self, _: WakeRouter, ctx: &mut Self::Context) {
+        let meter = self.shared.meter.clone();
+        let _busy = meter.busy();
+        meter.add_handled(1);
         self.tick(ctx);
     }
 }
@@ -274,6 +322,9 @@ impl Handler<JobResult> for Router {
     type Result = ();
 
     fn handle(&mut self, msg: JobResult, ctx: &mut Self::Context) {
+        let meter = self.shared.meter.clone();
+        let _busy = meter.busy();
+        meter.add_handled(1);
         self.record_result(msg, ctx);
     }
 }
@@ -555,6 +606,7 @@ fn finalize(
     id: QueueId,
     record: &MessageRecord,
     outcomes: &[(String, Disposition)],
+    trail: &Trail,
 ) -> Result<(), String> {
     let now = amtp_storage::now_ms();
     let deferred: Vec<&(String, Disposition)> = outcomes
@@ -590,10 +642,12 @@ fn finalize(
     if !failed.is_empty()
         && let Some(dsn) = bounce::dsn(&s.hostname, id, record, &failed, &original, now / 1000)
     {
-        s.queue
+        let dsn_id = s
+            .queue
             .enqueue_batch(&[dsn])
             .map_err(|e| format!("cannot queue the DSN: {e}"))?;
-        tracing::info!(id = %id, recipients = failed.len(), to = %record.envelope.sender, "bounce queued");
+        metrics::dsn_generated();
+        tracing::info!(queue_id = %id, dsn_queue_id = %dsn_id.first().map(ToString::to_string).unwrap_or_default(), recipients = failed.len(), to = %record.envelope.sender, "bounce queued");
     }
     let states: Vec<(String, RecipientState, Option<String>)> = outcomes
         .iter()
@@ -607,9 +661,7 @@ fn finalize(
             (r.clone(), state, Some(text(d)))
         })
         .collect();
-    for (r, d) in outcomes {
-        tracing::info!(id = %id, rcpt = %r, outcome = match d { Disposition::Delivered(_) => "delivered", Disposition::Failed(_) => "failed", Disposition::Deferred(_) => "deferred" }, reply = %text(d), "delivery");
-    }
+    log_outcomes(id, record, outcomes, trail, expired, now);
     match s.queue.complete(id, &states).map_err(|e| e.to_string())? {
         Completion::Removed => Ok(()),
         Completion::Pending => {
@@ -622,6 +674,45 @@ fn finalize(
                 .map(|_| ())
                 .map_err(|e| e.to_string())
         }
+    }
+}
+
+/// The per-message trail's delivery milestones (one line per recipient, keyed by the queue id:
+/// `delivered`, `deferred`, `bounced`, `expired`) and the delivery metrics.
+fn log_outcomes(
+    id: QueueId,
+    record: &MessageRecord,
+    outcomes: &[(String, Disposition)],
+    trail: &Trail,
+    expired: bool,
+    now: u64,
+) {
+    let delay = Duration::from_millis(now.saturating_sub(record.received_at));
+    for (r, d) in outcomes {
+        let (event, result) = match d {
+            Disposition::Delivered(_) => ("delivered", "delivered"),
+            Disposition::Failed(_) => ("bounced", "failed"),
+            Disposition::Deferred(_) if expired => ("expired", "failed"),
+            Disposition::Deferred(_) => ("deferred", "deferred"),
+        };
+        let route = trail.routes.get(r).copied().unwrap_or("none");
+        let is_final = result != "deferred";
+        metrics::delivery_outcome(result, route, is_final.then_some(delay));
+        if expired && matches!(d, Disposition::Deferred(_)) {
+            metrics::expired();
+        }
+        let hop = trail.hops.get(r);
+        tracing::info!(
+            queue_id = %id,
+            rcpt = %r,
+            route,
+            next_hop = hop.map_or("-", |h| h.name.as_str()),
+            address = %hop.map_or_else(|| "-".to_string(), |h| h.addr.to_string()),
+            reply = %text(d),
+            delay_s = delay.as_secs(),
+            attempt = record.attempts + 1,
+            "{event}"
+        );
     }
 }
 

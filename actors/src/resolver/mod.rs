@@ -23,6 +23,7 @@ pub mod transport;
 mod tests;
 
 use crate::messages::Resolve;
+use crate::metrics::{self, pool::Meter};
 use actix::Recipient;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -44,6 +45,17 @@ pub enum DnsQuery {
 }
 
 impl DnsQuery {
+    /// The record type, as a metric label.
+    pub fn type_label(&self) -> &'static str {
+        match self {
+            Self::Ptr(_) => "PTR",
+            Self::A(_) => "A",
+            Self::Aaaa(_) => "AAAA",
+            Self::Srv(_) => "SRV",
+            Self::Mx(_) => "MX",
+        }
+    }
+
     /// The same query with the name normalised (lower case, no trailing dot), so cache keys
     /// match however a name was written.
     pub fn normalized(self) -> Self {
@@ -165,16 +177,24 @@ impl TtlPolicy {
 pub struct ResolverHandle {
     cache: Arc<DnsCache>,
     actor: Recipient<Resolve>,
+    /// The resolver actor's meter: a miss counts as queued in its mailbox.
+    meter: Meter,
     /// A lookup that takes longer than this is a temporary failure.
     timeout: Duration,
 }
 
 impl ResolverHandle {
     /// A handle over `cache` (shared with the actor) and the actor's recipient.
-    pub fn new(cache: Arc<DnsCache>, actor: Recipient<Resolve>, timeout: Duration) -> Self {
+    pub fn new(
+        cache: Arc<DnsCache>,
+        actor: Recipient<Resolve>,
+        timeout: Duration,
+        meter: Meter,
+    ) -> Self {
         Self {
             cache,
             actor,
+            meter,
             timeout,
         }
     }
@@ -183,11 +203,19 @@ impl ResolverHandle {
     pub async fn resolve(&self, query: DnsQuery) -> Answer {
         let query = query.normalized();
         if let Some(answer) = self.cache.get(&query, Instant::now()) {
+            metrics::dns_cache(true);
             return answer;
         }
+        metrics::dns_cache(false);
+        // Counted as queued before the send; a timed-out request whose message already sat
+        // in the mailbox is still handled (and counted out) by the actor.
+        self.meter.queued();
         match tokio::time::timeout(self.timeout, self.actor.send(Resolve(query))).await {
             Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => Err(LookupError::Temporary(format!("resolver unavailable: {e}"))),
+            Ok(Err(e)) => {
+                self.meter.not_queued();
+                Err(LookupError::Temporary(format!("resolver unavailable: {e}")))
+            }
             Err(_) => Err(LookupError::Temporary("resolver timed out".into())),
         }
     }

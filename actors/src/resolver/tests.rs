@@ -79,8 +79,19 @@ fn handle_for(servers: &[SocketAddr]) -> ResolverHandle {
     let cache = Arc::new(DnsCache::new(10_000, 16));
     let transport =
         Arc::new(HickoryTransport::new(servers, Duration::from_millis(500), 1).unwrap());
-    let actor = ResolverActor::new(transport, cache.clone(), TtlPolicy::default()).start();
-    ResolverHandle::new(cache, actor.recipient(), Duration::from_secs(5))
+    let actor = ResolverActor::new(
+        transport,
+        cache.clone(),
+        TtlPolicy::default(),
+        crate::metrics::pool::Meter::default(),
+    )
+    .start();
+    ResolverHandle::new(
+        cache,
+        actor.recipient(),
+        Duration::from_secs(5),
+        crate::metrics::pool::Meter::default(),
+    )
 }
 
 #[actix_rt::test]

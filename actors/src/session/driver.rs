@@ -5,15 +5,18 @@
 //! Replies to pipelined commands are written in order and flushed when no further complete
 //! command is buffered (RFC 2920), and always before waiting on the client.
 
-use super::stream::{MaybeTls, tls_info};
+use super::stream::{MaybeTls, handshake_failure, resumed, tls_info};
 use super::{Action, Session};
 use crate::amtp_tls::TrustClass;
-use crate::identity::{IdentityChecker, IdentityError, normalize};
+use crate::identity::{IdentityChecker, IdentityError, check_ehlo, normalize};
 use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
+use crate::metrics;
 use actix::Recipient;
-use amtp_proto::{DataReceiver, LineBuffer, LineError, Progress, limits};
+use amtp_proto::{Command, DataReceiver, LineBuffer, LineError, Progress, limits};
+use amtp_storage::QueueId;
 use std::collections::VecDeque;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
@@ -31,6 +34,9 @@ pub struct SessionDeps {
     pub enqueue_timeout: Duration,
     /// AMTP identity checks (resolver + identity cache), when an AMTP listener is configured.
     pub identity: Option<IdentityChecker>,
+    /// Allocates a queue id when a message's DATA is complete, so the Received header, the
+    /// 250 reply and the log name the same id. `None`: storage cannot allocate (answered 451).
+    pub new_id: Arc<dyn Fn() -> Option<QueueId> + Send + Sync>,
 }
 
 /// How the session ended, for the one log line per session.
@@ -79,6 +85,8 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         lines: LineBuffer::new(limits::AUTH_LINE),
         out: Vec::with_capacity(1024),
         buf: vec![0; READ_CHUNK],
+        verb: "-",
+        auth_mechanism: "-",
     };
     let outcome = d.serve().await;
     let _ = timeout(Duration::from_secs(5), d.io.shutdown()).await;
@@ -92,6 +100,36 @@ struct Driver<'a, S> {
     lines: LineBuffer,
     out: Vec<u8>,
     buf: Vec<u8>,
+    /// The verb of the command being answered (for the refused-command log and metric).
+    verb: &'static str,
+    /// The mechanism of the AUTH in progress (for the AUTH metric).
+    auth_mechanism: &'static str,
+}
+
+/// The command verb a line starts with, for logs and metric labels (bounded: a known verb or
+/// `unknown`), also for lines that failed to parse.
+fn verb_of(line: &[u8]) -> &'static str {
+    const VERBS: [&str; 12] = [
+        "EHLO", "HELO", "MAIL", "RCPT", "DATA", "RSET", "NOOP", "QUIT", "VRFY", "HELP", "AUTH",
+        "STARTTLS",
+    ];
+    let word = line
+        .split(|b| *b == b' ' || *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or_default();
+    VERBS
+        .iter()
+        .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+        .copied()
+        .unwrap_or("unknown")
+}
+
+/// A bounded label for a SASL mechanism name.
+fn mechanism_label(name: &str) -> &'static str {
+    ["PLAIN", "LOGIN", "CRAM-MD5"]
+        .into_iter()
+        .find(|m| m.eq_ignore_ascii_case(name))
+        .unwrap_or("other")
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
@@ -101,11 +139,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         loop {
             while let Some(item) = self.lines.next_line() {
                 let actions = match item {
-                    Err(LineError::TooLong) => self.session.on_line_too_long(),
+                    Err(LineError::TooLong) => {
+                        self.verb = "unknown";
+                        self.session.on_line_too_long()
+                    }
                     Ok(line) if self.session.expects_sasl_line() => {
+                        self.verb = "AUTH";
                         self.session.on_sasl_line(&line)
                     }
-                    Ok(line) => self.session.on_command(amtp_proto::command::parse(&line)),
+                    Ok(line) => {
+                        self.verb = verb_of(&line);
+                        let parsed = amtp_proto::command::parse(&line);
+                        if let Ok(Command::Auth { mechanism, .. }) = &parsed {
+                            self.auth_mechanism = mechanism_label(mechanism);
+                        }
+                        self.session.on_command(parsed)
+                    }
                 };
                 if let Some(end) = self.perform(actions).await {
                     return end;
@@ -116,6 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
             }
             match timeout(command_timeout, self.io.read(&mut self.buf)).await {
                 Err(_) => {
+                    self.verb = "-";
                     let actions = self.session.on_timeout();
                     self.perform(actions).await;
                     return Outcome::Timeout;
@@ -150,6 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         while let Some(action) = todo.pop_front() {
             let follow = match action {
                 Action::Reply(r) => {
+                    self.record_reply(&r);
                     r.write_to(&mut self.out);
                     continue;
                 }
@@ -180,9 +231,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                             let now = std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .map_or(0, |d| d.as_secs());
-                            self.session.on_data(result, now)
+                            let id = if result.is_ok() {
+                                (self.deps.new_id)()
+                            } else {
+                                None
+                            };
+                            self.verb = "DATA";
+                            self.session.on_data(result, now, id)
                         }
                         Err(Outcome::Timeout) => {
+                            self.verb = "DATA";
                             let actions = self.session.on_timeout();
                             Box::pin(self.perform(actions)).await;
                             return Some(Outcome::Timeout);
@@ -200,13 +258,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                             Ok(Ok(outcome)) => outcome,
                             _ => AuthOutcome::Unavailable,
                         };
+                    let label = match &outcome {
+                        AuthOutcome::Success(user) if !self.session.amtp_auth_bound(user) => {
+                            "not_bound"
+                        }
+                        AuthOutcome::Success(_) => "success",
+                        AuthOutcome::Failed => "failed",
+                        AuthOutcome::Locked => "locked",
+                        AuthOutcome::Unavailable => "unavailable",
+                    };
+                    metrics::auth_attempt(self.auth_mechanism, label);
                     self.session.on_auth_outcome(outcome)
                 }
                 Action::VerifyIdentity { ehlo } => {
-                    let result = self.identify(&ehlo).await;
+                    let (result, cached) = self.identify(&ehlo).await;
+                    metrics::identity_check(match &result {
+                        Ok(name) if check_ehlo(name, &ehlo).is_err() => "ehlo_mismatch",
+                        Ok(_) if cached => "cache_hit",
+                        Ok(_) => "verified",
+                        Err(e) => e.label(),
+                    });
                     self.session.on_identity(result)
                 }
                 Action::Enqueue(message) => {
+                    let summary = Received::of(&message, self.session);
+                    let waited = Instant::now();
                     let result = match timeout(
                         self.deps.enqueue_timeout,
                         self.deps.queue.send(Enqueue(message)),
@@ -216,6 +292,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                         Ok(Ok(r)) => r,
                         Ok(Err(_)) | Err(_) => Err(EnqueueError::Unavailable),
                     };
+                    match &result {
+                        Ok(id) => {
+                            let listener = &self.session.ctx.listener.name;
+                            metrics::message_accepted(listener, summary.size, waited.elapsed());
+                            summary.log(*id, listener, self.session.ctx.peer.ip());
+                        }
+                        Err(e) => metrics::enqueue_refused(e.label()),
+                    }
                     self.session.on_enqueued(result)
                 }
             };
@@ -226,15 +310,37 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         None
     }
 
+    /// Count a reply, and log it when it refuses the command (4xx/5xx): the trail an
+    /// operator greps for "why was this refused" (Postfix's `reject:` lines).
+    fn record_reply(&self, r: &amtp_proto::Reply) {
+        let listener = &self.session.ctx.listener.name;
+        metrics::reply_sent(listener, r.code);
+        if r.code >= 400 {
+            metrics::command_refused(listener, self.verb);
+            tracing::info!(
+                listener = %listener,
+                client = %self.session.ctx.peer.ip(),
+                verb = self.verb,
+                code = r.code,
+                reason = %r.text(),
+                "refused"
+            );
+        }
+    }
+
     /// The AMTP identity for this connection: by reverse DNS (public, or private when the
     /// PTR rule applies to them), else the certificate name equal to the EHLO argument.
-    async fn identify(&self, ehlo: &str) -> Result<String, IdentityError> {
+    /// Also says whether the binding came from the identity cache.
+    async fn identify(&self, ehlo: &str) -> (Result<String, IdentityError>, bool) {
         let Some(amtp) = &self.session.ctx.amtp else {
-            return Err(IdentityError::Temporary("not an AMTP session".into()));
+            return (
+                Err(IdentityError::Temporary("not an AMTP session".into())),
+                false,
+            );
         };
         if amtp.class == TrustClass::Private && !amtp.policy.private_require_ptr {
             let wanted = normalize(ehlo);
-            return if amtp.peer.names.contains(&wanted) {
+            let result = if amtp.peer.names.contains(&wanted) {
                 Ok(wanted)
             } else {
                 Err(IdentityError::EhloMismatch {
@@ -242,11 +348,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                     identity: amtp.peer.names.join(","),
                 })
             };
+            return (result, false);
         }
         let Some(checker) = &self.deps.identity else {
-            return Err(IdentityError::Temporary("no resolver configured".into()));
+            return (
+                Err(IdentityError::Temporary("no resolver configured".into())),
+                false,
+            );
         };
-        checker.verify(self.session.ctx.peer.ip(), &amtp.peer).await
+        match checker
+            .verify_cached(self.session.ctx.peer.ip(), &amtp.peer)
+            .await
+        {
+            Ok((name, cached)) => (Ok(name), cached),
+            Err(e) => (Err(e), false),
+        }
     }
 
     async fn upgrade(&mut self) -> Option<super::TlsInfo> {
@@ -254,6 +370,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         let MaybeTls::Plain(plain) = std::mem::replace(&mut self.io, MaybeTls::Upgrading) else {
             return None;
         };
+        let started = Instant::now();
+        let listener = self.session.ctx.listener.name.clone();
         match timeout(
             self.session.ctx.limits.tls_handshake_timeout.0,
             acceptor.accept(plain),
@@ -261,15 +379,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         .await
         {
             Ok(Ok(tls)) => {
+                metrics::tls_handshake(&listener, Ok(resumed(&tls)), started.elapsed());
                 let info = tls_info(&tls);
                 self.io = MaybeTls::Tls(Box::new(tls));
                 Some(info)
             }
             Ok(Err(e)) => {
+                metrics::tls_handshake(&listener, Err(handshake_failure(&e)), started.elapsed());
                 tracing::debug!(peer = %self.session.ctx.peer, error = %e, "STARTTLS handshake failed");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                metrics::tls_handshake(&listener, Err("timeout"), started.elapsed());
+                None
+            }
         }
     }
 
@@ -295,5 +418,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 return Ok(rx.finish());
             }
         }
+    }
+}
+
+/// What the `received` log event says about a message, taken before it goes to the queue.
+struct Received {
+    sender: String,
+    recipients: usize,
+    size: usize,
+    mpc: Option<String>,
+    message_id: Option<String>,
+    user: Option<String>,
+    identity: Option<String>,
+}
+
+impl Received {
+    fn of(m: &amtp_storage::NewMessage, session: &Session) -> Self {
+        Self {
+            sender: m.envelope.sender.clone(),
+            recipients: m.recipients.len(),
+            size: m.body.len(),
+            mpc: m.envelope.mpc.clone(),
+            message_id: m.envelope.message_id.clone(),
+            user: session.user().map(str::to_string),
+            identity: session.identity().map(str::to_string),
+        }
+    }
+
+    /// The first milestone of the per-message trail: one line keyed by the queue id.
+    fn log(&self, id: QueueId, listener: &str, client: std::net::IpAddr) {
+        tracing::info!(
+            queue_id = %id,
+            listener = %listener,
+            client = %client,
+            identity = self.identity.as_deref().unwrap_or("-"),
+            user = self.user.as_deref().unwrap_or("-"),
+            sender = %self.sender,
+            recipients = self.recipients,
+            size = self.size,
+            mpc = self.mpc.as_deref().unwrap_or("-"),
+            message_id = self.message_id.as_deref().unwrap_or("-"),
+            "received"
+        );
     }
 }

@@ -44,7 +44,7 @@ pub struct SessionContext {
     pub tls_available: bool,
     /// Whether CRAM-MD5 can be offered (listener option and users with CRAM secrets).
     pub cram_md5: bool,
-    /// Random per-session token: CRAM-MD5 challenges and the Received id.
+    /// Random per-session token: unique CRAM-MD5 challenges.
     pub nonce: String,
     /// Set on AMTP listeners: the peer's certificate, its trust class and the policy.
     pub amtp: Option<amtp::AmtpContext>,
@@ -138,7 +138,7 @@ pub struct Session {
     /// AMTP: EHLOs refused so far.
     failed_ehlos: u32,
     consecutive_errors: u32,
-    /// Counter for unique CRAM challenges and Received ids.
+    /// Counter for unique CRAM challenges.
     serial: u32,
     /// Messages accepted / refused (for the session log line).
     pub accepted: u32,
@@ -583,8 +583,15 @@ impl Session {
         }
     }
 
-    /// The DATA receiver finished. `unix_time` dates the Received header.
-    pub fn on_data(&mut self, result: Result<Vec<u8>, DataError>, unix_time: u64) -> Vec<Action> {
+    /// The DATA receiver finished. `unix_time` dates the Received header; `id` is the queue
+    /// id allocated for the message (named in the Received header, the reply and the log), or
+    /// `None` when storage could not allocate one (451).
+    pub fn on_data(
+        &mut self,
+        result: Result<Vec<u8>, DataError>,
+        unix_time: u64,
+        id: Option<QueueId>,
+    ) -> Vec<Action> {
         let Phase::Data(greeting, tx) = std::mem::replace(&mut self.phase, Phase::Fresh) else {
             self.phase = Phase::Closed;
             return vec![
@@ -605,8 +612,12 @@ impl Session {
             self.rejected += 1;
             return refusal;
         }
-        self.serial += 1;
-        let id = format!("{}.{}", self.ctx.nonce, self.serial);
+        let Some(queue_id) = id else {
+            self.phase = Phase::Ready(greeting);
+            self.rejected += 1;
+            return reply(451, "4.3.0", "Temporary queue failure; try again later");
+        };
+        let id = queue_id.to_string();
         let tls = self
             .tls
             .as_ref()
@@ -652,6 +663,7 @@ impl Session {
             message_id,
         };
         let new = NewMessage {
+            id: Some(queue_id),
             envelope,
             recipients: tx.recipients,
             body: message,

@@ -33,6 +33,26 @@ pub fn tls_info<S>(tls: &TlsStream<S>) -> TlsInfo {
     TlsInfo { version, cipher }
 }
 
+/// Whether an established server-side stream resumed an earlier session.
+pub fn resumed<S>(tls: &TlsStream<S>) -> bool {
+    tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+}
+
+/// A bounded metric label for a failed handshake (never the peer's free text).
+pub fn handshake_failure(e: &io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_certificate",
+        Some(E::AlertReceived(_)) => "alert_received",
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::PeerMisbehaved(_) | E::InvalidMessage(_)) => "protocol_error",
+        Some(_) => "other",
+        None if e.kind() == io::ErrorKind::UnexpectedEof => "eof",
+        None => "io_error",
+    }
+}
+
 fn upgrading() -> io::Error {
     io::Error::new(
         io::ErrorKind::NotConnected,

@@ -182,6 +182,24 @@ fn mx_dialogues() {
 }
 
 #[test]
+fn no_queue_id_means_451_and_nothing_queued() {
+    let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), None);
+    let lines = [
+        "EHLO c.test",
+        "MAIL FROM:<a@b.test>",
+        "RCPT TO:<u@example.test>",
+        "DATA",
+    ];
+    assert_eq!(codes(&mut s, &lines), vec![250, 250, 250, 354]);
+    let actions = s.on_data(Ok(b"Subject: x\r\n\r\nx\r\n".to_vec()), 0, None);
+    let [Action::Reply(r)] = &actions[..] else {
+        panic!("{actions:?}")
+    };
+    assert_eq!((r.code, s.rejected), (451, 1));
+    assert!(matches!(s.phase(), Phase::Ready(_)), "{:?}", s.phase());
+}
+
+#[test]
 fn recipient_limit_is_452() {
     let mut s = Session::new(
         ctx(
@@ -356,12 +374,18 @@ fn received_header_and_envelope() {
     let actions = s.on_data(
         Ok(b"Message-ID: <m1@b.test>\r\nSubject: t\r\n\r\nhello\r\n".to_vec()),
         0,
+        Some(QueueId(0x1234)),
     );
     let [Action::Enqueue(m)] = &actions[..] else {
         panic!("{actions:?}")
     };
     let text = String::from_utf8_lossy(&m.body);
     assert!(text.starts_with("Received: from c.test ([127.0.0.5])\r\n\tby relay.test (amtp-relay) with ESMTPSA\r\n\t(version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256)"), "{text}");
+    assert!(
+        text.contains("\r\n\tid 0000000000001234"),
+        "the Received id is the queue id: {text}"
+    );
+    assert_eq!(m.id, Some(QueueId(0x1234)), "the message carries its id");
     assert!(
         !text.contains("alice"),
         "user not revealed unless configured"
@@ -415,9 +439,10 @@ impl Actor for FakeQueue {
 }
 impl Handler<Enqueue> for FakeQueue {
     type Result = MessageResult<Enqueue>;
-    fn handle(&mut self, _: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        let n = self.0.fetch_add(1, Ordering::SeqCst);
-        MessageResult(Ok(QueueId(u64::try_from(n).unwrap())))
+    fn handle(&mut self, m: Enqueue, _: &mut Context<Self>) -> Self::Result {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        // Like the real queue: the id allocated before the commit is the one answered.
+        MessageResult(m.0.id.ok_or(crate::messages::EnqueueError::Unavailable))
     }
 }
 
@@ -435,6 +460,14 @@ async fn dialogue(
         tls: None,
         enqueue_timeout: Duration::from_secs(5),
         identity: None,
+        new_id: {
+            let next = Arc::new(AtomicUsize::new(0xabc));
+            Arc::new(move || {
+                Some(QueueId(
+                    u64::try_from(next.fetch_add(1, Ordering::SeqCst)).unwrap(),
+                ))
+            })
+        },
     };
     let (client, server) = tokio::io::duplex(1 << 20);
     let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
