@@ -57,6 +57,8 @@ pub struct ConfigFile {
     /// `[delivery]`: outbound delivery.
     #[serde(default)]
     pub delivery: DeliveryConfig,
+    /// `[metrics]`: the Prometheus and health endpoint (absent: none, nothing recorded).
+    pub metrics: Option<amtp_actors::config::MetricsConfig>,
 }
 
 /// `[server]`.
@@ -364,6 +366,18 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 ),
             ));
         }
+    }
+
+    // [metrics]
+    if let Some(m) = &file.metrics
+        && m.listen.port() != 0
+        && addresses.contains(&m.listen)
+    {
+        return Err(err(
+            "metrics.listen".into(),
+            line_of(text, "metrics", None, Some("listen")),
+            format!("{} is already used by a [[listener]]", m.listen),
+        ));
     }
 
     // [tls]

@@ -96,6 +96,19 @@ pub fn run(config: Config) -> Result<()> {
         tracing::info!("delivery is disabled: messages are accepted and queued only");
         None
     };
+    // Metrics are recorded only when the endpoint is configured (no cost otherwise); turned
+    // on before wiring so every actor's meter is live.
+    let metrics_listener = match &file.metrics {
+        Some(m) => {
+            amtp_actors::metrics::enable();
+            let socket = std::net::TcpListener::bind(m.listen)
+                .with_context(|| format!("cannot bind the [metrics] endpoint on {}", m.listen))?;
+            let bound = socket.local_addr()?;
+            tracing::info!(listener = "metrics", role = "metrics", address = %bound, "listening");
+            Some(socket)
+        }
+        None => None,
+    };
     let mut listeners = Vec::new();
     for l in &file.listeners {
         let socket = std::net::TcpListener::bind(l.address)
@@ -119,6 +132,7 @@ pub fn run(config: Config) -> Result<()> {
         amtp: None,
         resolver: None,
         delivery,
+        metrics_listener,
     };
     let resolver = file.resolver.clone();
     let grace = file.server.shutdown_grace.0;

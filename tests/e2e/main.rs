@@ -12,6 +12,7 @@ mod delivery;
 mod dns;
 mod harness;
 mod loadtest;
+mod metrics;
 mod pki;
 mod sink;
 mod smtp;
