@@ -200,6 +200,8 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         });
         let arbiter = Arbiter::new();
         Meter::pool_size("router", 1);
+        // All destinations share one meter: one member, "destinations in aggregate".
+        Meter::pool_size("destination", 1);
         let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| Router::new(shared));
         extra_arbiters.push(arbiter);
         addr

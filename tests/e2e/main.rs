@@ -13,6 +13,7 @@ mod dns;
 mod harness;
 mod loadtest;
 mod metrics;
+mod monitoring;
 mod pki;
 mod sink;
 mod smtp;
