@@ -21,7 +21,7 @@ pub fn run(config: Config) -> Result<()> {
         && let Some((cert, key)) = &config.tls_files
         && devinit::certificate(&file.server.hostname, cert, key)?
     {
-        tracing::info!(certificate = %cert.display(), ca = %cert.with_file_name("ca.pem").display(), "generated development CA and ECDSA P-256 server certificate");
+        tracing::info!(certificate = %cert.display(), ca = %cert.with_file_name("ca.pem").display(), client = %devinit::dev_client_files(cert).0.display(), "generated development CA, ECDSA P-256 server certificate and AMTP client identity");
     }
     if file.server.create_dev_user
         && let Some(users) = &config.users_file

@@ -962,8 +962,9 @@ mod tests {
 
     #[test]
     fn stop_before_data_reports_rcpt_replies_and_resets() {
-        // (pipelining, replies after the envelope) -> (commands sent, per-recipient outcome).
-        let cases: &[(bool, &[(u16, &str)], &str, &[&str])] = &[
+        /// (pipelining, replies after the envelope, first write, outcomes).
+        type Case<'a> = (bool, &'a [(u16, &'a str)], &'a str, &'a [&'a str]);
+        let cases: &[Case] = &[
             (
                 true,
                 &[(250, "2.1.0"), (250, "2.1.5"), (550, "5.7.1")],
