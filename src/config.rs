@@ -775,6 +775,14 @@ mod tests {
                 "needs a certificate",
             ),
             (
+                format!(
+                    "{base}[tls]\ngenerate_dev_certificate = true\n[[listener]]\nname = \"amtp\"\nrole = \"amtp\"\naddress = \"127.0.0.1:3025\"\n[amtp]\nmpc_policy = \"DENY=com/optout\"\n"
+                ),
+                "amtp.public_ca",
+                Some(14),
+                "public_ca (public peers) or private_ca",
+            ),
+            (
                 base.replace("relay.test", "bad host"),
                 "server.hostname",
                 Some(2),

@@ -351,7 +351,7 @@ mod tests {
             .self_signed(&server_key)
             .unwrap();
         let files = TrustFiles {
-            public_ca: Some(write("public.pem", bundle(public))),
+            public_ca: (!public.is_empty()).then(|| write("public.pem", bundle(public))),
             private_ca: if private.is_empty() {
                 vec![]
             } else {
@@ -367,6 +367,19 @@ mod tests {
             &write("server.pem", server.pem()),
             &write("server-key.pem", server_key.serialize_pem()),
         )
+    }
+
+    #[test]
+    fn without_a_public_set_every_client_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = ca_signed_by("Private Root", None);
+        let t = trust(dir.path(), &[], &[&private], None, 1).unwrap();
+        assert_eq!(
+            t.verify_chain(&[leaf("b.test", &private, 2)]).unwrap(),
+            TrustClass::Private
+        );
+        let stranger = ca_signed_by("Stranger", None);
+        assert!(t.verify_chain(&[leaf("c.test", &stranger, 3)]).is_err());
     }
 
     #[test]
