@@ -680,10 +680,18 @@ fn classify(
     {
         return (Outcome::Failed, format!("AUTH refused: {r}"));
     }
-    if let Some(r) = rec.reply_to("MAIL")
-        && mpc_refusal(r.code, &r.text())
-    {
-        return (Outcome::PolicyRefused, format!("MAIL refused: {r}"));
+    if let Some(r) = rec.reply_to("MAIL") {
+        if mpc_refusal(r.code, &r.text()) {
+            return (Outcome::PolicyRefused, format!("MAIL refused: {r}"));
+        }
+        if r.code == 530 {
+            return (
+                Outcome::Failed,
+                format!(
+                    "MAIL refused: {r} (a private connection: give --auth-user and --password-file for the user bound to our certificate)"
+                ),
+            );
+        }
     }
     if let Some(e) = rec
         .replies_to("RCPT")
@@ -730,11 +738,13 @@ fn classify(
 }
 
 async fn probe(args: &ProbeArgs, s: Settings) -> Report {
+    // DNS tries are bounded by --timeout too (at most 5 s each, two tries).
+    let dns_timeout = args.timeout.min(Duration::from_secs(5));
     let transport: Option<Box<dyn DnsTransport>> = match s.resolver {
-        Some(server) => HickoryTransport::new(&[server], Duration::from_secs(3), 2)
+        Some(server) => HickoryTransport::new(&[server], dns_timeout, 2)
             .ok()
             .map(|t| Box::new(t) as Box<dyn DnsTransport>),
-        None => HickoryTransport::from_system(Duration::from_secs(3), 2)
+        None => HickoryTransport::from_system(dns_timeout, 2)
             .ok()
             .map(|t| Box::new(t) as Box<dyn DnsTransport>),
     };

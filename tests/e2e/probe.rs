@@ -362,3 +362,70 @@ fn srv_first_target_down_second_is_tried() {
     let p = e.probe("127.0.0.1:1", "127.0.0.13", &me, &e.ca(), &[]);
     assert_eq!(p.code, 3, "{}", p.out);
 }
+
+#[test]
+fn dev_style_private_listener_needs_the_bound_auth_user() {
+    // What the embedded default does: the generated dev CA as the only (private) CA, the
+    // generated dev client identity, user `dev` bound to it. No DNS involved.
+    let relay = Relay::start_config(&format!(
+        "{}\n[delivery]\nenabled = false\n\n[[listener]]\nname = \"amtp\"\nrole = \"amtp\"\naddress = \"127.0.0.1:0\"\n\n[amtp]\nprivate_ca = [\"data/tls/ca.pem\"]\nauth_bindings = {{ dev = [\"dev-client.localhost\"] }}\n",
+        crate::harness::SERVER
+    ));
+    let dns = dns::start(&[]);
+    let resolver = dns.addr.to_string();
+    let tls = relay.data_dir().join("tls");
+    let password = relay.data_dir().join("dev-password");
+    let run = |extra: &[&str]| {
+        let out = Command::new(BIN)
+            .arg("probe")
+            .arg(relay.addr("amtp").to_string())
+            .arg("--cert")
+            .arg(tls.join("dev-client.pem"))
+            .arg("--key")
+            .arg(tls.join("dev-client-key.pem"))
+            .arg("--ca")
+            .arg(tls.join("ca.pem"))
+            .args([
+                "--to",
+                "bob@example.test",
+                "--timeout",
+                "10s",
+                "--resolver",
+                &resolver,
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = run(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("> EHLO dev-client.localhost")
+            && out.contains("530 5.7.0 Authentication required")
+            && out.contains("give --auth-user and --password-file"),
+        "{out}"
+    );
+    let (code, out) = run(&[
+        "--auth-user",
+        "dev",
+        "--password-file",
+        password.to_str().unwrap(),
+        "--send",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("> AUTH PLAIN ********") && !out.contains(&relay.dev_password()),
+        "the password is never printed: {out}"
+    );
+    assert!(out.contains("queued by the peer as"), "{out}");
+    let show = relay.show_first();
+    assert!(
+        show.contains("origin:       amtp-private")
+            && show.contains("amtp private identity=dev-client.localhost"),
+        "{show}"
+    );
+}
