@@ -588,7 +588,7 @@ async fn attempt(
         .exchanges
         .iter()
         .rev()
-        .find(|e| e.command == "end of data")
+        .find(|e| e.command == observe::END_OF_DATA)
         .map(|e| e.reply.clone());
     let queue_id = final_reply
         .as_ref()

@@ -13,6 +13,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+/// What the reply after the message body answers, in the transcript.
+pub const END_OF_DATA: &str = "<message>";
+
 /// The chain a server presented and what verification said about it.
 #[derive(Debug, Default, Clone)]
 pub struct SeenChain {
@@ -96,7 +99,7 @@ pub struct TlsParams {
 /// One reply and the command it answers.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    /// The command (AUTH credentials masked), `greeting`, or `end of data`.
+    /// The command (AUTH credentials masked), `greeting`, or [`END_OF_DATA`].
     pub command: String,
     /// The reply.
     pub reply: Reply,
@@ -191,7 +194,7 @@ impl ConnectionHooks for Recorder {
         if self.in_body {
             // The empty body a client sends to end DATA when every recipient was refused.
             self.in_body = false;
-            self.pending.push_back("end of data".into());
+            self.pending.push_back(END_OF_DATA.into());
             return;
         }
         for line in String::from_utf8_lossy(bytes).split("\r\n") {
@@ -213,11 +216,11 @@ impl ConnectionHooks for Recorder {
         } else if let Some(c) = self.pending.pop_front() {
             c
         } else {
-            "end of data".to_string()
+            END_OF_DATA.to_string()
         };
         if command.eq_ignore_ascii_case("DATA") && reply.code == 354 {
             self.in_body = true;
-        } else if command == "end of data" {
+        } else if command == END_OF_DATA {
             self.in_body = false;
         }
         self.exchanges.push(Exchange {

@@ -99,7 +99,7 @@ pub struct ServerIdentity {
 /// A command and its reply.
 #[derive(Debug, Clone, Serialize)]
 pub struct Step {
-    /// The command, `greeting`, or `end of data`.
+    /// The command, `greeting`, or `<message>` (the reply after the message).
     pub command: String,
     /// Reply code.
     pub code: u16,
