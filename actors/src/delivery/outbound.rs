@@ -136,8 +136,7 @@ pub struct NoHooks;
 
 impl ConnectionHooks for NoHooks {}
 
-/// Connect a TCP socket to the target (from `ctx.source` when set), within the connect timeout.
-pub async fn connect(
+async fn connect(
     target: &HopTarget,
     ctx: &OutboundContext,
 ) -> Result<TcpStream, ConnectionFailure> {
