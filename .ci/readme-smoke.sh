@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # README smoke test: start the relay exactly as README's first command does (embedded default
 # configuration, no --config; the debug binary the test run already built, same code as
-# --release) in an empty directory, run README's swaks examples verbatim, check the replies,
-# check `queue list`, and stop it with SIGTERM. Loopback only; bounded by timeouts.
+# --release) in an empty directory, run README's swaks examples and its AMTP probe command
+# verbatim (taken from README.md itself), check the replies, check `queue list`, and stop it
+# with SIGTERM. Loopback only; bounded by timeouts.
 set -euo pipefail
 bin=$(readlink -f "$1")
+readme=$(readlink -f "$(dirname "${BASH_SOURCE[0]}")/../README.md")
 work=$(mktemp -d)
 cd "$work"
 "$bin" serve >relay.log 2>&1 &
@@ -15,7 +17,7 @@ fail() { echo "FAIL: $*"; echo "---- relay log"; cat relay.log; exit 1; }
 
 for _ in $(seq 100); do grep -q "relay started" relay.log && break; sleep 0.1; done
 grep -q "relay started" relay.log || fail "relay did not start"
-for port in 2525 2587 2465; do grep -q "address=127.0.0.1:$port" relay.log || fail "not listening on $port"; done
+for port in 2525 2587 2465 3025; do grep -q "address=127.0.0.1:$port" relay.log || fail "not listening on $port"; done
 [ "$(stat -c %a amtp-data/dev-password)" = 600 ] || fail "dev-password is not mode 0600"
 
 expect() { # expect DESCRIPTION PATTERN -- swaks args...
@@ -42,14 +44,25 @@ expect "submission: AUTH LOGIN" "235 2.7.0" -- \
     --auth LOGIN --auth-user dev --auth-password "$(cat amtp-data/dev-password)" \
     --from dev@example.test --to someone@remote.test
 
+# README's AMTP command, exactly as written there ("cargo run --release --" is this binary).
+probe=$(awk '/^cargo run --release -- probe /{p=1} p{print} p&&!/\\$/{exit}' "$readme")
+[ -n "$probe" ] || fail "README.md has no probe command"
+probe_out=$(timeout 60 bash -c "${probe/cargo run --release --/\"\$0\"}" "$bin" 2>&1) \
+    || { echo "$probe_out"; fail "AMTP probe: expected exit 0"; }
+grep -q "our MPC per/individual: allow" <<<"$probe_out" || { echo "$probe_out"; fail "AMTP probe: no MPC policy table"; }
+probe_id=$(sed -n 's/^ *queued by the peer as \([0-9a-f]\{16\}\)$/\1/p' <<<"$probe_out")
+[ -n "$probe_id" ] || { echo "$probe_out"; fail "AMTP probe: no queue id"; }
+echo "ok: AMTP probe --send queued $probe_id"
+
 listing=$("$bin" queue list)
-[ "$(grep -c '^[0-9a-f]\{16\} ' <<<"$listing")" = 4 ] || { echo "$listing"; fail "queue list should show 4 messages"; }
-echo "ok: queue list shows 4 messages"
+[ "$(grep -c '^[0-9a-f]\{16\} ' <<<"$listing")" = 5 ] || { echo "$listing"; fail "queue list should show 5 messages"; }
+grep -q "^$probe_id .*dev@example.test .*bob@example.test" <<<"$listing" || { echo "$listing"; fail "the AMTP message is not in queue list"; }
+echo "ok: queue list shows 5 messages, the AMTP one among them"
 
 kill -TERM "$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
 if kill -0 "$pid" 2>/dev/null; then fail "relay did not stop on SIGTERM"; fi
 wait "$pid" || fail "relay exited non-zero after SIGTERM"
 echo "ok: clean shutdown"
-"$bin" queue list | grep -q "4 message(s)" || fail "queue not readable after stop"
+"$bin" queue list | grep -q "5 message(s)" || fail "queue not readable after stop"
 echo "ok: queue readable after stop"

@@ -60,7 +60,7 @@ fn pki() -> Pki {
         p
     };
     let files = TrustFiles {
-        public_ca: w("ca.pem", ca.pem()),
+        public_ca: Some(w("ca.pem", ca.pem())),
         private_ca: vec![],
         crl: vec![],
         max_intermediates: 3,

@@ -476,7 +476,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         .amtp
         .as_ref()
         .map(|a| amtp_actors::amtp_tls::TrustFiles {
-            public_ca: resolve(&a.public_ca),
+            public_ca: a.public_ca.as_deref().map(resolve),
             private_ca: a.private_ca.iter().map(|p| resolve(p)).collect(),
             crl: a.crl.iter().map(|p| resolve(p)).collect(),
             max_intermediates: a.max_intermediates,
@@ -492,16 +492,27 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
             return Err(err(
                 format!("listener[{i}].role"),
                 line_of(text, "listener", Some(i), Some("role")),
-                "an amtp listener needs an [amtp] section (public_ca at least)".into(),
+                "an amtp listener needs an [amtp] section (public_ca or private_ca at least)"
+                    .into(),
             ));
         }
         (Some(a), _) => {
-            let mut bundles = vec![("amtp.public_ca", &a.public_ca)];
+            if a.public_ca.is_none() && a.private_ca.is_empty() {
+                return Err(err(
+                    "amtp.public_ca".into(),
+                    line_of(text, "amtp", None, None),
+                    "give public_ca (public peers) or private_ca (private clients), or both".into(),
+                ));
+            }
+            let mut bundles: Vec<(&str, &PathBuf)> =
+                a.public_ca.iter().map(|p| ("amtp.public_ca", p)).collect();
             bundles.extend(a.private_ca.iter().map(|p| ("amtp.private_ca", p)));
             bundles.extend(a.crl.iter().map(|p| ("amtp.crl", p)));
+            // The dev CA is written on first start, after this check.
+            let generated = tls.generate_dev_certificate.then(|| tls_dir.join("ca.pem"));
             for (field, p) in bundles {
                 let p = resolve(p);
-                if !p.is_file() {
+                if !p.is_file() && generated.as_ref() != Some(&p) {
                     let key = field.trim_start_matches("amtp.");
                     return Err(err(
                         field.into(),
@@ -535,7 +546,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         .server_ca
         .as_ref()
         .map(|p| resolve(p))
-        .or_else(|| amtp_files.as_ref().map(|f| f.public_ca.clone()));
+        .or_else(|| amtp_files.as_ref().and_then(|f| f.public_ca.clone()));
     if d.enabled {
         let routed: HashSet<String> = d
             .route
@@ -706,7 +717,13 @@ mod tests {
     #[test]
     fn embedded_dev_config_is_valid() {
         let c = parse(DEV_CONFIG, "dev", Path::new("/base")).unwrap();
-        assert_eq!(c.file.listeners.len(), 3);
+        assert_eq!(c.file.listeners.len(), 4);
+        let amtp = c.amtp_files.as_ref().unwrap();
+        assert_eq!(amtp.public_ca, None, "the dev CA is private only");
+        assert_eq!(
+            amtp.private_ca,
+            vec![Path::new("/base/./amtp-data/tls/ca.pem").to_path_buf()]
+        );
         assert_eq!(c.data_dir, Path::new("/base/./amtp-data"));
         assert!(c.local_domains.contains("example.test"));
         assert_eq!(
@@ -770,6 +787,14 @@ mod tests {
                 "listener[1].role",
                 Some(10),
                 "needs a certificate",
+            ),
+            (
+                format!(
+                    "{base}[tls]\ngenerate_dev_certificate = true\n[[listener]]\nname = \"amtp\"\nrole = \"amtp\"\naddress = \"127.0.0.1:3025\"\n[amtp]\nmpc_policy = \"DENY=com/optout\"\n"
+                ),
+                "amtp.public_ca",
+                Some(14),
+                "public_ca (public peers) or private_ca",
             ),
             (
                 base.replace("relay.test", "bad host"),

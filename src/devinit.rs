@@ -1,7 +1,8 @@
 //! First-start generation of development files: a dev CA with an ECDSA P-256 server
-//! certificate, and the `dev` user with a random password. Only when the configuration asks
-//! for it (`tls.generate_dev_certificate`, `server.create_dev_user`) and only when the files
-//! do not exist yet — an operator's files are never overwritten.
+//! certificate and a dev AMTP client identity, and the `dev` user with a random password.
+//! Only when the configuration asks for it (`tls.generate_dev_certificate`,
+//! `server.create_dev_user`) and only when the files do not exist yet — an operator's files
+//! are never overwritten.
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -38,11 +39,26 @@ pub fn data_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Generate a dev CA and a server certificate for `hostname`, `localhost`, 127.0.0.1 and ::1
-/// at `cert`/`key` unless both exist. The CA certificate goes beside them as `ca.pem` so clients
-/// (swaks `--tls-ca-path`, tests) can verify the server.
+/// The dev AMTP client identity: certificate name = EHLO name (a private connection).
+pub const DEV_CLIENT_NAME: &str = "dev-client.localhost";
+
+/// Where the dev client certificate and key go, beside the server certificate.
+pub fn dev_client_files(cert: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        cert.with_file_name("dev-client.pem"),
+        cert.with_file_name("dev-client-key.pem"),
+    )
+}
+
+/// Generate a dev CA, a server certificate for `hostname`, `localhost`, 127.0.0.1 and ::1 at
+/// `cert`/`key`, and a client certificate for [`DEV_CLIENT_NAME`] (`dev-client.pem`,
+/// `dev-client-key.pem`), unless all four exist. The CA certificate goes beside them as
+/// `ca.pem` so clients (swaks `--tls-ca-path`, `probe --ca`, tests) can verify the server, and
+/// the dev configuration trusts it as a private AMTP CA. The CA key is not kept: when a file
+/// is missing, all are made anew with a new CA.
 pub fn certificate(hostname: &str, cert: &Path, key: &Path) -> Result<bool> {
-    if cert.exists() && key.exists() {
+    let (client_cert, client_key) = dev_client_files(cert);
+    if cert.exists() && key.exists() && client_cert.exists() && client_key.exists() {
         return Ok(false);
     }
     let ca_key = KeyPair::generate().context("generating CA key")?;
@@ -74,10 +90,26 @@ pub fn certificate(hostname: &str, cert: &Path, key: &Path) -> Result<bool> {
         .signed_by(&server_key, &issuer)
         .context("signing the server certificate")?;
 
-    let _ = fs::remove_file(cert);
-    let _ = fs::remove_file(key);
+    let client_key_pair = KeyPair::generate().context("generating the dev client key")?;
+    let mut params = CertificateParams::new(vec![DEV_CLIENT_NAME.to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, DEV_CLIENT_NAME);
+    let client = params
+        .signed_by(&client_key_pair, &issuer)
+        .context("signing the dev client certificate")?;
+
+    for p in [cert, key, &client_cert, &client_key] {
+        let _ = fs::remove_file(p);
+    }
     write_private(key, server_key.serialize_pem().as_bytes(), 0o600)?;
     write_private(cert, server_cert.pem().as_bytes(), 0o644)?;
+    write_private(
+        &client_key,
+        client_key_pair.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_private(&client_cert, client.pem().as_bytes(), 0o644)?;
     let ca_path = cert.with_file_name("ca.pem");
     let _ = fs::remove_file(&ca_path);
     write_private(&ca_path, ca_cert.pem().as_bytes(), 0o644)?;

@@ -10,10 +10,12 @@
 //! - `logging` — tracing setup.
 //! - `serve` — `serve`: bind, open, start, wait for a signal.
 //! - `queue_cmd` — `queue list|show`, via the admin socket or the data directory.
+//! - `probe` — `probe TARGET`: check (and send to) an AMTP peer with the outbound client.
 
 mod config;
 mod devinit;
 mod logging;
+mod probe;
 mod queue_cmd;
 mod serve;
 
@@ -63,6 +65,11 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// Check an AMTP peer step by step (SRV, TCP, TLS, identity, EHLO, MPC policy, MAIL,
+    /// RCPT), and with --send send it a message. Exit codes: 0 accepted, 1 other failure,
+    /// 3 connect failed, 4 TLS refused, 5 identity refused (504), 6 policy refused (550),
+    /// 64 bad options.
+    Probe(Box<probe::ProbeArgs>),
     /// Read a password from stdin and print a users-file entry for it.
     HashPassword {
         /// The user name for the entry.
@@ -182,6 +189,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Probe(args) => probe::run(*args),
         Command::HashPassword { user, cram_md5 } => {
             let mut line = String::new();
             if std::io::stdin().lock().read_line(&mut line).is_err()

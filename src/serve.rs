@@ -21,7 +21,7 @@ pub fn run(config: Config) -> Result<()> {
         && let Some((cert, key)) = &config.tls_files
         && devinit::certificate(&file.server.hostname, cert, key)?
     {
-        tracing::info!(certificate = %cert.display(), ca = %cert.with_file_name("ca.pem").display(), "generated development CA and ECDSA P-256 server certificate");
+        tracing::info!(certificate = %cert.display(), ca = %cert.with_file_name("ca.pem").display(), client = %devinit::dev_client_files(cert).0.display(), "generated development CA, ECDSA P-256 server certificate and AMTP client identity");
     }
     if file.server.create_dev_user
         && let Some(users) = &config.users_file
@@ -135,6 +135,13 @@ pub fn run(config: Config) -> Result<()> {
         metrics_listener,
     };
     let resolver = file.resolver.clone();
+    // A private-only AMTP listener without the PTR rule (the dev default) does not use DNS, so
+    // a machine without a usable /etc/resolv.conf can still run it.
+    let needs_dns = file.delivery.enabled
+        || file
+            .amtp
+            .as_ref()
+            .is_some_and(|a| a.public_ca.is_some() || a.private_require_ptr);
     let grace = file.server.shutdown_grace.0;
     let admin_socket = config.admin_socket();
     let system = actix::System::new();
@@ -143,19 +150,23 @@ pub fn run(config: Config) -> Result<()> {
         // The DNS transport belongs to the runtime, so it is made inside it; only when AMTP
         // listeners or delivery need DNS.
         if amtp_parts.is_some() || settings.delivery.is_some() {
-            let transport: Arc<dyn DnsTransport> = if resolver.servers.is_empty() {
-                Arc::new(
-                    HickoryTransport::from_system(resolver.timeout.0, resolver.attempts)
-                        .map_err(|e| anyhow::anyhow!(e))?,
-                )
+            let transport: Option<Arc<dyn DnsTransport>> = if resolver.servers.is_empty() {
+                match HickoryTransport::from_system(resolver.timeout.0, resolver.attempts) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(e) if !needs_dns => {
+                        tracing::warn!(error = %e, "no system DNS resolver; not needed: the AMTP listener takes private connections without the PTR check only");
+                        None
+                    }
+                    Err(e) => return Err(anyhow::anyhow!(e)),
+                }
             } else {
-                Arc::new(HickoryTransport::new(
+                Some(Arc::new(HickoryTransport::new(
                     &resolver.servers,
                     resolver.timeout.0,
                     resolver.attempts,
-                )?)
+                )?))
             };
-            settings.resolver = Some(ResolverSettings {
+            settings.resolver = transport.map(|transport| ResolverSettings {
                 transport,
                 config: resolver,
             });

@@ -144,15 +144,16 @@ pub struct AmtpTrust {
     pub server_config: Arc<ServerConfig>,
     /// The verifier the server config uses (either set, depth limit, CRLs).
     either: Arc<dyn ClientCertVerifier>,
-    public_only: Arc<dyn ClientCertVerifier>,
+    /// `None` when no public set is configured: every client is private.
+    public_only: Option<Arc<dyn ClientCertVerifier>>,
     classes: TtlCache<[u8; 32], TrustClass>,
 }
 
 /// Where the trust material lives.
 #[derive(Debug, Clone)]
 pub struct TrustFiles {
-    /// Public anchors bundle (PEM).
-    pub public_ca: PathBuf,
+    /// Public anchors bundle (PEM); `None`: private connections only.
+    pub public_ca: Option<PathBuf>,
     /// Private CA bundles (PEM).
     pub private_ca: Vec<PathBuf>,
     /// CRLs (PEM).
@@ -164,7 +165,14 @@ pub struct TrustFiles {
 impl AmtpTrust {
     /// Load and check the trust sets and build the server config over our certificate.
     pub fn load(files: &TrustFiles, cert_chain: &Path, key: &Path) -> Result<Self, AmtpTlsError> {
-        let public = load_bundle(&files.public_ca)?;
+        let public = match &files.public_ca {
+            Some(p) => load_bundle(p)?,
+            None => Vec::new(),
+        };
+        let public_name = files
+            .public_ca
+            .as_ref()
+            .map_or_else(String::new, |p| p.display().to_string());
         let mut private = Vec::new();
         for p in &files.private_ca {
             for c in load_bundle(p)? {
@@ -174,7 +182,7 @@ impl AmtpTrust {
                 {
                     return Err(AmtpTlsError::Overlap {
                         subject: subject_of(dup),
-                        public: files.public_ca.display().to_string(),
+                        public: public_name.clone(),
                         private: p.display().to_string(),
                     });
                 }
@@ -216,7 +224,11 @@ impl AmtpTrust {
             };
         let all: Vec<_> = public.iter().chain(&private).cloned().collect();
         let either = verifier(store(&all)?)?;
-        let public_only = verifier(store(&public)?)?;
+        let public_only = if public.is_empty() {
+            None
+        } else {
+            Some(verifier(store(&public)?)?)
+        };
         let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_chain)
             .and_then(Iterator::collect)
             .map_err(|e| {
@@ -248,8 +260,8 @@ impl AmtpTrust {
             Some((leaf, rest))
                 if self
                     .public_only
-                    .verify_client_cert(leaf, rest, UnixTime::now())
-                    .is_ok() =>
+                    .as_ref()
+                    .is_some_and(|v| v.verify_client_cert(leaf, rest, UnixTime::now()).is_ok()) =>
             {
                 TrustClass::Public
             }
@@ -339,7 +351,7 @@ mod tests {
             .self_signed(&server_key)
             .unwrap();
         let files = TrustFiles {
-            public_ca: write("public.pem", bundle(public)),
+            public_ca: (!public.is_empty()).then(|| write("public.pem", bundle(public))),
             private_ca: if private.is_empty() {
                 vec![]
             } else {
@@ -355,6 +367,19 @@ mod tests {
             &write("server.pem", server.pem()),
             &write("server-key.pem", server_key.serialize_pem()),
         )
+    }
+
+    #[test]
+    fn without_a_public_set_every_client_is_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let private = ca_signed_by("Private Root", None);
+        let t = trust(dir.path(), &[], &[&private], None, 1).unwrap();
+        assert_eq!(
+            t.verify_chain(&[leaf("b.test", &private, 2)]).unwrap(),
+            TrustClass::Private
+        );
+        let stranger = ca_signed_by("Stranger", None);
+        assert!(t.verify_chain(&[leaf("c.test", &stranger, 3)]).is_err());
     }
 
     #[test]

@@ -172,8 +172,10 @@ pub struct PoolConfig {
 #[serde(deny_unknown_fields)]
 pub struct AmtpConfig {
     /// PEM bundle of the public trust anchors: public AMTP peers' client certificates chain
-    /// to these.
-    pub public_ca: PathBuf,
+    /// to these. Without it the listener accepts private connections only (at least one of
+    /// `public_ca` and `private_ca` is required).
+    #[serde(default)]
+    pub public_ca: Option<PathBuf>,
     /// PEM bundles of private CAs (customers, staff). None may also be in `public_ca`.
     #[serde(default)]
     pub private_ca: Vec<PathBuf>,

@@ -2,7 +2,8 @@
 //! temporary directory, driven over real sockets on 127.0.0.1 with real TLS (the relay's own
 //! generated dev CA) and real sled files. Each test starts its own relay. The AMTP tests also
 //! run a real DNS server in the test process and bind distinct 127.0.0.x client addresses.
-//! `loadtest.rs` drives the relay with the amtp-loadtest library and its fixtures.
+//! `loadtest.rs` drives the relay with the amtp-loadtest library and its fixtures; `probe.rs`
+//! runs `amtp-relay probe` against it.
 
 mod amtp;
 mod bad_input;
@@ -15,5 +16,6 @@ mod loadtest;
 mod metrics;
 mod monitoring;
 mod pki;
+mod probe;
 mod sink;
 mod smtp;

@@ -8,6 +8,11 @@
 //! in one write (RFC 2920) and the replies are matched in order. On AMTP hops the peer's `MPC`
 //! policy line is read from EHLO (all three draft forms) and a message whose MPC it denies is
 //! refused without being sent (spec §7: do not retry, bounce).
+//!
+//! Two additions serve `amtp-relay probe`, which checks a peer with this same client: SMTP AUTH
+//! PLAIN after EHLO (a private AMTP connection's AUTH bound to its certificate,
+//! [`Client::with_auth_plain`]; only over TLS), and a transaction that stops after the RCPT
+//! replies without DATA ([`Client::stop_before_data`]).
 
 use crate::mpc::{Mpc, MpcPolicy, Verdict};
 use crate::reply::Reply;
@@ -90,6 +95,8 @@ enum Step {
     Ehlo,
     Helo,
     StartTls,
+    /// AUTH PLAIN sent, waiting for 235.
+    Auth,
     Ready,
     /// Waiting for replies of a transaction.
     Transaction,
@@ -135,6 +142,10 @@ pub struct Client {
     mail_refused: Option<Disposition>,
     rcpt: Vec<Option<Disposition>>,
     accepted: usize,
+    /// SASL PLAIN initial response (base64), sent after EHLO when set.
+    auth_plain: Option<String>,
+    /// Transactions end after the RCPT replies: no DATA, RSET instead.
+    stop_before_data: bool,
 }
 
 fn line(s: &str) -> Output {
@@ -159,7 +170,25 @@ impl Client {
             mail_refused: None,
             rcpt: Vec::new(),
             accepted: 0,
+            auth_plain: None,
+            stop_before_data: false,
         }
+    }
+
+    /// Authenticate with SMTP AUTH PLAIN (RFC 4954) after EHLO, before the connection is
+    /// ready: `235` makes it ready, anything else fails the connection. Credentials are only
+    /// ever sent over TLS: without it the connection fails permanently instead.
+    pub fn with_auth_plain(mut self, user: &str, password: &str) -> Self {
+        self.auth_plain = Some(base64(format!("\0{user}\0{password}").as_bytes()));
+        self
+    }
+
+    /// Stop every transaction after the RCPT replies: no DATA, RSET, and each recipient the
+    /// peer accepted is reported as [`Disposition::Delivered`] with its RCPT reply (nothing was
+    /// sent). For checking what a peer would accept.
+    pub fn stop_before_data(mut self) -> Self {
+        self.stop_before_data = true;
+        self
     }
 
     /// What the peer offered (after EHLO).
@@ -200,6 +229,12 @@ impl Client {
                 }
                 if self.config.tls == TlsPolicy::Required {
                     return self.fail(true, format!("STARTTLS refused: {}", reply_text(&r)));
+                }
+                self.ready()
+            }
+            Step::Auth => {
+                if r.code != 235 {
+                    return self.fail(!r.is_permanent(), format!("AUTH: {}", reply_text(&r)));
                 }
                 self.ready()
             }
@@ -272,6 +307,16 @@ impl Client {
                 true,
                 "TLS is required, but the peer does not offer STARTTLS".into(),
             );
+        }
+        if let Some(response) = self.auth_plain.take() {
+            if !self.tls_active {
+                return self.fail(
+                    false,
+                    "AUTH refused: credentials are only sent over TLS".into(),
+                );
+            }
+            self.step = Step::Auth;
+            return vec![line(&format!("AUTH PLAIN {response}"))];
         }
         self.ready()
     }
@@ -360,8 +405,10 @@ impl Client {
             self.pending.push_back(Pending::Rcpt(i));
             lines.push(format!("RCPT TO:<{r}>"));
         }
-        self.pending.push_back(Pending::Data);
-        lines.push("DATA".into());
+        if !self.stop_before_data {
+            self.pending.push_back(Pending::Data);
+            lines.push("DATA".into());
+        }
         self.envelope = Some(env);
         self.step = Step::Transaction;
         if self.caps.pipelining {
@@ -417,12 +464,19 @@ impl Client {
             Pending::Rcpt(i) => {
                 if r.code / 100 == 2 {
                     self.accepted += 1;
+                    if self.stop_before_data {
+                        self.rcpt[i] = Some(Disposition::Delivered(r.clone()));
+                    }
                 } else {
                     self.rcpt[i] = Some(if r.is_permanent() {
                         Disposition::Failed(reply_text(&r))
                     } else {
                         Disposition::Deferred(reply_text(&r))
                     });
+                }
+                if self.pending.is_empty() {
+                    // The last RCPT of a transaction that stops before DATA.
+                    return self.abort_transaction();
                 }
                 if pipelined {
                     return vec![];
@@ -508,6 +562,28 @@ impl Client {
         out.push(Output::Close);
         out
     }
+}
+
+/// Standard base64 with padding (RFC 4648 §4), for the SASL PLAIN response.
+fn base64(data: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for (i, shift) in [18u32, 12, 6, 0].into_iter().enumerate() {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> shift) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// The body as it goes on the wire: lines starting with "." get another ".", a final CRLF is
@@ -801,6 +877,147 @@ mod tests {
         });
         let out = c.on_connection_lost("connection reset");
         assert!(matches!(&done(&out)[0].1, Disposition::Deferred(t) if t == "connection reset"));
+    }
+
+    #[test]
+    fn base64_table() {
+        for (input, expected) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("\0dev\0secret", "AGRldgBzZWNyZXQ="),
+        ] {
+            assert_eq!(base64(input.as_bytes()), expected, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn auth_plain_after_ehlo_then_ready_only_over_tls() {
+        // (greeting handled, EHLO reply, AUTH reply) -> what the client does.
+        struct Case {
+            tls: TlsPolicy,
+            auth_reply: Option<Reply>,
+            expect_auth_line: bool,
+            ready: bool,
+            temporary: Option<bool>,
+        }
+        let cases = [
+            Case {
+                tls: TlsPolicy::Implicit,
+                auth_reply: Some(r(235, "2.7.0", "ok")),
+                expect_auth_line: true,
+                ready: true,
+                temporary: None,
+            },
+            Case {
+                tls: TlsPolicy::Implicit,
+                auth_reply: Some(r(535, "5.7.8", "bad credentials")),
+                expect_auth_line: true,
+                ready: false,
+                temporary: Some(false),
+            },
+            Case {
+                tls: TlsPolicy::Implicit,
+                auth_reply: Some(r(454, "4.7.0", "try later")),
+                expect_auth_line: true,
+                ready: false,
+                temporary: Some(true),
+            },
+            Case {
+                tls: TlsPolicy::Never,
+                auth_reply: None,
+                expect_auth_line: false,
+                ready: false,
+                temporary: Some(false),
+            },
+        ];
+        for (i, case) in cases.into_iter().enumerate() {
+            let mut c = Client::new(ClientConfig {
+                ehlo_name: "laptop.test".into(),
+                tls: case.tls,
+                amtp: case.tls == TlsPolicy::Implicit,
+            })
+            .with_auth_plain("dev", "secret");
+            c.on_reply(r(220, "", "hi"));
+            let out = c.on_reply(ehlo(&["AUTH PLAIN"]));
+            assert_eq!(
+                sent(&out) == "AUTH PLAIN AGRldgBzZWNyZXQ=\r\n",
+                case.expect_auth_line,
+                "case {i}: {out:?}"
+            );
+            let out = match case.auth_reply {
+                Some(reply) => c.on_reply(reply),
+                None => out,
+            };
+            assert_eq!(out == vec![Output::Ready], case.ready, "case {i}: {out:?}");
+            let failed = out.iter().find_map(|o| match o {
+                Output::Failed { temporary, .. } => Some(*temporary),
+                _ => None,
+            });
+            assert_eq!(failed, case.temporary, "case {i}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn stop_before_data_reports_rcpt_replies_and_resets() {
+        /// (pipelining, replies after the envelope, first write, outcomes).
+        type Case<'a> = (bool, &'a [(u16, &'a str)], &'a str, &'a [&'a str]);
+        let cases: &[Case] = &[
+            (
+                true,
+                &[(250, "2.1.0"), (250, "2.1.5"), (550, "5.7.1")],
+                "MAIL FROM:<a@src.test> MPC=per/individual\r\nRCPT TO:<x@peer.test>\r\nRCPT TO:<y@peer.test>\r\n",
+                &["delivered 250", "failed 550"],
+            ),
+            (
+                false,
+                &[(250, "2.1.0"), (250, "2.1.5"), (451, "4.3.0")],
+                "MAIL FROM:<a@src.test> MPC=per/individual\r\n",
+                &["delivered 250", "deferred 451"],
+            ),
+            (
+                false,
+                &[(550, "5.7.1")],
+                "MAIL FROM:<a@src.test> MPC=per/individual\r\n",
+                &["failed 550", "failed 550"],
+            ),
+            (
+                true,
+                &[(550, "5.7.1"), (503, "5.5.1"), (503, "5.5.1")],
+                "MAIL FROM:<a@src.test> MPC=per/individual\r\nRCPT TO:<x@peer.test>\r\nRCPT TO:<y@peer.test>\r\n",
+                &["failed 550", "failed 550"],
+            ),
+        ];
+        for (i, (pipelining, replies, first_write, outcomes)) in cases.iter().enumerate() {
+            let mut c = amtp().stop_before_data();
+            c.on_reply(r(220, "", "hi"));
+            let caps: &[&str] = if *pipelining { &["PIPELINING"] } else { &[] };
+            assert_eq!(c.on_reply(ehlo(caps)), vec![Output::Ready]);
+            let out = c.send(env(Some("per/individual"), &["x@peer.test", "y@peer.test"]));
+            assert_eq!(sent(&out), *first_write, "case {i}");
+            let mut all = Vec::new();
+            for (code, status) in *replies {
+                all.extend(c.on_reply(r(*code, status, "text")));
+            }
+            assert!(!sent(&all).contains("DATA"), "case {i}: {all:?}");
+            assert!(sent(&all).ends_with("RSET\r\n"), "case {i}: {all:?}");
+            let got: Vec<String> = done(&all)
+                .iter()
+                .map(|(_, d)| match d {
+                    Disposition::Delivered(r) => format!("delivered {}", r.code),
+                    Disposition::Failed(t) => format!("failed {}", &t[..3]),
+                    Disposition::Deferred(t) => format!("deferred {}", &t[..3]),
+                })
+                .collect();
+            assert_eq!(got, *outcomes, "case {i}");
+            assert_eq!(
+                c.on_reply(r(250, "", "reset")),
+                vec![Output::Ready],
+                "case {i}"
+            );
+        }
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! hop, then run the pure [`amtp_proto::client::Client`] over it, pulling messages while the
 //! connection is ready (connection reuse) and reporting per-recipient dispositions. Every read
 //! and write has a timeout; replies are parsed from a bounded buffer.
+//!
+//! [`run_connection_with`] is the same connection with [`ConnectionHooks`]: they build the
+//! client (adding AUTH, or stopping before DATA) and see each step (TCP, TLS, commands,
+//! replies). `amtp-relay probe` reports a peer through them, so the probe and delivery share
+//! one client.
 
 use amtp_proto::client::{
     Client, ClientConfig, Disposition, Envelope, Output, TlsPolicy, dot_stuff,
 };
-use amtp_proto::reply::parse_reply;
+use amtp_proto::reply::{Reply, parse_reply};
 use amtp_storage::QueueId;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
@@ -106,6 +111,31 @@ fn failure(temporary: bool, reason: impl Into<String>) -> ConnectionFailure {
     }
 }
 
+/// What [`run_connection_with`] lets a caller decide and see. Every method has a default that
+/// does what delivery does (nothing), so an implementation overrides only what it needs.
+pub trait ConnectionHooks {
+    /// Build the client for this connection (e.g. with AUTH credentials, or stopping before
+    /// DATA).
+    fn client(&mut self, config: ClientConfig) -> Client {
+        Client::new(config)
+    }
+    /// TCP is connected from `local`.
+    fn connected(&mut self, _local: SocketAddr) {}
+    /// The TLS handshake succeeded (AMTP on connect, SMTP after STARTTLS).
+    fn tls_established(&mut self, _connection: &rustls::ClientConnection) {}
+    /// Bytes about to be written: commands, never the message body.
+    fn sending(&mut self, _bytes: &[u8]) {}
+    /// A complete reply arrived.
+    fn reply(&mut self, _reply: &Reply) {}
+    /// Reading failed (a TLS alert from the peer shows up here).
+    fn read_failed(&mut self, _error: &std::io::Error) {}
+}
+
+/// The hooks delivery uses: none.
+pub struct NoHooks;
+
+impl ConnectionHooks for NoHooks {}
+
 async fn connect(
     target: &HopTarget,
     ctx: &OutboundContext,
@@ -176,23 +206,38 @@ pub async fn run_connection(
     target: &HopTarget,
     ctx: &OutboundContext,
     max_messages: usize,
+    next_job: impl FnMut() -> Option<Job>,
+    report: impl FnMut(QueueId, Vec<(String, Disposition)>),
+) -> Result<(), ConnectionFailure> {
+    run_connection_with(target, ctx, max_messages, next_job, report, &mut NoHooks).await
+}
+
+/// [`run_connection`] with hooks that build the client and see every step.
+pub async fn run_connection_with(
+    target: &HopTarget,
+    ctx: &OutboundContext,
+    max_messages: usize,
     mut next_job: impl FnMut() -> Option<Job>,
     mut report: impl FnMut(QueueId, Vec<(String, Disposition)>),
+    hooks: &mut dyn ConnectionHooks,
 ) -> Result<(), ConnectionFailure> {
     let tcp = connect(target, ctx).await;
     crate::metrics::outbound_connect(tcp.is_ok());
     let tcp = tcp?;
     let _open = OpenConnection;
+    if let Ok(local) = tcp.local_addr() {
+        hooks.connected(local);
+    }
     let mut stream = if target.amtp {
         let config = ctx
             .amtp_tls
             .clone()
             .ok_or_else(|| failure(false, "AMTP hop without an AMTP client TLS configuration"))?;
-        Stream::Tls(Box::new(
-            tls(tcp, &target.host, config, ctx.command_timeout)
-                .await
-                .map_err(|e| failure(true, format!("TLS with {}: {e}", target.host)))?,
-        ))
+        let s = tls(tcp, &target.host, config, ctx.command_timeout)
+            .await
+            .map_err(|e| failure(true, format!("TLS with {}: {e}", target.host)))?;
+        hooks.tls_established(s.get_ref().1);
+        Stream::Tls(Box::new(s))
     } else {
         Stream::Plain(tcp)
     };
@@ -201,7 +246,7 @@ pub async fn run_connection(
     } else {
         target.tls
     };
-    let mut client = Client::new(ClientConfig {
+    let mut client = hooks.client(ClientConfig {
         ehlo_name: ctx.ehlo_name.clone(),
         tls: policy,
         amtp: target.amtp,
@@ -225,12 +270,18 @@ pub async fn run_connection(
             match tokio::time::timeout(ctx.command_timeout, stream.read(&mut chunk)).await {
                 Ok(Ok(0)) => break Err("connection closed by peer".into()),
                 Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-                Ok(Err(e)) => break Err(e.to_string()),
+                Ok(Err(e)) => {
+                    hooks.read_failed(&e);
+                    break Err(e.to_string());
+                }
                 Err(_) => break Err("timed out waiting for a reply".into()),
             }
         };
         let reply = match reply {
-            Ok(r) => r,
+            Ok(r) => {
+                hooks.reply(&r);
+                r
+            }
             Err(reason) => {
                 let reason = format!("{}: {reason}", target.host);
                 for o in client.on_connection_lost(&reason) {
@@ -249,6 +300,7 @@ pub async fn run_connection(
         while let Some(out) = todo.pop_front() {
             match out {
                 Output::Send(bytes) => {
+                    hooks.sending(&bytes);
                     if let Err(e) =
                         tokio::time::timeout(ctx.command_timeout, stream.write_all(&bytes))
                             .await
@@ -274,6 +326,7 @@ pub async fn run_connection(
                     };
                     match tls(tcp, &target.host, config, ctx.command_timeout).await {
                         Ok(s) => {
+                            hooks.tls_established(s.get_ref().1);
                             stream = Stream::Tls(Box::new(s));
                             buf.clear();
                             todo.extend(client.on_tls());
@@ -383,8 +436,6 @@ pub fn tls_configs(
     key: Option<&std::path::Path>,
     roots: Option<&std::path::Path>,
 ) -> Result<OutboundTls, String> {
-    use rustls::pki_types::PrivateKeyDer;
-    use rustls::pki_types::pem::PemObject;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = || {
         rustls::ClientConfig::builder_with_provider(provider.clone())
@@ -392,17 +443,7 @@ pub fn tls_configs(
             .map_err(|e| e.to_string())
     };
     let store = match roots {
-        Some(path) => {
-            let mut store = rustls::RootCertStore::empty();
-            for c in CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                store
-                    .add(c.map_err(|e| format!("{}: {e}", path.display()))?)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
-            Some(Arc::new(store))
-        }
+        Some(path) => Some(Arc::new(root_store(&[path])?)),
         None => None,
     };
     let verified = match &store {
@@ -414,19 +455,7 @@ pub fn tls_configs(
         None => None,
     };
     let amtp = match (&store, cert, key) {
-        (Some(s), Some(cert), Some(key)) => {
-            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-                .and_then(Iterator::collect)
-                .map_err(|e| format!("{}: {e}", cert.display()))?;
-            let key =
-                PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-            Some(Arc::new(
-                builder()?
-                    .with_root_certificates(s.clone())
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| e.to_string())?,
-            ))
-        }
+        (Some(s), Some(cert), Some(key)) => Some(amtp_client_tls(s.clone(), cert, key)?),
         _ => None,
     };
     let algs = provider.signature_verification_algorithms;
@@ -441,4 +470,70 @@ pub fn tls_configs(
         verified,
         opportunistic,
     })
+}
+
+/// Trust anchors from PEM bundles (every certificate in every file).
+pub fn root_store(paths: &[&std::path::Path]) -> Result<rustls::RootCertStore, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut store = rustls::RootCertStore::empty();
+    for path in paths {
+        for c in
+            CertificateDer::pem_file_iter(path).map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            store
+                .add(c.map_err(|e| format!("{}: {e}", path.display()))?)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+    }
+    Ok(store)
+}
+
+/// The AMTP client TLS configuration: our certificate chain and key, next hops verified
+/// against `roots` (TLS 1.2 and 1.3).
+pub fn amtp_client_tls(
+    roots: Arc<rustls::RootCertStore>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    amtp_client_tls_verified_by(webpki_verifier(roots)?, cert, key)
+}
+
+/// The verifier [`amtp_client_tls`] uses: WebPKI against `roots`.
+pub fn webpki_verifier(
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<dyn ServerCertVerifier>, String> {
+    let verifier: Arc<dyn ServerCertVerifier> =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(
+            roots,
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        )
+        .build()
+        .map_err(|e| format!("trust anchors: {e}"))?;
+    Ok(verifier)
+}
+
+/// As [`amtp_client_tls`], with the server verified by `verifier` (a probe wraps
+/// [`webpki_verifier`] to see the chain it was given).
+pub fn amtp_client_tls_verified_by(
+    verifier: Arc<dyn ServerCertVerifier>,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    Ok(Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| e.to_string())?,
+    ))
 }
