@@ -26,7 +26,8 @@ pub struct PolicyActor {
     by_ip: FailureTracker<IpAddr>,
     by_user: FailureTracker<String>,
     verify_slots: Arc<Semaphore>,
-    /// Handled messages and time on the actor's thread (argon2 runs on the blocking pool).
+    /// Mailbox depth (counted by the sessions' `Metered` sender), handled messages, time on
+    /// the actor's thread (argon2 runs on the blocking pool).
     meter: Meter,
 }
 
@@ -67,8 +68,7 @@ impl Handler<Authenticate> for PolicyActor {
     type Result = ResponseActFuture<Self, AuthOutcome>;
 
     fn handle(&mut self, msg: Authenticate, _ctx: &mut Self::Context) -> Self::Result {
-        let _busy = self.meter.busy();
-        self.meter.add_handled(1);
+        let _busy = self.meter.handled();
         let ip = msg.ip;
         let user = msg.credentials.user().to_string();
         let now = Instant::now();

@@ -105,6 +105,7 @@ fn crash_kill_9_loses_no_acknowledged_message() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, acked_once) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
@@ -115,11 +116,15 @@ fn crash_kill_9_loses_no_acknowledged_message() {
                     let thread: u64 = it.next().unwrap().parse().unwrap();
                     let n: u64 = it.next().unwrap().parse().unwrap();
                     lines.push((id, thread, n));
+                    let _ = first_ack.send(());
                 }
             }
             lines
         });
-        std::thread::sleep(Duration::from_millis(fastrand::u64(150..600)));
+        // Kill at a random point after the child is committing: a fixed delay from spawn
+        // sometimes ended a slow start (a loaded machine) before its first commit.
+        let _ = acked_once.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(fastrand::u64(10..450)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let new = reader.join().unwrap();

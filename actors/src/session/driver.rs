@@ -10,8 +10,7 @@ use super::{Action, Session};
 use crate::amtp_tls::TrustClass;
 use crate::identity::{IdentityChecker, IdentityError, check_ehlo, normalize};
 use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
-use crate::metrics;
-use actix::Recipient;
+use crate::metrics::{self, pool::Metered};
 use amtp_proto::{Command, DataReceiver, LineBuffer, LineError, Progress, limits};
 use amtp_storage::QueueId;
 use std::collections::VecDeque;
@@ -24,10 +23,10 @@ use tokio_rustls::TlsAcceptor;
 /// What a session needs from the rest of the relay.
 #[derive(Clone)]
 pub struct SessionDeps {
-    /// The policy actor (AUTH).
-    pub policy: Recipient<Authenticate>,
-    /// The queue actor.
-    pub queue: Recipient<Enqueue>,
+    /// The policy actor (AUTH), its mailbox depth metered.
+    pub policy: Metered<Authenticate>,
+    /// The queue actor, its mailbox depth metered.
+    pub queue: Metered<Enqueue>,
     /// For STARTTLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
     /// How long to wait for the queue to make a message durable.
@@ -134,7 +133,9 @@ fn mechanism_label(name: &str) -> &'static str {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
     async fn serve(&mut self) -> Outcome {
-        self.session.greeting().write_to(&mut self.out);
+        let greeting = self.session.greeting();
+        self.record_reply(&greeting);
+        greeting.write_to(&mut self.out);
         let command_timeout = self.session.ctx.limits.command_timeout.0;
         loop {
             while let Some(item) = self.lines.next_line() {

@@ -455,8 +455,14 @@ async fn dialogue(
 ) -> (String, Outcome, usize) {
     let enqueued = Arc::new(AtomicUsize::new(0));
     let deps = SessionDeps {
-        policy: FakePolicy.start().recipient(),
-        queue: FakeQueue(enqueued.clone()).start().recipient(),
+        policy: crate::metrics::pool::Metered {
+            to: FakePolicy.start().recipient(),
+            meter: crate::metrics::pool::Meter::default(),
+        },
+        queue: crate::metrics::pool::Metered {
+            to: FakeQueue(enqueued.clone()).start().recipient(),
+            meter: crate::metrics::pool::Meter::default(),
+        },
         tls: None,
         enqueue_timeout: Duration::from_secs(5),
         identity: None,
