@@ -709,7 +709,8 @@ fn log_outcomes(
             next_hop = hop.map_or("-", |h| h.name.as_str()),
             address = %hop.map_or_else(|| "-".to_string(), |h| h.addr.to_string()),
             reply = %text(d),
-            delay_s = delay.as_secs(),
+            // Seconds with millisecond precision, like Postfix's delay=.
+            delay_s = delay.as_millis() as f64 / 1000.0,
             attempt = record.attempts + 1,
             "{event}"
         );
