@@ -3,14 +3,20 @@
 //!
 //! The submission channel is bounded: when it is full, [`Committer::submit`] fails at once
 //! and the session answers 451 4.3.0 instead of buffering without limit. A commit failure
-//! marks the committer unhealthy (a flag read without I/O on every new message) until a later
-//! commit succeeds.
+//! marks storage unhealthy (a flag read without I/O on every new message, see
+//! [`Queue::health`]): submissions are refused at once until storage works again. The commit
+//! thread does not wait for traffic to find out: while storage is unhealthy it calls
+//! [`Queue::recover`] every [`PROBE_INTERVAL`], which reopens a broken database and proves a
+//! write can be made durable.
 
-use crate::queue::{NewMessage, Queue, QueueId};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crate::queue::{Health, NewMessage, Queue, QueueId};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// How often the commit thread tries to bring unhealthy storage back.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A commit failed; cloneable so one failure can answer a whole batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -58,7 +64,8 @@ pub struct CommitStats {
 #[derive(Clone)]
 pub struct Committer {
     tx: Sender<(NewMessage, Responder)>,
-    healthy: Arc<AtomicBool>,
+    /// Read for its health flag only (no I/O); the commit thread owns the writes.
+    queue: Arc<Queue>,
     stats: Arc<CommitStats>,
 }
 
@@ -74,13 +81,12 @@ impl Committer {
     /// Start the commit thread over `queue`. It stops when every handle is dropped.
     pub fn start(queue: Arc<Queue>, config: CommitterConfig) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(config.capacity.max(1));
-        let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(CommitStats::default());
-        let (h, s) = (healthy.clone(), stats.clone());
+        let (q, s) = (queue.clone(), stats.clone());
         std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || run(&queue, &rx, config, &h, &s))?;
-        Ok(Self { tx, healthy, stats })
+            .spawn(move || run(&q, &rx, config, &s))?;
+        Ok(Self { tx, queue, stats })
     }
 
     /// Hand a message to the committer; `respond` is called once it is durable (or failed).
@@ -94,9 +100,14 @@ impl Committer {
         })
     }
 
-    /// Whether the last commit succeeded (no I/O).
+    /// Whether storage works, as last seen (no I/O).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.queue.is_healthy()
+    }
+
+    /// Storage health with the reason when unhealthy (no I/O); see [`Queue::health`].
+    pub fn health(&self) -> Health {
+        self.queue.health()
     }
 
     /// Messages waiting for the next commit.
@@ -114,10 +125,22 @@ fn run(
     queue: &Queue,
     rx: &Receiver<(NewMessage, Responder)>,
     config: CommitterConfig,
-    healthy: &AtomicBool,
     stats: &CommitStats,
 ) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(PROBE_INTERVAL) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                if !queue.is_healthy() {
+                    match queue.recover() {
+                        Ok(()) => tracing::info!("queue storage works again; accepting messages"),
+                        Err(e) => tracing::debug!(error = %e, "queue storage still failing"),
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         let deadline = Instant::now() + config.batch_wait;
         while batch.len() < config.batch_max {
@@ -134,7 +157,6 @@ fn run(
         let (messages, responders): (Vec<NewMessage>, Vec<Responder>) = batch.into_iter().unzip();
         match queue.enqueue_batch(&messages) {
             Ok(ids) => {
-                healthy.store(true, Ordering::Relaxed);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
                     .messages
@@ -144,16 +166,12 @@ fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = messages.len(), "queue commit failed; answering 451 until a commit succeeds");
-                healthy.store(false, Ordering::Relaxed);
+                tracing::error!(error = %e, batch = messages.len(), "queue commit failed; answering 451 until storage works again");
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = CommitError(e.to_string());
                 for respond in responders {
                     respond(Err(err.clone()));
                 }
-                // Let the next submission probe storage again after a pause.
-                std::thread::sleep(Duration::from_millis(100));
-                healthy.store(true, Ordering::Relaxed);
             }
         }
     }
