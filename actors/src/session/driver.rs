@@ -81,9 +81,14 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         buf: vec![0; READ_CHUNK],
     };
     let outcome = d.serve().await;
-    let _ = timeout(Duration::from_secs(5), d.io.shutdown()).await;
+    d.close(outcome).await;
     outcome
 }
+
+/// How long a closing session keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(3);
+/// Most bytes discarded while lingering; a client that sends more is cut off.
+const LINGER_BYTES: usize = 256 * 1024;
 
 struct Driver<'a, S> {
     io: MaybeTls<S>,
@@ -123,6 +128,39 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 Ok(Ok(0)) => return Outcome::Disconnected,
                 Ok(Ok(n)) => self.lines.push(&self.buf[..n]),
                 Ok(Err(_)) => return Outcome::IoError,
+            }
+        }
+    }
+
+    /// End the connection so that our last reply (`221`, or a `421`) reaches the client.
+    ///
+    /// Closing a socket that still holds unread input makes the kernel answer with a reset,
+    /// and a reset discards whatever we wrote that the client has not yet received: a client
+    /// that pipelined more than we read (or that kept sending past a timeout) would see the
+    /// connection reset instead of our reply. So: send our FIN after the reply (TLS:
+    /// close_notify first), then read and discard input until the client closes too, for at
+    /// most [`LINGER`] and [`LINGER_BYTES`], and only then close (a "lingering close").
+    async fn close(&mut self, outcome: Outcome) {
+        if matches!(
+            outcome,
+            Outcome::Disconnected | Outcome::DisconnectedInData | Outcome::IoError
+        ) {
+            // The client is gone (or the socket is broken): nothing left to protect.
+            let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + LINGER;
+        if tokio::time::timeout_at(deadline, self.io.shutdown())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut discarded = 0usize;
+        while discarded < LINGER_BYTES {
+            match tokio::time::timeout_at(deadline, self.io.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
             }
         }
     }
