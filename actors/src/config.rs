@@ -93,16 +93,26 @@ pub struct SessionConfig {
     /// Most recipients per message; more get `452 4.5.3`.
     #[serde(default = "defaults::max_recipients")]
     pub max_recipients: usize,
-    /// How long to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    /// How long a whole command line may take, from our previous reply (or the end of the
+    /// previous line) to the line's end — a deadline for the line, not for each read, so a
+    /// client trickling a byte at a time cannot hold the session (RFC 5321 §4.5.3.2.7: at
+    /// least 5 minutes). `421 4.4.2` when it passes.
     #[serde(default = "defaults::command_timeout")]
     pub command_timeout: HumanDuration,
     /// How long to wait for each chunk of DATA (RFC 5321 §4.5.3.2.6: 3 minutes).
     #[serde(default = "defaults::data_timeout")]
     pub data_timeout: HumanDuration,
+    /// Slowest DATA transfer accepted, in bytes per second: the whole message must arrive
+    /// within `data_timeout` plus one second per `min_data_rate` bytes received, else
+    /// `421 4.4.2` (Postfix's `smtpd_min_data_rate`). 0 turns the total deadline off.
+    #[serde(default = "defaults::min_data_rate")]
+    pub min_data_rate: u64,
     /// How long a TLS handshake may take.
     #[serde(default = "defaults::tls_handshake_timeout")]
     pub tls_handshake_timeout: HumanDuration,
-    /// Errors (5xx replies to bad commands) before `421` and disconnect.
+    /// Consecutive error replies (5xx, and 4xx such as `452`) before `421 4.7.0` and
+    /// disconnect. Up to 1,000 recipients beyond `max_recipients` are answered `452` without
+    /// counting, so a pipelining client learns the limit and still sends its message.
     #[serde(default = "defaults::max_errors")]
     pub max_errors: u32,
     /// Name the authenticated user in the Received header (privacy: off by default).
@@ -466,6 +476,9 @@ pub mod defaults {
     }
     pub(crate) fn tls_handshake_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
+    }
+    pub(crate) fn min_data_rate() -> u64 {
+        500
     }
     pub(crate) fn max_errors() -> u32 {
         10

@@ -15,7 +15,7 @@ use amtp_proto::{DataReceiver, LineBuffer, LineError, Progress, limits};
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
 /// What a session needs from the rest of the relay.
@@ -103,6 +103,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
     async fn serve(&mut self) -> Outcome {
         self.session.greeting().write_to(&mut self.out);
         let command_timeout = self.session.ctx.limits.command_timeout.0;
+        // The deadline for the command line being received: it starts when we begin waiting
+        // for a line and does not move while bytes trickle in (a per-read timeout alone lets
+        // one byte every few minutes hold the session for good).
+        let mut line_deadline: Option<Instant> = None;
         loop {
             while let Some(item) = self.lines.next_line() {
                 let actions = match item {
@@ -115,12 +119,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 if let Some(end) = self.perform(actions).await {
                     return end;
                 }
+                line_deadline = None;
             }
             if self.flush().await.is_err() {
                 return Outcome::IoError;
             }
-            match timeout(command_timeout, self.io.read(&mut self.buf)).await {
+            let deadline = *line_deadline.get_or_insert_with(|| Instant::now() + command_timeout);
+            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
                 Err(_) => {
+                    if self.lines.has_partial() {
+                        tracing::info!(peer = %self.session.ctx.peer, "command line not completed within command_timeout; closing");
+                    }
                     let actions = self.session.on_timeout();
                     self.perform(actions).await;
                     return Outcome::Timeout;
@@ -149,16 +158,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
             let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
             return;
         }
-        let deadline = tokio::time::Instant::now() + LINGER;
-        if tokio::time::timeout_at(deadline, self.io.shutdown())
-            .await
-            .is_err()
-        {
+        let deadline = Instant::now() + LINGER;
+        if timeout_at(deadline, self.io.shutdown()).await.is_err() {
             return;
         }
         let mut discarded = 0usize;
         while discarded < LINGER_BYTES {
-            match tokio::time::timeout_at(deadline, self.io.read(&mut self.buf)).await {
+            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
                 Ok(Ok(n)) if n > 0 => discarded += n,
                 _ => break,
             }
@@ -321,17 +327,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
             self.lines.push(&pending[consumed..]);
             return Ok(rx.finish());
         }
+        let started = Instant::now();
+        let mut received = u64::try_from(pending.len()).unwrap_or(u64::MAX);
         loop {
-            let n = match timeout(limits.data_timeout.0, self.io.read(&mut self.buf)).await {
-                Err(_) => return Err(Outcome::Timeout),
+            let idle = Instant::now() + limits.data_timeout.0;
+            let total = data_deadline(
+                started,
+                limits.data_timeout.0,
+                received,
+                limits.min_data_rate,
+            );
+            let read = timeout_at(idle.min(total), self.io.read(&mut self.buf)).await;
+            let n = match read {
+                Err(_) => {
+                    if total <= idle {
+                        tracing::info!(peer = %self.session.ctx.peer, received, min_data_rate = limits.min_data_rate, "DATA slower than min_data_rate; closing");
+                    }
+                    return Err(Outcome::Timeout);
+                }
                 Ok(Ok(0)) => return Err(Outcome::DisconnectedInData),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return Err(Outcome::IoError),
             };
+            received = received.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
             if let Progress::Done { consumed } = rx.feed(&self.buf[..n]) {
                 self.lines.push(&self.buf[consumed..n]);
                 return Ok(rx.finish());
             }
         }
     }
+}
+
+/// When a DATA transfer that started at `started` and has delivered `received` bytes so far
+/// must be complete: `data_timeout`, plus one second per `min_rate` bytes (never, when
+/// `min_rate` is 0). A client that keeps the per-read timeout alive with a byte now and then
+/// still runs out of time.
+fn data_deadline(
+    started: Instant,
+    data_timeout: Duration,
+    received: u64,
+    min_rate: u64,
+) -> Instant {
+    /// Far enough to mean "no deadline" without overflowing `Instant`.
+    const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    if min_rate == 0 {
+        return started + NEVER;
+    }
+    let credit_ms = received.saturating_mul(1000) / min_rate;
+    started + (data_timeout + Duration::from_millis(credit_ms)).min(NEVER)
 }

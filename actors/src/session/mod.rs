@@ -138,6 +138,10 @@ pub struct Session {
     /// AMTP: EHLOs refused so far.
     failed_ehlos: u32,
     consecutive_errors: u32,
+    /// Recipients refused with `452` for being over `max_recipients` in this transaction.
+    rcpt_overshoot: usize,
+    /// The replies being counted are a tolerated recipient overshoot, not an error.
+    overshoot_tolerated: bool,
     /// Counter for unique CRAM challenges and Received ids.
     serial: u32,
     /// Messages accepted / refused (for the session log line).
@@ -145,6 +149,10 @@ pub struct Session {
     /// Messages refused after DATA or by the queue.
     pub rejected: u32,
 }
+
+/// Recipients over `max_recipients` answered `452` before each further one counts toward
+/// `max_errors` (Postfix's `smtpd_recipient_overshoot_limit` has the same default).
+pub const RECIPIENT_OVERSHOOT: usize = 1000;
 
 fn reply(code: u16, status: &str, text: impl Into<String>) -> Vec<Action> {
     vec![Action::Reply(Reply::new(code, status, text))]
@@ -162,6 +170,8 @@ impl Session {
             identity: None,
             failed_ehlos: 0,
             consecutive_errors: 0,
+            rcpt_overshoot: 0,
+            overshoot_tolerated: false,
             serial: 0,
             accepted: 0,
             rejected: 0,
@@ -258,10 +268,14 @@ impl Session {
         self.count_errors(actions)
     }
 
+    /// Count consecutive error replies — permanent (5xx) and temporary (4xx) alike: a client
+    /// that keeps drawing `452` or `454` is as stuck as one drawing `500` — and close the
+    /// session with `421 4.7.0` at `max_errors`.
     fn count_errors(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
+        let tolerated = std::mem::take(&mut self.overshoot_tolerated);
         for a in &actions {
             if let Action::Reply(r) = a {
-                if r.is_permanent() {
+                if (r.is_permanent() || r.is_transient()) && !tolerated {
                     self.consecutive_errors += 1;
                 } else if r.is_positive() {
                     self.consecutive_errors = 0;
@@ -493,6 +507,8 @@ impl Session {
         let greeting = match &self.phase {
             Phase::Ready(g) => g.clone(),
             Phase::Mail(..) => return reply(503, "5.5.1", "Sender already specified"),
+            // AMTP never accepts HELO (spec §4), so it never suggests it.
+            _ if self.ctx.amtp.is_some() => return reply(503, "5.5.1", "Send EHLO first"),
             _ => return reply(503, "5.5.1", "Send EHLO/HELO first"),
         };
         let listener = &self.ctx.listener;
@@ -518,6 +534,7 @@ impl Session {
             Ok(mpc) => mpc,
             Err(refusal) => return refusal,
         };
+        self.rcpt_overshoot = 0;
         self.phase = Phase::Mail(
             greeting,
             Transaction {
@@ -540,6 +557,11 @@ impl Session {
             return reply(503, "5.5.1", "Need MAIL command first");
         };
         if tx.recipients.len() >= max {
+            // RFC 5321 §4.5.3.1.10: the client sends the extra recipients again later. A
+            // pipelining client learns of the limit only from these replies, so the first
+            // RECIPIENT_OVERSHOOT of them do not count toward max_errors.
+            self.rcpt_overshoot += 1;
+            self.overshoot_tolerated = self.rcpt_overshoot <= RECIPIENT_OVERSHOOT;
             return reply(452, "4.5.3", "Too many recipients");
         }
         let domain = match &to {

@@ -329,6 +329,68 @@ fn consecutive_errors_close_the_session() {
 }
 
 #[test]
+fn temporary_refusals_count_toward_max_errors() {
+    let mut c = ctx(
+        ListenerRole::Mx,
+        SessionConfig {
+            max_errors: 3,
+            ..SessionConfig::default()
+        },
+    );
+    c.tls_available = false;
+    let mut s = Session::new(c, None);
+    assert_eq!(
+        codes(
+            &mut s,
+            &["EHLO c.test", "STARTTLS", "STARTTLS", "NOOP", "STARTTLS"]
+        ),
+        vec![250, 454, 454, 250, 454]
+    );
+    assert_eq!(
+        codes(&mut s, &["STARTTLS", "STARTTLS"]),
+        vec![454, 454, 421]
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn endless_452_for_recipients_ends_the_session_after_the_overshoot() {
+    let mut s = Session::new(
+        ctx(
+            ListenerRole::Mx,
+            SessionConfig {
+                max_recipients: 1,
+                max_errors: 3,
+                ..SessionConfig::default()
+            },
+        ),
+        None,
+    );
+    assert_eq!(
+        codes(
+            &mut s,
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<u@example.test>"
+            ]
+        ),
+        vec![250, 250, 250]
+    );
+    // A pipelining client that sent more recipients than we take still gets to DATA…
+    let over = vec!["RCPT TO:<v@example.test>"; RECIPIENT_OVERSHOOT];
+    assert!(codes(&mut s, &over).iter().all(|&c| c == 452));
+    assert!(!s.is_closed());
+    // …but one that never stops is an error like any other.
+    assert_eq!(
+        codes(&mut s, &over[..3]),
+        vec![452, 452, 452, 421],
+        "452 after the overshoot counts toward max_errors"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
 fn received_header_and_envelope() {
     let mut s = Session::new(
         ctx(
@@ -449,12 +511,137 @@ async fn dialogue(
     }
     let mut out = Vec::new();
     rd.read_to_end(&mut out).await.unwrap();
+    // Close our side too, so the server's lingering close ends at once.
+    drop(wr);
+    drop(rd);
     let outcome = server_task.await.unwrap();
     (
         String::from_utf8_lossy(&out).into_owned(),
         outcome,
         enqueued.load(Ordering::SeqCst),
     )
+}
+
+/// Run a session, send `prefix`, then trickle `trickle` one byte every `every` for at most
+/// `give_up`, reading what the server says meanwhile. Returns the server's output and, if the
+/// server answered `421` while the client was still trickling, its outcome (`None` when the
+/// client gave up first).
+async fn trickle(
+    limits: SessionConfig,
+    prefix: &[u8],
+    trickle: &[u8],
+    every: Duration,
+    give_up: Duration,
+) -> (String, Option<Outcome>) {
+    let deps = SessionDeps {
+        policy: FakePolicy.start().recipient(),
+        queue: FakeQueue(Arc::new(AtomicUsize::new(0))).start().recipient(),
+        tls: None,
+        enqueue_timeout: Duration::from_secs(5),
+        identity: None,
+    };
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
+    let server_task =
+        actix::spawn(
+            async move { driver::run(MaybeTls::Plain(server), &mut session, &deps).await },
+        );
+    let (mut rd, mut wr) = tokio::io::split(client);
+    wr.write_all(prefix).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut cut_off = false;
+    for byte in trickle.iter().cycle() {
+        if String::from_utf8_lossy(&out).contains("421 ") {
+            cut_off = true;
+            break;
+        }
+        if started.elapsed() > give_up {
+            break;
+        }
+        if wr.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(every, rd.read(&mut buf)).await {
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    if !cut_off {
+        server_task.abort();
+        return (String::from_utf8_lossy(&out).into_owned(), None);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await;
+    // Both halves gone: the server's lingering close sees the end at once.
+    drop(wr);
+    drop(rd);
+    let outcome = server_task.await.unwrap();
+    (String::from_utf8_lossy(&out).into_owned(), Some(outcome))
+}
+
+#[actix_rt::test]
+async fn a_command_line_trickled_byte_by_byte_meets_its_deadline() {
+    // Every byte arrives well within any per-read timeout; the line never ends.
+    let limits = SessionConfig {
+        command_timeout: HumanDuration(Duration::from_millis(400)),
+        ..SessionConfig::default()
+    };
+    let (wire, outcome) = trickle(
+        limits,
+        b"EHLO c.test\r\n",
+        b"NOOP ",
+        Duration::from_millis(50),
+        Duration::from_secs(6),
+    )
+    .await;
+    assert_eq!(reply_codes(&wire), ["220", "250", "421"], "{wire}");
+    assert!(wire.contains("421 4.4.2"), "{wire}");
+    assert_eq!(outcome, Some(Outcome::Timeout));
+}
+
+#[actix_rt::test]
+async fn data_below_the_minimum_rate_meets_its_deadline() {
+    // 20 bytes a second against a minimum of 100: each read comes far inside data_timeout.
+    let limits = SessionConfig {
+        data_timeout: HumanDuration(Duration::from_millis(500)),
+        min_data_rate: 100,
+        ..SessionConfig::default()
+    };
+    let (wire, outcome) = trickle(
+        limits,
+        b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n",
+        b"x",
+        Duration::from_millis(50),
+        Duration::from_secs(6),
+    )
+    .await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "250", "250", "250", "354", "421"],
+        "{wire}"
+    );
+    assert!(wire.contains("421 4.4.2"), "{wire}");
+    assert_eq!(outcome, Some(Outcome::Timeout));
+}
+
+#[actix_rt::test]
+async fn data_at_the_minimum_rate_is_not_cut_off() {
+    // A fast transfer with a tiny minimum: the deadline grows with what arrives.
+    let limits = SessionConfig {
+        data_timeout: HumanDuration(Duration::from_millis(300)),
+        min_data_rate: 1,
+        ..SessionConfig::default()
+    };
+    let mut input =
+        b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n".to_vec();
+    input.extend_from_slice(b"Subject: ok\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    let (wire, outcome, n) = dialogue(limits, input, false).await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{wire}"
+    );
+    assert_eq!((outcome, n), (Outcome::Closed, 1));
 }
 
 fn reply_codes(wire: &str) -> Vec<&str> {
