@@ -133,12 +133,18 @@ pub struct AuthConfig {
     /// Failures from one client IP within the window before it is locked out.
     #[serde(default = "defaults::max_failures_per_ip")]
     pub max_failures_per_ip: u32,
-    /// Failures for one user name within the window before that user is locked out.
+    /// Failures for one user name from one client IP within the window before that IP is
+    /// locked out for that name; also the failures (from any IP) after which every attempt
+    /// for the name is slowed down (never locked: see `user_delay_max`).
     #[serde(default = "defaults::max_failures_per_user")]
     pub max_failures_per_user: u32,
     /// How long a lock-out lasts (`454 4.7.0` and disconnect meanwhile).
     #[serde(default = "defaults::lockout")]
     pub lockout: HumanDuration,
+    /// Longest wait before an attempt for a user name that keeps failing: 1 s after
+    /// `max_failures_per_user` failures, doubling with each further one, up to this.
+    #[serde(default = "defaults::user_delay_max")]
+    pub user_delay_max: HumanDuration,
     /// Password hashes verified at once (argon2 is deliberately slow); 0 = one per core.
     #[serde(default)]
     pub verify_workers: usize,
@@ -491,6 +497,9 @@ pub mod defaults {
     }
     pub(crate) fn max_failures_per_user() -> u32 {
         5
+    }
+    pub(crate) fn user_delay_max() -> HumanDuration {
+        HumanDuration(Duration::from_secs(15))
     }
     pub(crate) fn lockout() -> HumanDuration {
         HumanDuration(Duration::from_secs(900))

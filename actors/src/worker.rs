@@ -174,7 +174,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         amtp,
     };
     let mut session = Session::new(ctx, tls);
-    let outcome = driver::run(io, &mut session, &shared.deps).await;
+    let (outcome, closing) = driver::serve(io, &mut session, &shared.deps).await;
     tracing::info!(
         listener = %listener.name,
         %peer,
@@ -188,4 +188,6 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "session"
     );
+    // The connection (and its slot) is held until the client has read our last reply.
+    closing.linger().await;
 }

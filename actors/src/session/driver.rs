@@ -66,12 +66,24 @@ impl Outcome {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Run `session` on `io` until it ends.
+/// Run `session` on `io` until it ends, then close lingeringly (see [`Closing`]).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: MaybeTls<S>,
     session: &mut Session,
     deps: &SessionDeps,
 ) -> Outcome {
+    let (outcome, closing) = serve(io, session, deps).await;
+    closing.linger().await;
+    outcome
+}
+
+/// Run `session` on `io` until it ends and send our end of the stream; the caller can log
+/// the session, then must await [`Closing::linger`] before the socket is dropped.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    io: MaybeTls<S>,
+    session: &mut Session,
+    deps: &SessionDeps,
+) -> (Outcome, Closing<S>) {
     let mut d = Driver {
         io,
         session,
@@ -81,8 +93,54 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         buf: vec![0; READ_CHUNK],
     };
     let outcome = d.serve().await;
-    d.close(outcome).await;
-    outcome
+    let closing = Closing::start(d.io, d.buf, outcome).await;
+    (outcome, closing)
+}
+
+/// A session's connection on its way out, so that our last reply (`221`, or a `421`)
+/// reaches the client.
+///
+/// Closing a socket that still holds unread input makes the kernel answer with a reset, and
+/// a reset discards whatever we wrote that the client has not yet received: a client that
+/// pipelined more than we read (or kept sending past a timeout) would see the connection
+/// reset instead of our reply. So: our FIN goes out after the reply (TLS: close_notify
+/// first), then [`Closing::linger`] reads and discards input until the client closes too,
+/// for at most [`LINGER`] and [`LINGER_BYTES`], and only then is the socket closed.
+pub struct Closing<S> {
+    io: MaybeTls<S>,
+    buf: Vec<u8>,
+    /// `None` when there is nothing to wait for (the client is gone, the socket broke).
+    deadline: Option<Instant>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Closing<S> {
+    async fn start(mut io: MaybeTls<S>, buf: Vec<u8>, outcome: Outcome) -> Self {
+        let deadline = Instant::now() + LINGER;
+        let client_gone = matches!(
+            outcome,
+            Outcome::Disconnected | Outcome::DisconnectedInData | Outcome::IoError
+        );
+        let sent = timeout_at(deadline, io.shutdown()).await.is_ok();
+        Self {
+            io,
+            buf,
+            deadline: (sent && !client_gone).then_some(deadline),
+        }
+    }
+
+    /// Discard what the client still sends until it closes (bounded), then drop the socket.
+    pub async fn linger(mut self) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        let mut discarded = 0usize;
+        while discarded < LINGER_BYTES {
+            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
 }
 
 /// How long a closing session keeps reading (and discarding) what the client still sends.
@@ -137,36 +195,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 Ok(Ok(0)) => return Outcome::Disconnected,
                 Ok(Ok(n)) => self.lines.push(&self.buf[..n]),
                 Ok(Err(_)) => return Outcome::IoError,
-            }
-        }
-    }
-
-    /// End the connection so that our last reply (`221`, or a `421`) reaches the client.
-    ///
-    /// Closing a socket that still holds unread input makes the kernel answer with a reset,
-    /// and a reset discards whatever we wrote that the client has not yet received: a client
-    /// that pipelined more than we read (or that kept sending past a timeout) would see the
-    /// connection reset instead of our reply. So: send our FIN after the reply (TLS:
-    /// close_notify first), then read and discard input until the client closes too, for at
-    /// most [`LINGER`] and [`LINGER_BYTES`], and only then close (a "lingering close").
-    async fn close(&mut self, outcome: Outcome) {
-        if matches!(
-            outcome,
-            Outcome::Disconnected | Outcome::DisconnectedInData | Outcome::IoError
-        ) {
-            // The client is gone (or the socket is broken): nothing left to protect.
-            let _ = timeout(Duration::from_secs(1), self.io.shutdown()).await;
-            return;
-        }
-        let deadline = Instant::now() + LINGER;
-        if timeout_at(deadline, self.io.shutdown()).await.is_err() {
-            return;
-        }
-        let mut discarded = 0usize;
-        while discarded < LINGER_BYTES {
-            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
-                Ok(Ok(n)) if n > 0 => discarded += n,
-                _ => break,
             }
         }
     }
