@@ -74,9 +74,29 @@ pub struct ListenerConfig {
     /// Offer AUTH before TLS. Insecure: passwords cross the network in clear. Off by default.
     #[serde(default)]
     pub allow_insecure_auth: bool,
+    /// The Mail Policy Code given to mail whose MAIL command carries no `MPC=` (and whose
+    /// user has no `mpc` in the users file): ordinary mail clients never send one, and mail
+    /// without an MPC cannot leave over AMTP. Default: `per/individual` on submission
+    /// listeners, none on mx. Not allowed on AMTP listeners (MAIL must carry `MPC=` there).
+    pub default_mpc: Option<String>,
 }
 
 impl ListenerConfig {
+    /// The MPC for mail on this listener whose MAIL carries none (see `default_mpc`); `None`
+    /// on AMTP listeners, on mx without `default_mpc`, and for an invalid value (which the
+    /// configuration loader refuses before start).
+    pub fn default_mpc(&self) -> Option<amtp_proto::mpc::Mpc> {
+        match (&self.default_mpc, self.role) {
+            (_, ListenerRole::Amtp) => None,
+            (Some(text), _) => text.parse().ok(),
+            (None, role) if role.requires_auth() => Some(amtp_proto::mpc::Mpc {
+                role: amtp_proto::mpc::Role::Per,
+                class: amtp_proto::mpc::Class::Individual,
+            }),
+            (None, _) => None,
+        }
+    }
+
     /// Whether AUTH is offered on this listener.
     pub fn auth_enabled(&self) -> bool {
         self.auth.unwrap_or(self.role.requires_auth())

@@ -32,6 +32,8 @@ pub struct WorkerShared {
     pub local_domains: Arc<HashSet<String>>,
     /// Whether any user has a CRAM-MD5 secret.
     pub cram_secrets: bool,
+    /// Users with their own Mail Policy Code (from the users file).
+    pub user_mpcs: Arc<std::collections::HashMap<String, amtp_proto::mpc::Mpc>>,
     /// Mailbox bound.
     pub mailbox: usize,
     /// AMTP listeners: trust sets (their own server config) and policy.
@@ -172,6 +174,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         tls_available: shared.deps.tls.is_some(),
         nonce: nonce(),
         amtp,
+        user_mpcs: shared.user_mpcs.clone(),
     };
     let mut session = Session::new(ctx, tls);
     let (outcome, closing) = driver::serve(io, &mut session, &shared.deps).await;

@@ -111,6 +111,10 @@ fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     let r = c.expect("MAIL FROM:<dev@example.test>", 530);
     assert_eq!(r.text(), "Authentication required");
     c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 235);
+    // Undefined and malformed MPCs are refused as on AMTP listeners.
+    let r = c.expect("MAIL FROM:<dev@example.test> MPC=foo/bar", 550);
+    assert_eq!(r.status.unwrap().to_string(), "5.7.1");
+    c.expect("MAIL FROM:<dev@example.test> MPC=foo", 501);
     let r = c.send_mail(
         "dev@example.test",
         &["someone@remote.test"],
@@ -118,6 +122,11 @@ fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     );
     assert_eq!(r.code, 250, "{r}");
     c.expect("QUIT", 221);
+    // Without MPC= (as from every mail client) it gets the listener's default MPC.
+    let id = r.text().rsplit(' ').next().unwrap().to_string();
+    let (ok, show, err) = relay.queue_cli(&["show", &id]);
+    assert!(ok, "{err}");
+    assert!(show.contains("mpc:          per/individual"), "{show}");
 
     // LOGIN.
     let mut c = Client::connect(relay.addr("submission")).starttls(&relay.ca());

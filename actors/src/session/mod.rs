@@ -20,10 +20,11 @@ use crate::config::{ListenerConfig, SessionConfig};
 use crate::messages::{AuthOutcome, EnqueueError};
 use amtp_proto::command::{ForwardPath, MailFrom};
 use amtp_proto::ehlo::EhloKeywords;
+use amtp_proto::mpc::Mpc;
 use amtp_proto::received::{Received, Transmission};
 use amtp_proto::{Command, CommandError, DataError, Reply, ReversePath};
 use amtp_storage::{Envelope, NewMessage, Origin, QueueId};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct SessionContext {
     pub nonce: String,
     /// Set on AMTP listeners: the peer's certificate, its trust class and the policy.
     pub amtp: Option<amtp::AmtpContext>,
+    /// Users with their own Mail Policy Code (users file `mpc`), used when MAIL has none.
+    pub user_mpcs: Arc<HashMap<String, Mpc>>,
 }
 
 /// The negotiated TLS parameters, for the Received header and logs.
@@ -531,7 +534,11 @@ impl Session {
             );
         }
         let mpc = match self.amtp_mail(&mail) {
-            Ok(mpc) => mpc,
+            Ok(Some(mpc)) => Some(mpc),
+            Ok(None) => match self.smtp_mpc(&mail) {
+                Ok(mpc) => mpc,
+                Err(refusal) => return refusal,
+            },
             Err(refusal) => return refusal,
         };
         self.rcpt_overshoot = 0;
@@ -544,6 +551,24 @@ impl Session {
             },
         );
         reply(250, "2.1.0", "Sender OK")
+    }
+
+    /// The Mail Policy Code of mail on an SMTP (not AMTP) listener: `MPC=` if MAIL carries
+    /// one — a defined code, or `550 5.7.1` as on AMTP listeners (the parser already answered
+    /// `501 5.5.4` to a malformed one) — else the user's `mpc` from the users file, else the
+    /// listener's `default_mpc` (`per/individual` on submission listeners).
+    fn smtp_mpc(&self, mail: &MailFrom) -> Result<Option<Mpc>, Vec<Action>> {
+        if let Some(text) = &mail.mpc {
+            return text.parse::<Mpc>().map(Some).map_err(|e| {
+                tracing::debug!(peer = %self.ctx.peer, error = %e, "MPC refused");
+                reply(550, "5.7.1", format!("MPC policy violation: {e}"))
+            });
+        }
+        let user_mpc = self
+            .user
+            .as_ref()
+            .and_then(|u| self.ctx.user_mpcs.get(u).copied());
+        Ok(user_mpc.or_else(|| self.ctx.listener.default_mpc()))
     }
 
     fn rcpt(&mut self, to: ForwardPath) -> Vec<Action> {
@@ -662,7 +687,8 @@ impl Session {
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.to_string(),
             },
-            mpc: tx.mail.mpc,
+            // The validated code (the client's, the user's or the listener's default).
+            mpc: tx.mpc.map(|m| m.to_string()),
             origin: self.amtp_origin().unwrap_or(if self.user.is_some() {
                 Origin::Submission
             } else {

@@ -24,6 +24,7 @@ fn listener(role: ListenerRole) -> Arc<ListenerConfig> {
         auth: None,
         cram_md5: true,
         allow_insecure_auth: false,
+        default_mpc: None,
     })
 }
 
@@ -38,6 +39,11 @@ fn ctx(role: ListenerRole, limits: SessionConfig) -> SessionContext {
         cram_md5: true,
         nonce: "abc".into(),
         amtp: None,
+        user_mpcs: Arc::new(
+            [("bob".to_string(), "com/customer".parse().unwrap())]
+                .into_iter()
+                .collect(),
+        ),
     }
 }
 
@@ -326,6 +332,154 @@ fn consecutive_errors_close_the_session() {
     );
     assert_eq!(codes(&mut s, &["JUNK"]), vec![500, 421]);
     assert!(s.is_closed());
+}
+
+/// Submitted mail gets an MPC: the client's (validated like on AMTP listeners), else the
+/// user's, else the listener's default; mx validates a given MPC but adds none.
+#[test]
+fn submitted_mail_gets_its_mpc() {
+    let login = |role: ListenerRole, default_mpc: Option<&str>, user: &str| {
+        let mut c = ctx(role, SessionConfig::default());
+        let mut l = (*c.listener).clone();
+        l.default_mpc = default_mpc.map(Into::into);
+        l.auth = Some(true);
+        c.listener = Arc::new(l);
+        let mut s = Session::new(c, Some(tls()));
+        assert_eq!(codes(&mut s, &["EHLO c.test"]), vec![250]);
+        let auth = format!(
+            "AUTH PLAIN {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"))
+        );
+        let verify = s.on_command(parse(auth.as_bytes()));
+        assert!(matches!(verify[..], [Action::Verify(_)]), "{verify:?}");
+        let done = s.on_auth_outcome(AuthOutcome::Success(user.into()));
+        assert!(matches!(&done[..], [Action::Reply(r)] if r.code == 235));
+        s
+    };
+    let mpc_after = |s: &mut Session, mail: &str| -> (u16, Option<String>) {
+        let code = codes(s, &[mail])[0];
+        let mpc = match s.phase() {
+            Phase::Mail(_, tx) => tx.mpc.map(|m| m.to_string()),
+            _ => None,
+        };
+        codes(s, &["RSET"]);
+        (code, mpc)
+    };
+    let per = Some("per/individual".to_string());
+    // (listener, its default_mpc, user, MAIL line, (reply, the transaction's MPC))
+    type Case<'a> = (
+        ListenerRole,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        (u16, Option<String>),
+    );
+    let cases: &[Case] = &[
+        // No MPC= from the client: the listener's natural default.
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, per.clone()),
+        ),
+        (
+            ListenerRole::Submissions,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, per.clone()),
+        ),
+        // A configured default, and a user's own code before it.
+        (
+            ListenerRole::Submission,
+            Some("com/customer"),
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, Some("com/customer".into())),
+        ),
+        (
+            ListenerRole::Submission,
+            None,
+            "bob",
+            "MAIL FROM:<a@b.test>",
+            (250, Some("com/customer".into())),
+        ),
+        // The client's own, if defined.
+        (
+            ListenerRole::Submission,
+            None,
+            "bob",
+            "MAIL FROM:<a@b.test> MPC=com/optin",
+            (250, Some("com/optin".into())),
+        ),
+        // Undefined and malformed codes are refused, as on AMTP listeners.
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=foo/bar",
+            (550, None),
+        ),
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=per/bogus",
+            (550, None),
+        ),
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=foo",
+            (501, None),
+        ),
+        // mx: no default, but the same validation.
+        (
+            ListenerRole::Mx,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, None),
+        ),
+        (
+            ListenerRole::Mx,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=foo/bar",
+            (550, None),
+        ),
+        (
+            ListenerRole::Mx,
+            Some("net/autoresponse"),
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, Some("net/autoresponse".into())),
+        ),
+    ];
+    for (role, default_mpc, user, mail, expected) in cases {
+        let mut s = login(*role, *default_mpc, user);
+        assert_eq!(
+            &mpc_after(&mut s, mail),
+            expected,
+            "{role:?} default {default_mpc:?} user {user}: {mail}"
+        );
+    }
+    // The code chosen is what the queue stores (and delivery uses).
+    let mut s = login(ListenerRole::Submission, None, "alice");
+    assert_eq!(
+        codes(
+            &mut s,
+            &["MAIL FROM:<a@b.test>", "RCPT TO:<x@remote.test>", "DATA"]
+        ),
+        vec![250, 250, 354]
+    );
+    let actions = s.on_data(Ok(b"Subject: x\r\n\r\nhi\r\n".to_vec()), 0);
+    let Some(Action::Enqueue(message)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(message.envelope.mpc.as_deref(), Some("per/individual"));
 }
 
 #[test]
