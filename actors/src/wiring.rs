@@ -293,6 +293,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         limits: Arc::new(settings.session.clone()),
         local_domains: Arc::new(settings.local_domains.clone()),
         cram_secrets: settings.users.has_cram_secrets(),
+        user_mpcs: Arc::new(settings.users.mpcs()),
         mailbox: settings.pools.worker_mailbox,
         amtp: amtp_shared,
     });

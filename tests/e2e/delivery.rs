@@ -11,6 +11,7 @@ fn config(sink_port: u16, extra: &str) -> String {
         r#"
 {server}
 [delivery]
+server_ca = "{roots}"
 poll_interval = "200ms"
 first_retry = "1s"
 max_backoff = "2s"
@@ -31,6 +32,7 @@ timeout = "1s"
 attempts = 1
 "#,
         server = crate::harness::SERVER,
+        roots = crate::harness::unused_roots().display(),
     )
 }
 

@@ -70,6 +70,7 @@ pub struct Metrics {
     // AUTH.
     pub auth_attempts: IntCounterVec,
     pub auth_lockouts: IntCounterVec,
+    pub auth_delayed: IntCounter,
     // Queue.
     pub messages_accepted: IntCounterVec,
     pub bytes_accepted: IntCounterVec,
@@ -266,8 +267,13 @@ impl Metrics {
             auth_lockouts: counter_vec(
                 &r,
                 "amtp_auth_lockouts_total",
-                "AUTH lock-outs started, by kind (ip, user).",
+                "AUTH lock-outs started, by kind (ip: the address; user_ip: that user name from that address).",
                 &["kind"],
+            ),
+            auth_delayed: counter(
+                &r,
+                "amtp_auth_delayed_total",
+                "AUTH attempts slowed down because their user name failed repeatedly (from any address).",
             ),
             messages_accepted: counter_vec(
                 &r,
@@ -585,7 +591,14 @@ pub fn auth_attempt(mechanism: &str, outcome: &str) {
     }
 }
 
-/// A lock-out started (`kind`: ip or user).
+/// An AUTH attempt was delayed: its user name failed repeatedly (from any address).
+pub fn auth_delayed() {
+    if let Some(m) = get() {
+        m.auth_delayed.inc();
+    }
+}
+
+/// A lock-out started (`kind`: `ip` or `user_ip`).
 pub fn auth_lockout(kind: &str) {
     if let Some(m) = get() {
         m.auth_lockouts.with_label_values(&[kind]).inc();
