@@ -90,6 +90,8 @@ pub struct DeliverJob(pub crate::delivery::outbound::Job);
 pub struct JobResult {
     /// The message.
     pub id: amtp_storage::QueueId,
+    /// The destination that tried (for logs), or `-` for decisions taken before any.
+    pub hop: String,
     /// One disposition per recipient.
     pub outcomes: Vec<(String, amtp_proto::client::Disposition)>,
 }

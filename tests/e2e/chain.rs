@@ -181,8 +181,8 @@ fn no_srv_record_without_fallback_bounces() {
     let got = sink.wait_for(1, 20);
     assert_eq!(got.len(), 1);
     assert!(
-        got[0].data.contains("has no _amtp._tcp SRV record")
-            && got[0].data.contains("Status: 5.4.4"),
+        got[0].data.contains("Status: 5.4.4\r\nDiagnostic-Code: X-AMTP-Relay; nosrv.amtp.test has no _amtp._tcp SRV record")
+            && !got[0].data.contains("smtp; 550"),
         "{}",
         got[0].data
     );

@@ -4,10 +4,10 @@
 //! Results go back to the router as they happen. An idle destination stops itself; the router
 //! makes a new one on demand.
 
-use super::outbound::{ConnectionFailure, HopTarget, Job, OutboundContext, run_connection};
+use super::outbound::{HopTarget, Job, OutboundContext, run_connection};
 use crate::messages::{DeliverJob, JobResult};
 use actix::prelude::*;
-use amtp_proto::client::Disposition;
+use amtp_proto::client::{Cause, Disposition};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,28 +86,40 @@ impl Destination {
                         }
                     })
                 };
-                let mut last_failure: Option<ConnectionFailure> = None;
+                let mut last_failure: Option<Cause> = None;
                 for target in &targets {
                     let next = || {
-                        jobs.lock()
+                        let job = jobs
+                            .lock()
                             .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .pop_front()
+                            .pop_front();
+                        std::future::ready(job)
                     };
                     let tx = tx.clone();
                     // At most `max` results per connection and the channel holds `max + 1`:
                     // try_send cannot fail here.
+                    let hop = name.clone();
                     let report = move |id, outcomes| {
-                        let _ = tx.try_send(JobResult { id, outcomes });
+                        let _ = tx.try_send(JobResult {
+                            id,
+                            hop: hop.clone(),
+                            outcomes,
+                        });
                     };
                     match run_connection(target, &octx, max, next, report).await {
                         Ok(()) => {
                             last_failure = None;
                             break;
                         }
-                        Err(f) => {
-                            tracing::info!(destination = %name, target = %target.host, reason = %f.reason, "next hop failed");
-                            let permanent = !f.temporary;
-                            last_failure = Some(f);
+                        Err(cause) => {
+                            if cause.is_local_config() {
+                                tracing::error!(destination = %name, target = %target.host, reason = %cause, "cannot deliver: local configuration error; mail is deferred until it is fixed");
+                                last_failure = Some(cause);
+                                break;
+                            }
+                            tracing::info!(destination = %name, target = %target.host, reason = %cause, "next hop failed");
+                            let permanent = cause.status().class == 5;
+                            last_failure = Some(cause);
                             if permanent {
                                 break;
                             }
@@ -115,18 +127,14 @@ impl Destination {
                     }
                 }
                 // Every target failed: what is still queued shares the failure.
-                if let Some(f) = last_failure {
+                if let Some(cause) = last_failure {
                     let left: Vec<Job> = jobs
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .drain(..)
                         .collect();
                     for job in left {
-                        let d = if f.temporary {
-                            Disposition::Deferred(f.reason.clone())
-                        } else {
-                            Disposition::Failed(f.reason.clone())
-                        };
+                        let d = Disposition::from_cause(cause.clone());
                         let outcomes = job
                             .envelope
                             .recipients
@@ -139,6 +147,7 @@ impl Destination {
                         let _ = tx
                             .send(JobResult {
                                 id: job.id,
+                                hop: name.clone(),
                                 outcomes,
                             })
                             .await;

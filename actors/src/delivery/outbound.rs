@@ -2,9 +2,14 @@
 //! hop, then run the pure [`amtp_proto::client::Client`] over it, pulling messages while the
 //! connection is ready (connection reuse) and reporting per-recipient dispositions. Every read
 //! and write has a timeout; replies are parsed from a bounded buffer.
+//!
+//! Failures carry a typed [`Cause`]: `Connect`, `Tls`, `Connection`, a peer's reply, or
+//! `LocalConfig` when this relay lacks what the hop needs (no AMTP client certificate or trust
+//! anchors, no `server_ca` for required TLS, an unbindable source address) — temporary, so the
+//! mail waits for the operator instead of bouncing.
 
 use amtp_proto::client::{
-    Client, ClientConfig, Disposition, Envelope, Output, TlsPolicy, dot_stuff,
+    Cause, Client, ClientConfig, Disposition, Envelope, Output, TlsPolicy, dot_stuff,
 };
 use amtp_proto::reply::parse_reply;
 use amtp_storage::QueueId;
@@ -63,15 +68,6 @@ pub struct Job {
     pub body: Arc<Vec<u8>>,
 }
 
-/// Why a connection failed before (or between) messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionFailure {
-    /// A later attempt may succeed.
-    pub temporary: bool,
-    /// For logs, DSNs and `queue show`.
-    pub reason: String,
-}
-
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -99,47 +95,37 @@ impl Stream {
     }
 }
 
-fn failure(temporary: bool, reason: impl Into<String>) -> ConnectionFailure {
-    ConnectionFailure {
-        temporary,
-        reason: reason.into(),
-    }
-}
-
-async fn connect(
-    target: &HopTarget,
-    ctx: &OutboundContext,
-) -> Result<TcpStream, ConnectionFailure> {
+async fn connect(target: &HopTarget, ctx: &OutboundContext) -> Result<TcpStream, Cause> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
-    .map_err(|e| failure(true, format!("socket: {e}")))?;
+    .map_err(|e| Cause::Connect(format!("socket: {e}")))?;
     if let Some(src) = ctx.source {
         socket
             .bind(SocketAddr::new(src, 0))
-            .map_err(|e| failure(true, format!("cannot bind source address {src}: {e}")))?;
+            .map_err(|e| Cause::LocalConfig(format!("cannot bind source address {src}: {e}")))?;
     }
     match tokio::time::timeout(ctx.connect_timeout, socket.connect(target.addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err(failure(
-            true,
-            format!("connect to {} ({}): {e}", target.host, target.addr),
-        )),
-        Err(_) => Err(failure(
-            true,
-            format!("connect to {} ({}): timed out", target.host, target.addr),
-        )),
+        Ok(Err(e)) => Err(Cause::Connect(format!(
+            "{} ({}): {e}",
+            target.host, target.addr
+        ))),
+        Err(_) => Err(Cause::Connect(format!(
+            "{} ({}): timed out",
+            target.host, target.addr
+        ))),
     }
 }
 
-fn server_name(host: &str) -> Result<ServerName<'static>, ConnectionFailure> {
+fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
-        .map_err(|e| failure(false, format!("invalid TLS server name {host}: {e}")))
+        .map_err(|e| format!("invalid TLS server name {host}: {e}"))
 }
 
 async fn tls(
@@ -150,7 +136,7 @@ async fn tls(
 ) -> Result<TlsStream<TcpStream>, String> {
     match tokio::time::timeout(
         timeout,
-        TlsConnector::from(config).connect(server_name(host).map_err(|f| f.reason)?, tcp),
+        TlsConnector::from(config).connect(server_name(host)?, tcp),
     )
     .await
     {
@@ -163,23 +149,36 @@ async fn tls(
 /// Deliver messages over one connection. `next_job` is asked for the next message whenever the
 /// connection is ready (until it returns `None` or `max_messages` were sent); `report` gets each
 /// message's dispositions. `Err` means the connection failed with no message in flight.
-pub async fn run_connection(
+pub async fn run_connection<F: Future<Output = Option<Job>>>(
     target: &HopTarget,
     ctx: &OutboundContext,
     max_messages: usize,
-    mut next_job: impl FnMut() -> Option<Job>,
+    mut next_job: impl FnMut() -> F,
     mut report: impl FnMut(QueueId, Vec<(String, Disposition)>),
-) -> Result<(), ConnectionFailure> {
+) -> Result<(), Cause> {
+    // A local configuration error is found before connecting: the peer need not see us.
+    if target.amtp && ctx.amtp_tls.is_none() {
+        return Err(Cause::LocalConfig(
+            "AMTP next hop, but no AMTP client certificate and trust anchors are configured \
+             (server.amtp_cert, server.amtp_key, delivery trust anchors)"
+                .into(),
+        ));
+    }
+    if !target.amtp && target.tls == TlsPolicy::Required && ctx.smtp_verified_tls.is_none() {
+        return Err(Cause::LocalConfig(
+            "TLS is required for this hop, but no server_ca is configured to verify it".into(),
+        ));
+    }
     let tcp = connect(target, ctx).await?;
     let mut stream = if target.amtp {
         let config = ctx
             .amtp_tls
             .clone()
-            .ok_or_else(|| failure(false, "AMTP hop without an AMTP client TLS configuration"))?;
+            .ok_or_else(|| Cause::LocalConfig("no AMTP client TLS configuration".into()))?;
         Stream::Tls(Box::new(
             tls(tcp, &target.host, config, ctx.command_timeout)
                 .await
-                .map_err(|e| failure(true, format!("TLS with {}: {e}", target.host)))?,
+                .map_err(|e| Cause::Tls(format!("with {}: {e}", target.host)))?,
         ))
     } else {
         Stream::Plain(tcp)
@@ -193,6 +192,7 @@ pub async fn run_connection(
         ehlo_name: ctx.ehlo_name.clone(),
         tls: policy,
         amtp: target.amtp,
+        peer: target.host.clone(),
     });
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut current: Option<Job> = None;
@@ -220,17 +220,13 @@ pub async fn run_connection(
         let reply = match reply {
             Ok(r) => r,
             Err(reason) => {
-                let reason = format!("{}: {reason}", target.host);
-                for o in client.on_connection_lost(&reason) {
+                let cause = Cause::Connection(format!("{}: {reason}", target.host));
+                for o in client.on_connection_lost(&cause) {
                     if let (Output::MessageDone(d), Some(job)) = (o, current.take()) {
                         report(job.id, d);
                     }
                 }
-                return if sent == 0 {
-                    Err(failure(true, reason))
-                } else {
-                    Ok(())
-                };
+                return if sent == 0 { Err(cause) } else { Ok(()) };
             }
         };
         todo.extend(client.on_reply(reply));
@@ -244,19 +240,25 @@ pub async fn run_connection(
                             .and_then(|r| r)
                     {
                         todo.clear();
-                        todo.extend(
-                            client
-                                .on_connection_lost(&format!("{}: write failed: {e}", target.host)),
-                        );
+                        todo.extend(client.on_connection_lost(&Cause::Connection(format!(
+                            "{}: write failed: {e}",
+                            target.host
+                        ))));
                     }
                 }
                 Output::StartTls => {
                     let Stream::Plain(tcp) = std::mem::replace(&mut stream, Stream::Gone) else {
-                        return Err(failure(true, "STARTTLS on a TLS connection"));
+                        return Err(Cause::Connection(format!(
+                            "{}: STARTTLS on a TLS connection",
+                            target.host
+                        )));
                     };
                     let config = match target.tls {
                         TlsPolicy::Required => ctx.smtp_verified_tls.clone().ok_or_else(|| {
-                            failure(false, "TLS required but no server_ca configured")
+                            Cause::LocalConfig(
+                                "TLS is required for this hop, but no server_ca is configured"
+                                    .into(),
+                            )
                         })?,
                         _ => ctx.smtp_opportunistic_tls.clone(),
                     };
@@ -279,10 +281,10 @@ pub async fn run_connection(
                     .await;
                     if !matches!(write, Ok(Ok(()))) {
                         todo.clear();
-                        todo.extend(client.on_connection_lost(&format!(
+                        todo.extend(client.on_connection_lost(&Cause::Connection(format!(
                             "{}: writing the message failed",
                             target.host
-                        )));
+                        ))));
                     }
                 }
                 Output::MessageDone(d) => {
@@ -292,7 +294,7 @@ pub async fn run_connection(
                 }
                 Output::Ready => {
                     let job = if sent < max_messages {
-                        next_job()
+                        next_job().await
                     } else {
                         None
                     };
@@ -305,9 +307,7 @@ pub async fn run_connection(
                         None => todo.extend(client.quit()),
                     }
                 }
-                Output::Failed { temporary, reason } => {
-                    return Err(failure(temporary, format!("{}: {reason}", target.host)));
-                }
+                Output::Failed(cause) => return Err(cause),
                 Output::Close => return Ok(()),
             }
         }
