@@ -464,3 +464,29 @@ fn a_refused_ehlo_gets_quit_and_the_dsn_keeps_the_peer_status() {
         "QUIT after the refused EHLO"
     );
 }
+
+/// Connection reuse when mail trickles in: each message is submitted only after the previous
+/// one was delivered, so the destination's queue is empty between them. A connection that
+/// quit as soon as its queue ran dry carried one message each (six connections); lingering
+/// for the next job, one connection carries them all (a slow moment may cost a second one).
+#[test]
+fn a_trickle_of_mail_reuses_one_connection() {
+    let sink = Sink::start("127.0.0.1:0");
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    for i in 0..6 {
+        submit(
+            &relay,
+            "alice@sender.test",
+            "bob@example.test",
+            None,
+            &format!("trickle-{i}"),
+        );
+        assert_eq!(
+            sink.wait_for(i + 1, 15).len(),
+            i + 1,
+            "message {i} delivered"
+        );
+    }
+    let connections = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(connections <= 2, "{connections} connections for 6 messages");
+}
