@@ -430,3 +430,58 @@ pub fn tls_configs(
         opportunistic,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> OutboundContext {
+        OutboundContext {
+            ehlo_name: "relay.test".into(),
+            source: None,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            amtp_tls: None,
+            smtp_verified_tls: None,
+            smtp_opportunistic_tls: tls_configs(None, None, None).unwrap().opportunistic,
+        }
+    }
+
+    /// A hop this relay is not configured to serve — AMTP without our client certificate and
+    /// trust anchors, SMTP with required TLS but no `server_ca` — is a local configuration
+    /// error: temporary (the mail is deferred, not bounced), found before connecting.
+    #[actix_rt::test]
+    async fn a_hop_we_cannot_serve_is_a_temporary_local_configuration_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (amtp, tls) in [(true, TlsPolicy::Implicit), (false, TlsPolicy::Required)] {
+            let target = HopTarget {
+                host: "peer.test".into(),
+                addr,
+                amtp,
+                tls,
+            };
+            let err = run_connection(
+                &target,
+                &context(),
+                10,
+                || std::future::ready(None),
+                |_, _| {},
+            )
+            .await
+            .unwrap_err();
+            assert!(err.is_local_config(), "{err:?}");
+            assert_eq!(err.status().to_string(), "4.3.5");
+            assert!(matches!(
+                Disposition::from_cause(err),
+                Disposition::Deferred(_)
+            ));
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err(),
+            "the peer never saw a connection"
+        );
+    }
+}
