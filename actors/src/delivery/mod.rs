@@ -7,6 +7,7 @@
 //!
 //! - [`plan`] — where each recipient goes: route choice, the no-public→public rule, the MPC
 //!   header rule, jobs per destination (pure, table-tested).
+//! - [`lookup`] — the DNS lookups a plan needs, interpreted by `plan`.
 //! - [`finalize`] — what an attempt's outcomes mean: recipient states, DSN, retry (pure,
 //!   table-tested).
 //! - [`outbound`] — one outbound connection running the pure client over TCP/TLS.
@@ -18,6 +19,7 @@
 pub mod bounce;
 pub mod destination;
 pub mod finalize;
+pub mod lookup;
 pub mod outbound;
 pub mod plan;
 pub mod route;
