@@ -239,11 +239,22 @@ pub async fn run_connection<F: Future<Output = Option<Job>>>(
                             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
                             .and_then(|r| r)
                     {
-                        todo.clear();
-                        todo.extend(client.on_connection_lost(&Cause::Connection(format!(
-                            "{}: write failed: {e}",
-                            target.host
-                        ))));
+                        // The QUIT after a refusal may meet a peer that already closed: the
+                        // refusal stays the cause.
+                        if let Some(refusal) = todo.iter().find_map(|o| match o {
+                            Output::Failed(c) => Some(c.clone()),
+                            _ => None,
+                        }) {
+                            return Err(refusal);
+                        }
+                        let cause =
+                            Cause::Connection(format!("{}: write failed: {e}", target.host));
+                        for o in client.on_connection_lost(&cause) {
+                            if let (Output::MessageDone(d), Some(job)) = (o, current.take()) {
+                                report(job.id, d);
+                            }
+                        }
+                        return if sent == 0 { Err(cause) } else { Ok(()) };
                     }
                 }
                 Output::StartTls => {
