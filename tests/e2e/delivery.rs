@@ -490,3 +490,41 @@ fn a_trickle_of_mail_reuses_one_connection() {
     let connections = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
     assert!(connections <= 2, "{connections} connections for 6 messages");
 }
+
+/// A local configuration error met at delivery time (here a `source_address` this host does
+/// not have) defers the mail with 4.3.5 and logs at error level; it never bounces.
+#[test]
+fn a_local_configuration_error_defers_and_logs_an_error() {
+    let sink = Sink::start("127.0.0.1:0");
+    let text = config(sink.addr.port(), "source_address = \"192.0.2.1\"")
+        .replace("first_retry = \"1s\"", "first_retry = \"1h\"");
+    let relay = Relay::start_config(&text);
+    let id = submit(
+        &relay,
+        "alice@example.test",
+        "bob@example.test",
+        Some("per/individual"),
+        "misconfigured",
+    );
+    assert!(
+        wait_until(15, || relay
+            .queue_cli(&["show", &id])
+            .1
+            .contains("attempts:     1")),
+        "attempted once"
+    );
+    let (_, show, _) = relay.queue_cli(&["show", &id]);
+    assert!(
+        show.contains("pending 4.3.5")
+            && show.contains("local configuration error: cannot bind source address 192.0.2.1"),
+        "{show}"
+    );
+    assert!(
+        relay.logged(&["ERROR", "local configuration error", "bob@example.test"]),
+        "logged at error level"
+    );
+    assert!(
+        sink.messages.lock().unwrap().is_empty(),
+        "no DSN, nothing sent"
+    );
+}
