@@ -372,12 +372,12 @@ fn submit_raw(relay: &Relay, mail: &str, to: &str, data: &str) {
     c.expect("QUIT", 221);
 }
 
-/// RFC 6152 / RFC 6531: mail received with BODY=8BITMIME leaves with BODY=8BITMIME for a next
-/// hop that offers 8BITMIME, and mail received with SMTPUTF8 says `with UTF8SMTP` in our
-/// Received header.
+/// RFC 6152 / RFC 6531: mail received with BODY=8BITMIME and SMTPUTF8 leaves with both for a
+/// next hop that offers them, and says `with UTF8SMTP` in our Received header.
 #[test]
 fn eight_bit_mail_is_relayed_as_8bitmime_and_utf8_mail_is_marked() {
     let sink = Sink::start("127.0.0.1:0");
+    sink.behaviour.lock().unwrap().smtputf8 = true;
     let relay = Relay::start_config(&config(sink.addr.port(), ""));
     submit_raw(
         &relay,
@@ -388,8 +388,8 @@ fn eight_bit_mail_is_relayed_as_8bitmime_and_utf8_mail_is_marked() {
     let got = sink.wait_for(1, 15);
     assert_eq!(got.len(), 1, "{got:?}");
     assert!(
-        got[0].mail.contains(" BODY=8BITMIME"),
-        "BODY=8BITMIME on the next hop: {}",
+        got[0].mail.contains(" BODY=8BITMIME") && got[0].mail.contains(" SMTPUTF8"),
+        "BODY=8BITMIME and SMTPUTF8 on the next hop: {}",
         got[0].mail
     );
     assert!(
@@ -526,5 +526,29 @@ fn a_local_configuration_error_defers_and_logs_an_error() {
     assert!(
         sink.messages.lock().unwrap().is_empty(),
         "no DSN, nothing sent"
+    );
+}
+
+/// RFC 6531: a message received with SMTPUTF8 whose header fields are UTF-8 needs a next hop
+/// with SMTPUTF8; without it the message is bounced with 5.6.7, not sent raw.
+#[test]
+fn utf8_headers_to_a_hop_without_smtputf8_are_bounced_with_5_6_7() {
+    let sink = Sink::start("127.0.0.1:0");
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    submit_raw(
+        &relay,
+        "MAIL FROM:<alice@example.test> BODY=8BITMIME SMTPUTF8",
+        "bob@example.test",
+        "Subject: caf\u{e9}\r\n\r\nbody\r\n",
+    );
+    let got = sink.wait_for(1, 20);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].from, "", "only the DSN arrives: {:?}", got[0]);
+    assert!(
+        got[0]
+            .data
+            .contains("Status: 5.6.7\r\nRemote-MTA: dns; 127.0.0.1\r\n"),
+        "{}",
+        got[0].data
     );
 }

@@ -1,6 +1,6 @@
 //! A small SMTP sink on 127.0.0.1 for delivery tests: records each message (with its MAIL
 //! command line), and can reject a recipient, stall in DATA, leave 8BITMIME out of its EHLO
-//! reply or refuse EHLO altogether. Counts QUITs. Runs on threads; stops when dropped.
+//! reply, offer SMTPUTF8, or refuse EHLO altogether. Counts QUITs. Runs on threads; stops when dropped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,6 +26,8 @@ pub struct Behaviour {
     pub stall: Option<Duration>,
     /// Do not offer 8BITMIME.
     pub no_8bitmime: bool,
+    /// Offer SMTPUTF8.
+    pub smtputf8: bool,
     /// Answer EHLO with this reply (e.g. `504 5.7.1 …`) instead of the keyword list.
     pub ehlo_reply: Option<String>,
 }
@@ -133,10 +135,23 @@ fn session(
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
             let b = behaviour.lock().unwrap();
-            match (&b.ehlo_reply, b.no_8bitmime) {
-                (Some(r), _) => format!("{r}\r\n"),
-                (None, true) => "250-sink.test\r\n250 PIPELINING\r\n".into(),
-                (None, false) => "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into(),
+            match &b.ehlo_reply {
+                Some(r) => format!("{r}\r\n"),
+                None => {
+                    let mut keywords = vec!["sink.test", "PIPELINING"];
+                    if !b.no_8bitmime {
+                        keywords.push("8BITMIME");
+                    }
+                    if b.smtputf8 {
+                        keywords.push("SMTPUTF8");
+                    }
+                    let last = keywords.len() - 1;
+                    keywords
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| format!("250{}{k}\r\n", if i == last { ' ' } else { '-' }))
+                        .collect()
+                }
             }
         } else if upper.starts_with("MAIL FROM:") {
             mail = cmd.clone();

@@ -14,8 +14,10 @@
 //! content really is 8-bit is refused (`5.6.3`, bounced) for a peer without 8BITMIME — it is
 //! never sent as 8-bit data to a 7-bit server and never rewritten; declared 8BITMIME but
 //! 7-bit clean, it is sent without the parameter. `SMTPUTF8` goes out when the message was
-//! received with it (or has non-ASCII addresses) and the peer offers it; non-ASCII addresses
-//! to a peer without SMTPUTF8 are refused (`5.6.7`).
+//! received with it (or has non-ASCII addresses) and the peer offers it. A message that needs
+//! it — non-ASCII addresses, or received with SMTPUTF8 and carrying UTF-8 headers — is refused
+//! (`5.6.7`) for a peer without SMTPUTF8; one received with SMTPUTF8 but all ASCII is sent
+//! without the parameter (as Postfix does).
 //!
 //! Every outcome carries its [`Cause`] (see [`crate::outcome`]). A peer that refuses the
 //! greeting, EHLO/HELO, STARTTLS or RSET still gets a QUIT before the connection closes.
@@ -80,6 +82,8 @@ pub struct Envelope {
     pub eight_bit: bool,
     /// Received with the SMTPUTF8 parameter.
     pub smtputf8: bool,
+    /// Whether the header section has non-ASCII text (UTF-8 headers, RFC 6532).
+    pub utf8_headers: bool,
 }
 
 /// Whether `body` has any octet above 127.
@@ -413,11 +417,16 @@ impl Client {
             });
         }
         let utf8_addresses = !env.from.is_ascii() || env.recipients.iter().any(|r| !r.is_ascii());
-        if utf8_addresses && !self.caps.smtputf8 {
+        let needs_smtputf8 = utf8_addresses || (env.smtputf8 && env.utf8_headers);
+        if needs_smtputf8 && !self.caps.smtputf8 {
             return refuse(Cause::Unsupported {
                 host,
                 status: status("5.6.7"),
-                detail: "the peer does not support SMTPUTF8 addresses".into(),
+                detail: if utf8_addresses {
+                    "non-ASCII addresses, and the peer does not offer SMTPUTF8".into()
+                } else {
+                    "UTF-8 header fields, and the peer does not offer SMTPUTF8".into()
+                },
             });
         }
         let eight_bit_mime = env.eight_bit && self.caps.eight_bit_mime;
@@ -662,6 +671,7 @@ mod tests {
             body: BodyType::Unspecified,
             eight_bit: false,
             smtputf8: false,
+            utf8_headers: false,
         }
     }
 
@@ -909,6 +919,30 @@ mod tests {
                 expect: Ok("MAIL FROM:<a@src.test>\r\n"),
             },
         ];
+        // SMTPUTF8 with UTF-8 headers needs a peer that offers it.
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["8BITMIME"]));
+        let out = c.send(Envelope {
+            smtputf8: true,
+            utf8_headers: true,
+            eight_bit: true,
+            ..env(None, &["x@p.test"])
+        });
+        assert_eq!(done(&out)[0].1.status().to_string(), "5.6.7");
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["8BITMIME", "SMTPUTF8"]));
+        let out = c.send(Envelope {
+            smtputf8: true,
+            utf8_headers: true,
+            eight_bit: true,
+            ..env(None, &["x@p.test"])
+        });
+        assert_eq!(
+            sent(&out),
+            "MAIL FROM:<a@src.test> BODY=8BITMIME SMTPUTF8\r\n"
+        );
         for (i, case) in cases.iter().enumerate() {
             let mut c = smtp(TlsPolicy::Never);
             c.on_reply(r(220, "", "hi"));

@@ -249,6 +249,7 @@ mod tests {
                 body: BodyType::Unspecified,
                 eight_bit: false,
                 smtputf8: false,
+                utf8_headers: false,
             },
             body: Arc::new(b"x\r\n".to_vec()),
         }

@@ -247,6 +247,7 @@ pub fn assemble(
     let mpc = mpc_text.and_then(|m| m.parse().ok());
     let has_header = amtp_proto::headers::find(&body, "MPC").is_some();
     let eight_bit = has_8bit(&body);
+    let utf8_headers = has_8bit(amtp_proto::headers::header_section(&body));
     let mut with_header: Option<Arc<Vec<u8>>> = None;
     let mut groups: Vec<Group> = Vec::new();
     let mut immediate = Vec::new();
@@ -287,6 +288,7 @@ pub fn assemble(
             body: body_type(record.envelope.body),
             eight_bit,
             smtputf8: record.envelope.smtputf8,
+            utf8_headers,
         };
         groups.push(Group {
             key: r.key,

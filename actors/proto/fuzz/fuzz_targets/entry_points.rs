@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             match out {
                 amtp_proto::client::Output::Ready if !sent_message => {
                     sent_message = true;
-                    let _ = client.send(amtp_proto::client::Envelope { from: "a@b.test".into(), recipients: vec!["c@d.test".into(), "e@f.test".into()], mpc: "per/individual".parse().ok(), size: 10, body: amtp_proto::client::BodyType::EightBitMime, eight_bit: true, smtputf8: false });
+                    let _ = client.send(amtp_proto::client::Envelope { from: "a@b.test".into(), recipients: vec!["c@d.test".into(), "e@f.test".into()], mpc: "per/individual".parse().ok(), size: 10, body: amtp_proto::client::BodyType::EightBitMime, eight_bit: true, smtputf8: false, utf8_headers: false });
                 }
                 amtp_proto::client::Output::StartTls => {
                     let _ = client.on_tls();

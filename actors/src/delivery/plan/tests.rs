@@ -327,8 +327,8 @@ fn assemble_groups_and_marks() {
     for g in &plan.groups {
         let e = &g.job.envelope;
         assert_eq!(
-            (e.body, e.eight_bit, e.smtputf8),
-            (BodyType::EightBitMime, true, true)
+            (e.body, e.eight_bit, e.smtputf8, e.utf8_headers),
+            (BodyType::EightBitMime, true, true, true)
         );
         assert_eq!(e.size, g.job.body.len() as u64);
     }
