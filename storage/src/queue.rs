@@ -568,6 +568,7 @@ impl Queue {
                         address: a.clone(),
                         state: RecipientState::Pending,
                         last_reply: None,
+                        status: None,
                     })
                     .collect(),
                 size: u64::try_from(m.body.len()).unwrap_or(u64::MAX),
@@ -769,22 +770,22 @@ impl Queue {
         })
     }
 
-    /// Record per-recipient outcomes `(address, state, reply)`. When no recipient is left
-    /// pending the message is removed; otherwise it stays (the caller reschedules it).
+    /// Record per-recipient outcomes (address, state, last reply and status). When no
+    /// recipient is left pending the message is removed; otherwise it stays (the caller
+    /// reschedules it).
     pub fn complete(
         &self,
         id: QueueId,
-        outcomes: &[(String, RecipientState, Option<String>)],
+        outcomes: &[RecipientStatus],
     ) -> Result<Completion, StorageError> {
         let store = self.store()?;
         let guard = self.lock_record(id);
         let mut rec = self
             .get_in(&store, id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
-        for (address, state, reply) in outcomes {
-            if let Some(r) = rec.recipients.iter_mut().find(|r| &r.address == address) {
-                r.state = *state;
-                r.last_reply.clone_from(reply);
+        for o in outcomes {
+            if let Some(r) = rec.recipients.iter_mut().find(|r| r.address == o.address) {
+                r.clone_from(o);
             }
         }
         let mut batch = sled::Batch::default();

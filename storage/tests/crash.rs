@@ -3,7 +3,9 @@
 //! reopens the queue and checks that every acknowledged message is present and
 //! byte-identical. Repeated for many rounds on the same directory.
 
-use amtp_storage::{Committer, CommitterConfig, Envelope, NewMessage, Origin, Queue, QueueId};
+use amtp_storage::{
+    BodyType, Committer, CommitterConfig, Envelope, NewMessage, Origin, Queue, QueueId,
+};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -61,6 +63,8 @@ fn crash_child() {
                             client_ip: "127.0.0.1".into(),
                             auth_user: None,
                             message_id: None,
+                            body: BodyType::Unspecified,
+                            smtputf8: false,
                         },
                         recipients: vec![format!("n{n}@crash.test")],
                         body: body(thread, n),

@@ -8,7 +8,7 @@
 //! `AMTP_TEST_REQUIRE_TMPFS=1` is set (CI sets it), in which case not mounting is a failure.
 
 use amtp_storage::{
-    Committer, CommitterConfig, Envelope, Health, NewMessage, Origin, Queue, QueueId,
+    BodyType, Committer, CommitterConfig, Envelope, Health, NewMessage, Origin, Queue, QueueId,
 };
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -88,6 +88,8 @@ fn message(n: u64, body_len: usize, recipients: usize) -> NewMessage {
             client_ip: "127.0.0.1".into(),
             auth_user: None,
             message_id: None,
+            body: BodyType::Unspecified,
+            smtputf8: false,
         },
         recipients: (0..recipients)
             .map(|r| format!("recipient-number-{r:04}-of-message-{n}@full.test"))

@@ -85,6 +85,23 @@ fn unauthenticated_relay_is_denied() {
     assert_eq!(relay.queued(), 0);
 }
 
+/// RFC 6531 §3.4: non-ASCII addresses need the SMTPUTF8 parameter (553 5.6.7 otherwise).
+#[test]
+fn non_ascii_addresses_without_smtputf8_get_553() {
+    let relay = Relay::start("");
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    let r = c.expect("MAIL FROM:<j\u{f6}rg@sender.test>", 553);
+    assert_eq!(r.status.unwrap().to_string(), "5.6.7");
+    c.expect("MAIL FROM:<alice@sender.test>", 250);
+    let r = c.expect("RCPT TO:<j\u{f6}rg@example.test>", 553);
+    assert_eq!(r.status.unwrap().to_string(), "5.6.7");
+    c.expect("RSET", 250);
+    c.expect("MAIL FROM:<j\u{f6}rg@sender.test> SMTPUTF8", 250);
+    c.expect("RCPT TO:<j\u{f6}rg@example.test>", 250);
+    c.expect("QUIT", 221);
+}
+
 #[test]
 fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     let relay = Relay::start("");

@@ -18,12 +18,12 @@ pub mod stream;
 use crate::auth::Credentials;
 use crate::config::{ListenerConfig, SessionConfig};
 use crate::messages::{AuthOutcome, EnqueueError};
-use amtp_proto::command::{ForwardPath, MailFrom};
+use amtp_proto::command::{Body, ForwardPath, MailFrom};
 use amtp_proto::ehlo::EhloKeywords;
 use amtp_proto::mpc::Mpc;
 use amtp_proto::received::{Received, Transmission};
 use amtp_proto::{Command, CommandError, DataError, Reply, ReversePath};
-use amtp_storage::{Envelope, NewMessage, Origin, QueueId};
+use amtp_storage::{BodyType, Envelope, NewMessage, Origin, QueueId};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -533,6 +533,12 @@ impl Session {
                 "Message size exceeds fixed maximum message size",
             );
         }
+        // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter.
+        if !mail.smtputf8
+            && matches!(&mail.from, ReversePath::Mailbox(m) if !m.to_string().is_ascii())
+        {
+            return reply(553, "5.6.7", "Non-ASCII sender address requires SMTPUTF8");
+        }
         let mpc = match self.amtp_mail(&mail) {
             Ok(Some(mpc)) => Some(mpc),
             Ok(None) => match self.smtp_mpc(&mail) {
@@ -581,6 +587,14 @@ impl Session {
         let Phase::Mail(_, tx) = &self.phase else {
             return reply(503, "5.5.1", "Need MAIL command first");
         };
+        if !tx.mail.smtputf8 && matches!(&to, ForwardPath::Mailbox(m) if !m.to_string().is_ascii())
+        {
+            return reply(
+                553,
+                "5.6.7",
+                "Non-ASCII recipient address requires SMTPUTF8",
+            );
+        }
         if tx.recipients.len() >= max {
             // RFC 5321 §4.5.3.1.10: the client sends the extra recipients again later. A
             // pipelining client learns of the limit only from these replies, so the first
@@ -678,7 +692,7 @@ impl Session {
             helo: &greeting.name,
             client_ip: self.ctx.peer.ip(),
             by: &self.ctx.hostname,
-            with: Transmission::new(self.tls.is_some(), self.user.is_some()),
+            with: Transmission::new(self.tls.is_some(), self.user.is_some(), tx.mail.smtputf8),
             tls,
             auth_user: self
                 .user
@@ -709,6 +723,12 @@ impl Session {
             client_ip: self.ctx.peer.ip().to_string(),
             auth_user: self.user.clone(),
             message_id,
+            body: match tx.mail.body {
+                None => BodyType::Unspecified,
+                Some(Body::SevenBit) => BodyType::SevenBit,
+                Some(Body::EightBitMime) => BodyType::EightBitMime,
+            },
+            smtputf8: tx.mail.smtputf8,
         };
         let new = NewMessage {
             id: Some(queue_id),

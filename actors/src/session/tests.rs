@@ -635,6 +635,97 @@ fn received_header_and_envelope() {
     assert!(matches!(&r[0], Action::Reply(r) if r.code == 451));
 }
 
+/// RFC 6531 §3.4: a non-ASCII address in MAIL or RCPT needs the SMTPUTF8 parameter on MAIL;
+/// without it the answer is 553 5.6.7 and the session goes on.
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let cases: &[(&[&str], &[u16])] = &[
+        (
+            &["EHLO c.test", "MAIL FROM:<j\u{f6}rg@b.test>"],
+            &[250, 553],
+        ),
+        (
+            &["EHLO c.test", "MAIL FROM:<j\u{f6}rg@b.test> SMTPUTF8"],
+            &[250, 250],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<j\u{f6}rg@example.test>",
+                "RCPT TO:<u@example.test>",
+            ],
+            &[250, 250, 553, 250],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test> SMTPUTF8",
+                "RCPT TO:<j\u{f6}rg@example.test>",
+            ],
+            &[250, 250, 250],
+        ),
+    ];
+    for (lines, expected) in cases {
+        let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), None);
+        assert_eq!(codes(&mut s, lines), *expected, "{lines:?}");
+    }
+    let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), None);
+    codes(&mut s, &["EHLO c.test"]);
+    let r = s.on_command(parse("MAIL FROM:<j\u{f6}rg@b.test>".as_bytes()));
+    assert!(
+        matches!(&r[0], Action::Reply(r) if r.status.map(|s| s.to_string()).as_deref() == Some("5.6.7")),
+        "{r:?}"
+    );
+}
+
+/// The body type and SMTPUTF8 flag reach the queue; SMTPUTF8 mail is `UTF8SMTPS` in our
+/// Received header (RFC 6531 §3.7.3), other mail keeps `ESMTPS`.
+#[test]
+fn body_type_and_smtputf8_are_stored_and_marked() {
+    for (mail, with, body, utf8) in [
+        (
+            "MAIL FROM:<a@b.test> BODY=8BITMIME SMTPUTF8",
+            "with UTF8SMTPS\r\n",
+            BodyType::EightBitMime,
+            true,
+        ),
+        (
+            "MAIL FROM:<a@b.test> BODY=7BIT",
+            "with ESMTPS\r\n",
+            BodyType::SevenBit,
+            false,
+        ),
+        (
+            "MAIL FROM:<a@b.test>",
+            "with ESMTPS\r\n",
+            BodyType::Unspecified,
+            false,
+        ),
+    ] {
+        let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), Some(tls()));
+        codes(
+            &mut s,
+            &["EHLO c.test", mail, "RCPT TO:<u@example.test>", "DATA"],
+        );
+        let actions = s.on_data(
+            Ok(b"Subject: t\r\n\r\nhello\r\n".to_vec()),
+            0,
+            Some(QueueId(7)),
+        );
+        let [Action::Enqueue(m)] = &actions[..] else {
+            panic!("{actions:?}")
+        };
+        let text = String::from_utf8_lossy(&m.body);
+        assert!(text.contains(with), "{mail}: {text}");
+        assert_eq!(
+            (m.envelope.body, m.envelope.smtputf8),
+            (body, utf8),
+            "{mail}"
+        );
+    }
+}
+
 // ---- Driver over an in-memory pipe -------------------------------------------------------
 
 struct FakePolicy;
