@@ -59,6 +59,7 @@ pub struct Metrics {
     pub sessions: IntCounterVec,
     pub replies: IntCounterVec,
     pub commands_refused: IntCounterVec,
+    pub slow_clients: IntCounterVec,
     // TLS.
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_seconds: HistogramVec,
@@ -222,6 +223,12 @@ impl Metrics {
                 "amtp_commands_refused_total",
                 "Commands answered with a 4xx or 5xx reply, by listener and command verb.",
                 &["listener", "verb"],
+            ),
+            slow_clients: counter_vec(
+                &r,
+                "amtp_slow_clients_total",
+                "Sessions closed with 421 4.4.2 for being too slow, by listener and deadline (idle, command_line, data_idle, data_rate).",
+                &["listener", "deadline"],
             ),
             tls_handshakes: counter_vec(
                 &r,
@@ -497,6 +504,17 @@ pub fn command_refused(listener: &str, verb: &str) {
     if let Some(m) = get() {
         m.commands_refused
             .with_label_values(&[listener, verb])
+            .inc();
+    }
+}
+
+/// A session was closed for being too slow: `deadline` is `idle` (no command within
+/// `command_timeout`), `command_line` (a line begun but not finished in time), `data_idle` (no
+/// DATA bytes within `data_timeout`) or `data_rate` (DATA slower than `min_data_rate`).
+pub fn client_too_slow(listener: &str, deadline: &str) {
+    if let Some(m) = get() {
+        m.slow_clients
+            .with_label_values(&[listener, deadline])
             .inc();
     }
 }

@@ -237,7 +237,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 Err(_) => {
                     self.verb = "-";
                     if self.lines.has_partial() {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "command_line");
                         tracing::info!(peer = %self.session.ctx.peer, "command line not completed within command_timeout; closing");
+                    } else {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "idle");
                     }
                     let actions = self.session.on_timeout();
                     self.perform(actions).await;
@@ -493,7 +496,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
             let n = match read {
                 Err(_) => {
                     if total <= idle {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "data_rate");
                         tracing::info!(peer = %self.session.ctx.peer, received, min_data_rate = limits.min_data_rate, "DATA slower than min_data_rate; closing");
+                    } else {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "data_idle");
                     }
                     return Err(Outcome::Timeout);
                 }

@@ -864,8 +864,23 @@ async fn trickle(
     (String::from_utf8_lossy(&out).into_owned(), Some(outcome))
 }
 
+/// `amtp_slow_clients_total` for the test listener and `deadline` (metrics on).
+fn slow_clients(deadline: &str) -> u64 {
+    let m = crate::metrics::enable();
+    m.slow_clients
+        .with_label_values(&[
+            ctx(ListenerRole::Mx, SessionConfig::default())
+                .listener
+                .name
+                .as_str(),
+            deadline,
+        ])
+        .get()
+}
+
 #[actix_rt::test]
 async fn a_command_line_trickled_byte_by_byte_meets_its_deadline() {
+    let before = slow_clients("command_line");
     // Every byte arrives well within any per-read timeout; the line never ends.
     let limits = SessionConfig {
         command_timeout: HumanDuration(Duration::from_millis(400)),
@@ -882,10 +897,12 @@ async fn a_command_line_trickled_byte_by_byte_meets_its_deadline() {
     assert_eq!(reply_codes(&wire), ["220", "250", "421"], "{wire}");
     assert!(wire.contains("421 4.4.2"), "{wire}");
     assert_eq!(outcome, Some(Outcome::Timeout));
+    assert!(slow_clients("command_line") > before, "counted");
 }
 
 #[actix_rt::test]
 async fn data_below_the_minimum_rate_meets_its_deadline() {
+    let before = slow_clients("data_rate");
     // 20 bytes a second against a minimum of 100: each read comes far inside data_timeout.
     let limits = SessionConfig {
         data_timeout: HumanDuration(Duration::from_millis(500)),
@@ -907,6 +924,7 @@ async fn data_below_the_minimum_rate_meets_its_deadline() {
     );
     assert!(wire.contains("421 4.4.2"), "{wire}");
     assert_eq!(outcome, Some(Outcome::Timeout));
+    assert!(slow_clients("data_rate") > before, "counted");
 }
 
 #[actix_rt::test]
