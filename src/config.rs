@@ -93,6 +93,9 @@ pub struct TlsSection {
     /// files are missing (default paths: `<data_dir>/tls/server.pem`, `server-key.pem`).
     #[serde(default)]
     pub generate_dev_certificate: bool,
+    /// Poll the certificate, key, CA bundle and CRL files this often and reload when one
+    /// changes (an ACME client's renewal is picked up without a signal). Absent: no polling.
+    pub watch: Option<HumanDuration>,
 }
 
 /// Log output format.
@@ -184,6 +187,8 @@ pub struct Config {
     pub amtp_files: Option<amtp_actors::amtp_tls::TrustFiles>,
     /// Trust anchors for verifying next hops (resolved).
     pub delivery_roots: Option<PathBuf>,
+    /// The file's text, to name lines in checks made after parsing (see `preflight`).
+    pub text: String,
 }
 
 impl Config {
@@ -225,7 +230,12 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// The line of `key` inside table `section` (the `index`-th `[[section]]` for arrays), or of
 /// the table header when `key` is `None`. A plain scan: good enough for naming a line.
-fn line_of(text: &str, section: &str, index: Option<usize>, key: Option<&str>) -> Option<usize> {
+pub fn line_of(
+    text: &str,
+    section: &str,
+    index: Option<usize>,
+    key: Option<&str>,
+) -> Option<usize> {
     let mut in_table = false;
     let mut seen = 0usize;
     for (i, raw) in text.lines().enumerate() {
@@ -382,6 +392,13 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
 
     // [tls]
     let tls = &file.tls;
+    if tls.watch.is_some_and(|w| w.0 < Duration::from_secs(1)) {
+        return Err(err(
+            "tls.watch".into(),
+            line_of(text, "tls", None, Some("watch")),
+            "must be at least 1s".into(),
+        ));
+    }
     let tls_dir = data_dir.join("tls");
     let tls_files = match (
         &tls.certificate,
@@ -707,6 +724,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         local_domains,
         amtp_files,
         delivery_roots,
+        text: text.to_string(),
     })
 }
 

@@ -125,3 +125,9 @@ pub struct AdminQuery(pub String);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopAccepting;
+
+/// Wiring → listener: new settings for this listener (a reload), used from the next
+/// connection on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub Arc<ListenerConfig>);

@@ -468,6 +468,7 @@ async fn dialogue(
                 ))
             })
         },
+        lifecycle: Arc::new(crate::lifecycle::Lifecycle::new()),
     };
     let (client, server) = tokio::io::duplex(1 << 20);
     let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
