@@ -104,8 +104,14 @@ fn mpc_line(c: &mut Client) -> Option<String> {
 fn a_changed_mpc_policy_appears_in_the_next_ehlo_and_open_sessions_keep_theirs() {
     let relay = Relay::start_config(&amtp_config("DENY=com/optout"));
     let mut before = amtp_client(&relay);
-    assert_eq!(mpc_line(&mut before).as_deref(), Some("MPC DENY=com/optout"));
-    let (ok, out, err) = reload_with(&relay, &amtp_config("DENY=com/optout DENY=com/autoresponse"));
+    assert_eq!(
+        mpc_line(&mut before).as_deref(),
+        Some("MPC DENY=com/optout")
+    );
+    let (ok, out, err) = reload_with(
+        &relay,
+        &amtp_config("DENY=com/optout DENY=com/autoresponse"),
+    );
     assert!(ok, "reload refused: {err}");
     assert!(out.contains("configuration reloaded"), "{out}");
     let mut after = amtp_client(&relay);
@@ -114,7 +120,10 @@ fn a_changed_mpc_policy_appears_in_the_next_ehlo_and_open_sessions_keep_theirs()
         Some("MPC DENY=com/optout DENY=com/autoresponse")
     );
     // The session opened before the reload finishes under the policy it started with.
-    assert_eq!(mpc_line(&mut before).as_deref(), Some("MPC DENY=com/optout"));
+    assert_eq!(
+        mpc_line(&mut before).as_deref(),
+        Some("MPC DENY=com/optout")
+    );
     before.expect("QUIT", 221);
 }
 
@@ -130,9 +139,11 @@ fn served_certificate(addr: std::net::SocketAddr, ca: &str) -> Vec<u8> {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("relay.test").unwrap())
-            .unwrap();
+    let mut conn = rustls::ClientConnection::new(
+        Arc::new(config),
+        ServerName::try_from("relay.test").unwrap(),
+    )
+    .unwrap();
     let mut tcp = std::net::TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     while conn.is_handshaking() {
@@ -183,7 +194,8 @@ fn a_renewed_certificate_is_served_to_the_next_connection() {
     std::thread::sleep(Duration::from_millis(1100));
     write_certificate(relay.dir.path(), &third);
     assert!(
-        wait_until(20, || served_certificate(addr, &ca.pem) == leaf_of(&third.cert_pem)),
+        wait_until(20, || served_certificate(addr, &ca.pem)
+            == leaf_of(&third.cert_pem)),
         "the watched certificate was not picked up"
     );
     relay.assert_serving();
@@ -212,7 +224,10 @@ fn a_broken_configuration_is_refused_by_reload_and_the_old_one_keeps_serving() {
     );
     let (ok, out, err) = reload_with(&relay, &broken);
     assert!(!ok, "a broken configuration was accepted: {out}");
-    assert!(err.contains("logging.level") && err.contains("verbose"), "{err}");
+    assert!(
+        err.contains("logging.level") && err.contains("verbose"),
+        "{err}"
+    );
     // The relay logs exactly what check-config prints.
     let check = std::process::Command::new(BIN)
         .args(["check-config", "--config"])
@@ -306,7 +321,9 @@ fn sigterm_refuses_new_transactions_lets_data_finish_and_says_421_after_the_grac
     in_data.write(b"second half\r\n.\r\n");
     assert_eq!(in_data.read_reply().unwrap().code, 250);
     // A session still open when the grace ends is told so before the close.
-    let r = idle.read_reply().expect("a reply before the close, not a bare close");
+    let r = idle
+        .read_reply()
+        .expect("a reply before the close, not a bare close");
     assert_eq!(r.code, 421, "{r}");
     assert!(r.to_string().contains("4.3.2"), "{r}");
     assert!(idle.read_reply().is_none(), "closed after the 421");
