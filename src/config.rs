@@ -271,6 +271,33 @@ pub fn line_of(
     None
 }
 
+/// serde names Rust types (`expected usize`); say what the operator must write instead.
+fn operator_words(message: &str) -> String {
+    const WHOLE: [&str; 10] = [
+        "usize", "u8", "u16", "u32", "u64", "u128", "isize", "i32", "i64", "i128",
+    ];
+    let mut out = message.to_string();
+    for (rust, words) in WHOLE
+        .iter()
+        .map(|t| (*t, "a whole number"))
+        .chain([("f64", "a number"), ("f32", "a number")])
+    {
+        let rust = format!("expected {rust}");
+        let mut from = 0;
+        while let Some(i) = out[from..].find(&rust).map(|i| i + from) {
+            let end = i + rust.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                from = end;
+                continue;
+            }
+            let said = format!("expected {words}");
+            out.replace_range(i..end, &said);
+            from = i + said.len();
+        }
+    }
+    out
+}
+
 /// Parse and validate configuration text. Relative paths resolve against `base`.
 pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| {
@@ -284,7 +311,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
             origin: origin.into(),
             field,
             line,
-            message: e.message().trim().to_string(),
+            message: operator_words(e.message().trim()),
         }
     })?;
     let err = |field: String, line: Option<usize>, message: String| ConfigError {
@@ -856,6 +883,21 @@ mod tests {
             assert_eq!(e.line, line, "{e}");
             assert!(e.message.contains(needle), "{e}");
         }
+    }
+
+    #[test]
+    fn type_errors_speak_the_operators_language() {
+        let text = "[server]\nhostname = \"relay.test\"\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\nmax_connections = \"many\"\n";
+        let e = parse(text, "t", Path::new("/")).unwrap_err();
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.ends_with("expected a whole number"), "{e}");
+        assert!(!e.to_string().contains("usize"), "{e}");
+        assert_eq!(
+            operator_words("invalid value: integer `-1`, expected u16"),
+            "invalid value: integer `-1`, expected a whole number"
+        );
+        assert_eq!(operator_words("expected f64"), "expected a number");
+        assert_eq!(operator_words("expected u8x"), "expected u8x");
     }
 
     #[test]

@@ -133,18 +133,15 @@ fn check_tls(c: &mut Checker<'_>) {
     if !cert_path.exists() && c.config.file.tls.generate_dev_certificate {
         return;
     }
-    let certs = match read_certificates(&cert_path) {
-        Ok(certs) => certs,
-        Err(why) => {
-            c.add(
-                Severity::Error,
-                "tls",
-                "certificate",
-                format!("our server certificate {}: {why}", cert_path.display()),
-            );
-            return;
-        }
-    };
+    let certs = read_certificates(&cert_path);
+    if let Err(why) = &certs {
+        c.add(
+            Severity::Error,
+            "tls",
+            "certificate",
+            format!("our server certificate {}: {why}", cert_path.display()),
+        );
+    }
     let key = match PrivateKeyDer::from_pem_file(&key_path) {
         Ok(k) => Some(k),
         Err(e) => {
@@ -160,6 +157,9 @@ fn check_tls(c: &mut Checker<'_>) {
             );
             None
         }
+    };
+    let Ok(certs) = certs else {
+        return;
     };
     let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&certs[0]) else {
         c.add(

@@ -8,8 +8,10 @@
 mod amtp;
 mod bad_input;
 mod chain;
+mod check_config;
 mod cli;
 mod delivery;
+mod deploy;
 mod dns;
 mod harness;
 mod lifecycle;
