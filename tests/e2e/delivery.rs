@@ -85,7 +85,7 @@ fn delivers_to_the_mailbox_store_with_the_mpc_header() {
         wait_until(10, || relay.queued() == 0),
         "removed from the queue after the next hop's 250"
     );
-    assert!(relay.logged(&["\"outcome\":\"delivered\"", "bob@example.test"]));
+    assert!(relay.logged(&["\"message\":\"delivered\"", "bob@example.test"]));
 }
 
 #[test]
