@@ -149,10 +149,7 @@ fn main() -> ExitCode {
         } => {
             let config = match config::load(path.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("amtp-relay: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return config_errors(&e),
             };
             // What check-config refuses, serve refuses, before anything starts.
             let report = preflight::check(&config);
@@ -192,10 +189,7 @@ fn main() -> ExitCode {
                 (Some(d), _) => (d, "localhost".to_string()),
                 (None, Some(c)) => match config::load(Some(&c)) {
                     Ok(c) => (c.data_dir, c.file.server.hostname),
-                    Err(e) => {
-                        eprintln!("amtp-relay: {e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
+                    Err(e) => return config_errors(&e),
                 },
                 (None, None) => (PathBuf::from("./amtp-data"), "localhost".to_string()),
             };
@@ -245,10 +239,7 @@ fn main() -> ExitCode {
 fn check_config(path: &std::path::Path) -> ExitCode {
     let c = match config::load(Some(path)) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("amtp-relay: {e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+        Err(e) => return config_errors(&e),
     };
     let report = preflight::check(&c);
     for f in &report.findings {
@@ -272,10 +263,7 @@ fn life_cycle(args: &AdminArgs, command: &str) -> ExitCode {
         (Some(d), _) => d.clone(),
         (None, Some(c)) => match config::load(Some(c)) {
             Ok(c) => c.data_dir,
-            Err(e) => {
-                eprintln!("amtp-relay: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
+            Err(e) => return config_errors(&e),
         },
         (None, None) => PathBuf::from("./amtp-data"),
     };
@@ -305,4 +293,12 @@ fn life_cycle(args: &AdminArgs, command: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Print every configuration error, one per line; exit 64.
+fn config_errors(errors: &config::ConfigErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("amtp-relay: {e}");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }

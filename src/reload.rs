@@ -15,6 +15,7 @@
 use crate::config::{self, Config};
 use crate::logging::LevelHandle;
 use crate::preflight;
+use amtp_actors::amtp_policy::AmtpPolicy;
 use amtp_actors::amtp_tls::AmtpTrust;
 use amtp_actors::auth::users::UserDb;
 use amtp_actors::config::ListenerRole;
@@ -41,7 +42,17 @@ pub fn live_settings(config: &Config) -> Result<LiveSettings> {
             if file.listeners.iter().any(|l| l.role == ListenerRole::Amtp) =>
         {
             let trust = AmtpTrust::load(files, cert, key).context("loading the AMTP trust sets")?;
-            let policy = a.policy().map_err(|e| anyhow::anyhow!(e))?;
+            // Validated by config::parse; an error here would be a bug, not a bad file.
+            let policy = AmtpPolicy::from_config(a).map_err(|errors| {
+                anyhow::anyhow!(
+                    "{}",
+                    errors
+                        .iter()
+                        .map(|e| format!("{}: {}", e.path("amtp"), e.message))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            })?;
             Some(AmtpSettings {
                 trust: Arc::new(trust),
                 policy: Arc::new(policy),

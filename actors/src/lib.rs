@@ -10,7 +10,8 @@
 //!
 //! # Layout
 //! - [`messages`] — every cross-actor message type.
-//! - [`config`] — per-component configuration sections (serde), [`units`] for "30s"/"25MB".
+//! - [`config`] — per-component configuration sections (serde), [`units`] for "30s"/"25MB",
+//!   [`validate`] for each section's own rules (typed field errors).
 //! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
@@ -51,5 +52,6 @@ pub mod session;
 pub mod tls;
 pub mod ttl_cache;
 pub mod units;
+pub mod validate;
 pub mod wiring;
 pub mod worker;

@@ -80,11 +80,6 @@ impl EnqueueError {
     }
 }
 
-/// Session → resolver: look up a DNS name (sent only on a cache miss).
-#[derive(Debug, Message)]
-#[rtype(result = "crate::resolver::Answer")]
-pub struct Resolve(pub crate::resolver::DnsQuery);
-
 /// Queue → router: something was enqueued; look for due messages now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]

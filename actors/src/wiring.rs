@@ -18,6 +18,7 @@ use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, Session
 use crate::config::{DeliveryConfig, ResolverConfig};
 use crate::delivery::outbound::OutboundContext;
 use crate::delivery::router::{Router, RouterShared};
+use crate::delivery::schedule::RetryPolicy;
 use crate::health::Health;
 use crate::identity::{IdentityCache, IdentityChecker};
 use crate::lifecycle::{Lifecycle, Phase};
@@ -32,7 +33,7 @@ use crate::policy::{PolicyActor, ReplaceUsers};
 use crate::queue_actor::QueueActor;
 use crate::resolver::actor::ResolverActor;
 use crate::resolver::transport::DnsTransport;
-use crate::resolver::{DnsCache, ResolverHandle};
+use crate::resolver::{DnsCache, ResolverHandle, TtlPolicy};
 use crate::runtime::Runtime;
 use crate::session::driver::SessionDeps;
 use crate::worker::{AmtpShared, ConnectionWorker, WorkerShared};
@@ -195,8 +196,11 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
                     .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
             });
         }
-        let (transport, actor_cache, ttl) =
-            (r.transport.clone(), cache.clone(), r.config.ttl_policy());
+        let (transport, actor_cache, ttl) = (
+            r.transport.clone(),
+            cache.clone(),
+            TtlPolicy::from_config(&r.config),
+        );
         let meter = Meter::new("resolver", 0);
         Meter::pool_size("resolver", 1);
         let actor_meter = meter.clone();
@@ -232,7 +236,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             smtp_fallback: d.config.smtp_fallback,
             smtp_fallback_tls: d.config.smtp_fallback_tls,
             smtp_fallback_port: d.config.smtp_fallback_port,
-            retry: d.config.retry(),
+            retry: RetryPolicy::from_config(&d.config),
             lease: d.config.lease.0,
             poll_interval: d.config.poll_interval.0,
             concurrency: d.config.concurrency_per_destination,
