@@ -8,8 +8,8 @@
 //! only add latency, since nothing here does I/O.)
 
 use crate::amtp_tls::TrustClass;
+use crate::config::FieldError;
 use crate::metrics;
-use crate::validate::FieldError;
 use amtp_proto::Reply;
 use amtp_proto::mpc::{Mpc, MpcError, MpcPolicy, Verdict};
 use std::collections::hash_map::DefaultHasher;

@@ -362,6 +362,57 @@ pub struct ResolverConfig {
     pub negative_max_ttl: HumanDuration,
 }
 
+/// One problem in one field of a section, as each section's `validate()`
+/// ([`crate::validate`]) and the runtime constructors report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The entry of an array of tables inside the section the field is in, e.g.
+    /// `("rule", 1)` for `[[amtp.rule]]` number 2; `None` for a plain field.
+    pub entry: Option<(&'static str, usize)>,
+    /// The key within the section (or the entry); empty for the table itself.
+    pub key: &'static str,
+    /// What is wrong, in the operator's words.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A plain field of the section.
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            entry: None,
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// A field of entry `index` of the array `array` inside the section.
+    pub fn in_entry(
+        array: &'static str,
+        index: usize,
+        key: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            entry: Some((array, index)),
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// The full field name under `section`, e.g. `amtp.rule[1].deny`.
+    pub fn path(&self, section: &str) -> String {
+        let mut out = section.to_string();
+        if let Some((array, i)) = self.entry {
+            out.push_str(&format!(".{array}[{i}]"));
+        }
+        if !self.key.is_empty() {
+            out.push('.');
+            out.push_str(self.key);
+        }
+        out
+    }
+}
+
 /// Resolve "0 = one per core".
 pub fn per_core(n: usize) -> usize {
     if n == 0 {
