@@ -19,7 +19,8 @@ use amtp_actors::amtp_policy::AmtpPolicy;
 use amtp_actors::amtp_tls::AmtpTrust;
 use amtp_actors::auth::users::UserDb;
 use amtp_actors::config::ListenerRole;
-use amtp_actors::wiring::{AmtpSettings, LiveSettings, Relay};
+use amtp_actors::delivery::outbound::{self, OutboundContext};
+use amtp_actors::wiring::{AmtpSettings, DeliverySettings, LiveSettings, Relay};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -69,7 +70,41 @@ pub fn live_settings(config: &Config) -> Result<LiveSettings> {
         users,
         amtp,
         listeners: Vec::new(),
+        delivery: None,
     })
+}
+
+/// Outbound delivery settings (outbound TLS with our certificate, routes, limits), or
+/// `None` when delivery is disabled.
+pub fn delivery_settings(config: &Config) -> Result<Option<DeliverySettings>> {
+    let file = &config.file;
+    if !file.delivery.enabled {
+        return Ok(None);
+    }
+    let (cert, key) = config
+        .tls_files
+        .as_ref()
+        .map(|(c, k)| (c.as_path(), k.as_path()))
+        .unzip();
+    let tls = outbound::tls_configs(cert, key, config.delivery_roots.as_deref())
+        .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?;
+    let outbound = OutboundContext {
+        ehlo_name: file
+            .delivery
+            .ehlo_name
+            .clone()
+            .unwrap_or_else(|| file.server.hostname.clone()),
+        source: file.delivery.source_address,
+        connect_timeout: file.delivery.connect_timeout.0,
+        command_timeout: file.delivery.command_timeout.0,
+        amtp_tls: tls.amtp,
+        smtp_verified_tls: tls.verified,
+        smtp_opportunistic_tls: tls.opportunistic,
+    };
+    Ok(Some(DeliverySettings {
+        config: file.delivery.clone(),
+        outbound,
+    }))
 }
 
 /// Whether `config`'s AMTP listener checks PTR names (needs the resolver).
@@ -101,8 +136,11 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&o.queue, &n.queue) {
         out.push("[queue]");
     }
-    if differs(&o.delivery, &n.delivery) || old.delivery_roots != new.delivery_roots {
-        out.push("[delivery]");
+    if o.delivery.enabled != n.delivery.enabled {
+        out.push("delivery.enabled");
+    }
+    if o.delivery.poll_interval.0 != n.delivery.poll_interval.0 {
+        out.push("delivery.poll_interval");
     }
     if differs(&o.resolver, &n.resolver) {
         out.push("[resolver]");
@@ -199,6 +237,11 @@ impl Reloader {
             return Err(report.error_text());
         }
         let mut live = live_settings(&next).map_err(|e| format!("{e:#}"))?;
+        live.delivery = if relay.delivers() {
+            delivery_settings(&next).map_err(|e| format!("{e:#}"))?
+        } else {
+            None
+        };
         if amtp_needs_dns(&next) && !relay.has_resolver() {
             return Err(
                 "this relay started without a DNS resolver (no AMTP listener checking PTR names, no delivery): adding one needs a restart".into(),

@@ -12,9 +12,8 @@ use crate::logging::LevelHandle;
 use crate::notify;
 use crate::reload::{self, Reloader};
 use amtp_actors::admin::Control;
-use amtp_actors::delivery::outbound::{self, OutboundContext};
 use amtp_actors::resolver::transport::{DnsTransport, HickoryTransport};
-use amtp_actors::wiring::{self, DeliverySettings, Relay, RelaySettings, ResolverSettings};
+use amtp_actors::wiring::{self, Relay, RelaySettings, ResolverSettings};
 use amtp_storage::Queue;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -65,35 +64,10 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
     if !report.missing_bodies.is_empty() {
         tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without a body file; inspect with `amtp-relay queue show`");
     }
-    let delivery = if file.delivery.enabled {
-        let (cert, key) = config
-            .tls_files
-            .as_ref()
-            .map(|(c, k)| (c.as_path(), k.as_path()))
-            .unzip();
-        let tls = outbound::tls_configs(cert, key, config.delivery_roots.as_deref())
-            .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?;
-        let outbound = OutboundContext {
-            ehlo_name: file
-                .delivery
-                .ehlo_name
-                .clone()
-                .unwrap_or_else(|| file.server.hostname.clone()),
-            source: file.delivery.source_address,
-            connect_timeout: file.delivery.connect_timeout.0,
-            command_timeout: file.delivery.command_timeout.0,
-            amtp_tls: tls.amtp,
-            smtp_verified_tls: tls.verified,
-            smtp_opportunistic_tls: tls.opportunistic,
-        };
-        Some(DeliverySettings {
-            config: file.delivery.clone(),
-            outbound,
-        })
-    } else {
+    let delivery = reload::delivery_settings(&config)?;
+    if delivery.is_none() {
         tracing::info!("delivery is disabled: messages are accepted and queued only");
-        None
-    };
+    }
     // Metrics are recorded only when the endpoint is configured (no cost otherwise); turned
     // on before wiring so every actor's meter is live.
     let metrics_listener = match &file.metrics {

@@ -17,7 +17,7 @@ use crate::auth::users::UserDb;
 use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, SessionConfig, per_core};
 use crate::config::{DeliveryConfig, ResolverConfig};
 use crate::delivery::outbound::OutboundContext;
-use crate::delivery::router::{Router, RouterShared};
+use crate::delivery::router::{ReplaceShared, Router, RouterShared};
 use crate::delivery::schedule::RetryPolicy;
 use crate::health::Health;
 use crate::identity::{IdentityCache, IdentityChecker};
@@ -98,6 +98,9 @@ pub struct LiveSettings {
     /// Every listener of the new configuration; a socket only for those to (re)bind: new
     /// names, or a listener whose configured address changed.
     pub listeners: Vec<(ListenerConfig, Option<std::net::TcpListener>)>,
+    /// Outbound delivery (routes, retry, limits, outbound TLS). Applied when delivery runs;
+    /// turning delivery on or off needs a restart.
+    pub delivery: Option<DeliverySettings>,
 }
 
 /// What `amtp` listeners need, loaded before start.
@@ -149,6 +152,8 @@ pub struct Relay {
     policy: Addr<PolicyActor>,
     recipients: Vec<Metered<Connection>>,
     hostname: Arc<str>,
+    /// The router and the settings it runs with (absent: delivery disabled).
+    router: Option<(Addr<Router>, Arc<RouterShared>)>,
 }
 
 /// Keeps the admin socket task; aborted on shutdown.
@@ -217,42 +222,24 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             r.config.cache_size,
         )
     });
+    let router_resolver = resolver.as_ref().map(|(h, _)| h.clone());
     let router = settings.delivery.map(|d| {
-        let routes = d
-            .config
-            .route
-            .iter()
-            .flat_map(|r| {
-                r.domains
-                    .iter()
-                    .map(move |dom| (dom.trim_end_matches('.').to_ascii_lowercase(), r.clone()))
-            })
-            .collect();
-        let shared = Arc::new(RouterShared {
-            queue: settings.queue_store.clone(),
-            resolver: resolver.as_ref().map(|(h, _)| h.clone()),
-            routes,
-            outbound: d.outbound,
-            smtp_fallback: d.config.smtp_fallback,
-            smtp_fallback_tls: d.config.smtp_fallback_tls,
-            smtp_fallback_port: d.config.smtp_fallback_port,
-            retry: RetryPolicy::from_config(&d.config),
-            lease: d.config.lease.0,
-            poll_interval: d.config.poll_interval.0,
-            concurrency: d.config.concurrency_per_destination,
-            max_per_connection: d.config.max_messages_per_connection,
-            max_in_flight: d.config.max_in_flight.max(1),
-            hostname: settings.hostname.clone(),
-            meter: Meter::new("router", 0),
-            destination_meter: Meter::new("destination", 0),
-        });
+        let shared = Arc::new(router_shared(
+            d,
+            settings.queue_store.clone(),
+            router_resolver,
+            &settings.hostname,
+            Meter::new("router", 0),
+            Meter::new("destination", 0),
+        ));
         let arbiter = Arbiter::new();
         Meter::pool_size("router", 1);
         // All destinations share one meter: one member, "destinations in aggregate".
         Meter::pool_size("destination", 1);
+        let router_state = shared.clone();
         let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| Router::new(shared));
         extra_arbiters.push(arbiter);
-        addr
+        (addr, router_state)
     });
     Meter::pool_size("queue", 1);
     Meter::pool_size("committer", 1);
@@ -260,7 +247,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         settings.queue_store.clone(),
         Arc::from(settings.hostname.as_str()),
         committer.clone(),
-        router.map(Addr::recipient),
+        router.as_ref().map(|(addr, _)| addr.clone().recipient()),
         Meter::new("queue", 0),
     )
     .start();
@@ -333,6 +320,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             users: settings.users.clone(),
             amtp: settings.amtp,
             listeners: Vec::new(),
+            delivery: None,
         },
     )));
     let n_workers = per_core(settings.pools.connection_workers);
@@ -400,7 +388,47 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         policy,
         recipients,
         hostname,
+        router,
     })
+}
+
+/// What the router runs with, from `[delivery]` and the parts it shares with the relay.
+fn router_shared(
+    d: DeliverySettings,
+    queue: Arc<Queue>,
+    resolver: Option<ResolverHandle>,
+    hostname: &str,
+    meter: Meter,
+    destination_meter: Meter,
+) -> RouterShared {
+    let routes = d
+        .config
+        .route
+        .iter()
+        .flat_map(|r| {
+            r.domains
+                .iter()
+                .map(move |dom| (dom.trim_end_matches('.').to_ascii_lowercase(), r.clone()))
+        })
+        .collect();
+    RouterShared {
+        queue,
+        resolver,
+        routes,
+        outbound: d.outbound,
+        smtp_fallback: d.config.smtp_fallback,
+        smtp_fallback_tls: d.config.smtp_fallback_tls,
+        smtp_fallback_port: d.config.smtp_fallback_port,
+        retry: RetryPolicy::from_config(&d.config),
+        lease: d.config.lease.0,
+        poll_interval: d.config.poll_interval.0,
+        concurrency: d.config.concurrency_per_destination,
+        max_per_connection: d.config.max_messages_per_connection,
+        max_in_flight: d.config.max_in_flight.max(1),
+        hostname: hostname.to_string(),
+        meter,
+        destination_meter,
+    }
 }
 
 /// The settings every connection worker shares, for one configuration generation.
@@ -546,8 +574,25 @@ impl Relay {
         self.retired.retain(|l| l.active() > 0);
         self.health.set_listeners_expected(kept.len());
         self.listeners = kept;
+        if let (Some((router, running)), Some(d)) = (&mut self.router, live.delivery) {
+            let routing = Arc::new(router_shared(
+                d,
+                running.queue.clone(),
+                running.resolver.clone(),
+                &live.hostname,
+                running.meter.clone(),
+                running.destination_meter.clone(),
+            ));
+            let _ = router.send(ReplaceShared(routing.clone())).await;
+            *running = routing;
+        }
         self.runtime.swap(next);
         changes
+    }
+
+    /// Whether outbound delivery runs (turning it on or off needs a restart).
+    pub fn delivers(&self) -> bool {
+        self.router.is_some()
     }
 
     /// Stop accepting, let open sessions finish for up to `grace`, then stop the workers.

@@ -332,3 +332,55 @@ fn sigterm_refuses_new_transactions_lets_data_finish_and_says_421_after_the_grac
     let (ok, list, _) = crate::harness::queue_cli(&relay.data_dir(), &["list"]);
     assert!(ok && list.contains("1 message(s)"), "{list}");
 }
+
+fn delivery_config(sink_port: u16) -> String {
+    format!(
+        r#"{SERVER}
+[delivery]
+poll_interval = "200ms"
+connect_timeout = "2s"
+
+[[delivery.route]]
+domains = ["example.test"]
+host = "127.0.0.1"
+port = {sink_port}
+protocol = "smtp"
+tls = "none"
+
+[resolver]
+servers = ["127.0.0.1:9"]
+timeout = "1s"
+attempts = 1
+"#
+    )
+}
+
+#[test]
+fn a_changed_delivery_route_is_used_for_the_next_message() {
+    let first = crate::sink::Sink::start("127.0.0.1:0");
+    let second = crate::sink::Sink::start("127.0.0.1:0");
+    let relay = Relay::start_config(&delivery_config(first.addr.port()));
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    assert_eq!(send_message(&mut c).code, 250);
+    assert_eq!(
+        first.wait_for(1, 15).len(),
+        1,
+        "delivered to the first route"
+    );
+
+    let (ok, _, err) = reload_with(&relay, &delivery_config(second.addr.port()));
+    assert!(ok, "reload refused: {err}");
+    // The same session, open across the reload, sends again: the new route carries it.
+    assert_eq!(send_message(&mut c).code, 250);
+    assert_eq!(
+        second.wait_for(1, 15).len(),
+        1,
+        "delivered to the new route"
+    );
+    assert_eq!(
+        first.wait_for(2, 1).len(),
+        1,
+        "nothing more to the old route"
+    );
+}
