@@ -384,3 +384,105 @@ fn a_changed_delivery_route_is_used_for_the_next_message() {
         "nothing more to the old route"
     );
 }
+
+fn plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// AUTH PLAIN on the submission listener (after STARTTLS): the reply code.
+fn auth_code(relay: &Relay, user: &str, password: &str) -> u16 {
+    let mut c = Client::connect(relay.addr("submission"));
+    c.expect("EHLO client.test", 250);
+    let mut c = c.starttls(&relay.ca());
+    c.expect("EHLO client.test", 250);
+    c.send(&format!("AUTH PLAIN {}", plain(user, password)))
+        .code
+}
+
+#[test]
+fn a_new_users_file_applies_to_the_next_auth() {
+    let relay = Relay::start("");
+    assert_eq!(auth_code(&relay, "dev", &relay.dev_password()), 235);
+    assert_eq!(auth_code(&relay, "carol", "new secret"), 535);
+    let mut hash = std::process::Command::new(BIN)
+        .args(["hash-password", "--user", "carol"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    hash.stdin
+        .take()
+        .unwrap()
+        .write_all(b"new secret\n")
+        .unwrap();
+    let entry = String::from_utf8(hash.wait_with_output().unwrap().stdout).unwrap();
+    std::fs::write(relay.dir.path().join("users2.toml"), entry).unwrap();
+    let text = std::fs::read_to_string(relay.config_path()).unwrap();
+    let (ok, _, err) = reload_with(
+        &relay,
+        &format!("{text}\n[auth]\nusers_file = \"users2.toml\"\n"),
+    );
+    assert!(ok, "reload refused: {err}");
+    assert_eq!(auth_code(&relay, "carol", "new secret"), 235);
+    assert_eq!(auth_code(&relay, "dev", &relay.dev_password()), 535);
+}
+
+/// The bound address of listener `name` from the relay's "listening" log lines (the last).
+fn listening(relay: &Relay, name: &str) -> Option<std::net::SocketAddr> {
+    relay
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "listening" && v["listener"] == name)
+        .filter_map(|v| v["address"].as_str().and_then(|a| a.parse().ok()))
+        .next_back()
+}
+
+#[test]
+fn listeners_are_added_removed_and_their_limits_changed_by_reload() {
+    let relay = Relay::start("");
+    let text = std::fs::read_to_string(relay.config_path()).unwrap();
+    let mut open = Client::connect(relay.addr("mx"));
+    open.expect("EHLO client.test", 250);
+
+    // Add a listener.
+    let added =
+        format!("{text}\n[[listener]]\nname = \"mx2\"\nrole = \"mx\"\naddress = \"127.0.0.1:0\"\n");
+    let (ok, out, err) = reload_with(&relay, &added);
+    assert!(ok && out.contains("listener `mx2` added"), "{out}{err}");
+    let mx2 = listening(&relay, "mx2").expect("mx2 listening");
+    Client::connect(mx2).expect("EHLO client.test", 250);
+
+    // One connection per address on mx from now on: the open one keeps its slot.
+    let limited = added.replacen(
+        "role = \"mx\"\n",
+        "role = \"mx\"\nmax_connections_per_ip = 1\n",
+        1,
+    );
+    let (ok, _, err) = reload_with(&relay, &limited);
+    assert!(ok, "reload refused: {err}");
+    let refused = Client::connect(relay.addr("mx"));
+    assert_eq!(refused.greeting.code, 421, "{}", refused.greeting);
+    assert_eq!(send_message(&mut open).code, 250);
+
+    // Remove mx2: it stops accepting.
+    let (ok, out, err) = reload_with(
+        &relay,
+        &limited.replace(
+            "\n[[listener]]\nname = \"mx2\"\nrole = \"mx\"\naddress = \"127.0.0.1:0\"\n",
+            "\n",
+        ),
+    );
+    assert!(
+        ok && out.contains("listener `mx2` on 127.0.0.1:0 removed"),
+        "{out}{err}"
+    );
+    assert!(
+        wait_until(10, || std::net::TcpStream::connect(mx2).is_err()),
+        "mx2 still accepts"
+    );
+}
