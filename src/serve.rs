@@ -23,8 +23,9 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 /// Run the relay. `path` is the configuration file a reload reads again (`None`: the
 /// embedded dev configuration).
 pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<()> {
-    // Signals first: from here on SIGHUP reloads (or is ignored while starting) and SIGTERM
-    // stops cleanly; neither kills the process with a default disposition.
+    // Signals first, so that neither kills the process with its default disposition: a
+    // SIGHUP that arrives while starting is a reload once the relay runs, a SIGTERM stops it
+    // as soon as it has started.
     let system = actix::System::new();
     let signals = system.block_on(async {
         Ok::<_, std::io::Error>(Signals {
