@@ -241,8 +241,12 @@ fn check_tls(c: &mut Checker<'_>) {
                 ),
             ),
             Ok(signer) => {
-                let certified = rustls::sign::CertifiedKey::new(certs, signer);
-                if certified.keys_match().is_err() {
+                // Compared with our own parse of the leaf, so that a certificate TLS would
+                // refuse for another reason (reported above) is not also called a mismatch.
+                let mismatch = signer
+                    .public_key()
+                    .is_some_and(|spki| spki.as_ref() != leaf.public_key().raw);
+                if mismatch {
                     c.add(
                         Severity::Error,
                         "tls",

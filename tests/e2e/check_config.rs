@@ -229,3 +229,53 @@ auth_bindings = { alice = ["laptop.customer.test"] }
         stderr(&out)
     );
 }
+
+#[test]
+fn a_version_1_certificate_is_named_as_ours_not_as_a_library_error() {
+    // rcgen only writes v3; openssl's `x509 -req` without extensions writes v1.
+    let dir = tempfile::tempdir().unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .expect("openssl not found (.ci/run installs it)");
+        assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    };
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        "key.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        "key.pem",
+        "-subj",
+        "/CN=relay.test",
+        "-out",
+        "c.csr",
+    ]);
+    openssl(&[
+        "x509", "-req", "-in", "c.csr", "-signkey", "key.pem", "-days", "30", "-out", "cert.pem",
+    ]);
+    let config = write_config(dir.path(), "");
+    let out = run(&["check-config"], &config);
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(64), "{text}");
+    assert!(
+        text.contains("field `tls.certificate`")
+            && text.contains("our server certificate")
+            && text.contains("X.509 version 1"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("UnsupportedCertVersion") && !text.contains("does not belong"),
+        "{text}"
+    );
+}
