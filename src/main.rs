@@ -167,11 +167,16 @@ fn main() -> ExitCode {
             for w in report.warnings() {
                 tracing::warn!("{w}");
             }
-            // Errors from here on are logged once (to stderr, in the configured format).
+            // A fatal error is printed once: logged (stderr, in the configured format), or
+            // printed plainly when the log filter would drop it.
             match serve::run(config, path, level) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e:#}");
+                    } else {
+                        eprintln!("amtp-relay: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }

@@ -486,3 +486,36 @@ fn listeners_are_added_removed_and_their_limits_changed_by_reload() {
         "mx2 still accepts"
     );
 }
+
+#[test]
+fn a_start_up_error_is_printed_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("relay.toml");
+    std::fs::write(
+        &config,
+        base().replacen(
+            "address = \"127.0.0.1:0\"",
+            &format!("address = \"{}\"", taken.local_addr().unwrap()),
+            1,
+        ),
+    )
+    .unwrap();
+    // Logged when the filter lets errors through, printed plainly when it does not: never
+    // both, never neither.
+    for filter in ["info", "off"] {
+        let out = std::process::Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", filter)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            text.matches("cannot bind listener `mx`").count(),
+            1,
+            "RUST_LOG={filter}: {text}"
+        );
+    }
+}
