@@ -12,6 +12,7 @@ use amtp_actors::config::{
     PoolConfig, QueueConfig, ResolverConfig, SessionConfig,
 };
 use amtp_actors::units::HumanDuration;
+use amtp_actors::validate::FieldError;
 use amtp_proto::Domain;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -93,6 +94,9 @@ pub struct TlsSection {
     /// files are missing (default paths: `<data_dir>/tls/server.pem`, `server-key.pem`).
     #[serde(default)]
     pub generate_dev_certificate: bool,
+    /// Poll the certificate, key, CA bundle and CRL files this often and reload when one
+    /// changes (an ACME client's renewal is picked up without a signal). Absent: no polling.
+    pub watch: Option<HumanDuration>,
 }
 
 /// Log output format.
@@ -165,6 +169,24 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every error found in a configuration, in file order.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 /// A loaded and validated configuration with resolved paths.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -184,6 +206,8 @@ pub struct Config {
     pub amtp_files: Option<amtp_actors::amtp_tls::TrustFiles>,
     /// Trust anchors for verifying next hops (resolved).
     pub delivery_roots: Option<PathBuf>,
+    /// The file's text, to name lines in checks made after parsing (see `preflight`).
+    pub text: String,
 }
 
 impl Config {
@@ -199,15 +223,17 @@ impl Config {
 }
 
 /// Load `path`, or the embedded dev configuration when `None`.
-pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigErrors> {
     match path {
         None => parse(DEV_CONFIG, "embedded dev config", Path::new(".")),
         Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
-                origin: p.display().to_string(),
-                field: String::new(),
-                line: None,
-                message: format!("cannot read: {e}"),
+            let text = std::fs::read_to_string(p).map_err(|e| {
+                ConfigErrors(vec![ConfigError {
+                    origin: p.display().to_string(),
+                    field: String::new(),
+                    line: None,
+                    message: format!("cannot read: {e}"),
+                }])
             })?;
             let base = p
                 .parent()
@@ -225,7 +251,12 @@ fn line_at(text: &str, offset: usize) -> usize {
 
 /// The line of `key` inside table `section` (the `index`-th `[[section]]` for arrays), or of
 /// the table header when `key` is `None`. A plain scan: good enough for naming a line.
-fn line_of(text: &str, section: &str, index: Option<usize>, key: Option<&str>) -> Option<usize> {
+pub fn line_of(
+    text: &str,
+    section: &str,
+    index: Option<usize>,
+    key: Option<&str>,
+) -> Option<usize> {
     let mut in_table = false;
     let mut seen = 0usize;
     for (i, raw) in text.lines().enumerate() {
@@ -261,8 +292,37 @@ fn line_of(text: &str, section: &str, index: Option<usize>, key: Option<&str>) -
     None
 }
 
-/// Parse and validate configuration text. Relative paths resolve against `base`.
-pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigError> {
+/// serde names Rust types (`expected usize`); say what the operator must write instead.
+fn operator_words(message: &str) -> String {
+    const WHOLE: [&str; 10] = [
+        "usize", "u8", "u16", "u32", "u64", "u128", "isize", "i32", "i64", "i128",
+    ];
+    let mut out = message.to_string();
+    for (rust, words) in WHOLE
+        .iter()
+        .map(|t| (*t, "a whole number"))
+        .chain([("f64", "a number"), ("f32", "a number")])
+    {
+        let rust = format!("expected {rust}");
+        let mut from = 0;
+        while let Some(i) = out[from..].find(&rust).map(|i| i + from) {
+            let end = i + rust.len();
+            if out[end..].starts_with(|c: char| c.is_ascii_alphanumeric()) {
+                from = end;
+                continue;
+            }
+            let said = format!("expected {words}");
+            out.replace_range(i..end, &said);
+            from = i + said.len();
+        }
+    }
+    out
+}
+
+/// Parse and validate configuration text. Relative paths resolve against `base`. Every error
+/// is reported (in file order), not only the first; a file that is not valid TOML for this
+/// structure has one.
+pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErrors> {
     let file: ConfigFile = toml::from_str(text).map_err(|e| {
         let line = e.span().map(|s| line_at(text, s.start));
         let field = line
@@ -270,18 +330,21 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
             .and_then(|l| l.split_once('='))
             .map(|(k, _)| k.trim().to_string())
             .unwrap_or_default();
-        ConfigError {
+        ConfigErrors(vec![ConfigError {
             origin: origin.into(),
             field,
             line,
-            message: e.message().trim().to_string(),
-        }
+            message: operator_words(e.message().trim()),
+        }])
     })?;
-    let err = |field: String, line: Option<usize>, message: String| ConfigError {
-        origin: origin.into(),
-        field,
-        line,
-        message,
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut err = |field: String, line: Option<usize>, message: String| {
+        errors.push(ConfigError {
+            origin: origin.into(),
+            field,
+            line,
+            message,
+        });
     };
     let resolve = |p: &Path| {
         if p.is_absolute() || base == Path::new(".") {
@@ -290,35 +353,58 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
             base.join(p)
         }
     };
+    // A section's own `validate()` errors, with the field's line.
+    let section_errors =
+        |section: &str, found: Vec<FieldError>| -> Vec<(String, Option<usize>, String)> {
+            found
+                .into_iter()
+                .map(|e| {
+                    let key = (!e.key.is_empty()).then_some(e.key);
+                    let line = match e.entry {
+                        Some((array, i)) => {
+                            let table = format!("{section}.{array}");
+                            key.and_then(|k| line_of(text, &table, Some(i), Some(k)))
+                                .or_else(|| line_of(text, &table, Some(i), None))
+                        }
+                        None => key
+                            .and_then(|k| line_of(text, section, None, Some(k)))
+                            .or_else(|| line_of(text, section, None, None)),
+                    };
+                    (e.path(section), line, e.message)
+                })
+                .collect()
+        };
 
     // [server]
-    Domain::parse(&file.server.hostname).map_err(|m| {
+    if let Err(m) = Domain::parse(&file.server.hostname) {
         err(
             "server.hostname".into(),
             line_of(text, "server", None, Some("hostname")),
             format!("{:?} is not a host name: {m}", file.server.hostname),
-        )
-    })?;
+        );
+    }
     let mut local_domains = HashSet::new();
     for d in &file.server.local_domains {
-        let parsed = Domain::parse(d).map_err(|m| {
-            err(
+        match Domain::parse(d) {
+            Ok(parsed) => {
+                local_domains.insert(parsed.normalized());
+            }
+            Err(m) => err(
                 "server.local_domains".into(),
                 line_of(text, "server", None, Some("local_domains")),
                 format!("{d:?} is not a domain: {m}"),
-            )
-        })?;
-        local_domains.insert(parsed.normalized());
+            ),
+        }
     }
     let data_dir = resolve(&file.server.data_dir);
 
     // [[listener]]
     if file.listeners.is_empty() {
-        return Err(err(
+        err(
             "listener".into(),
             None,
             "at least one [[listener]] is required".into(),
-        ));
+        );
     }
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
@@ -328,59 +414,37 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 .or_else(|| line_of(text, "listener", Some(i), None))
         };
         let field = |key: &str| format!("listener[{i}].{key}");
-        if l.name.is_empty() || !names.insert(l.name.clone()) {
-            return Err(err(
+        for e in l.validate() {
+            err(field(e.key), at(e.key), e.message);
+        }
+        if !l.name.is_empty() && !names.insert(l.name.clone()) {
+            err(
                 field("name"),
                 at("name"),
-                format!("listener names must be unique and non-empty ({:?})", l.name),
-            ));
+                format!("listener names must be unique ({:?} is used twice)", l.name),
+            );
         }
         if l.address.port() != 0 && !addresses.insert(l.address) {
-            return Err(err(
+            err(
                 field("address"),
                 at("address"),
                 format!("{} is used by two listeners", l.address),
-            ));
-        }
-        if l.max_connections == 0 || l.max_connections_per_ip == 0 {
-            return Err(err(
-                field("max_connections"),
-                at("max_connections"),
-                "connection limits must be at least 1".into(),
-            ));
-        }
-        if l.cram_md5 && !l.auth_enabled() {
-            return Err(err(
-                field("cram_md5"),
-                at("cram_md5"),
-                "CRAM-MD5 needs AUTH enabled on this listener".into(),
-            ));
-        }
-        if l.role.requires_auth() && l.auth == Some(false) {
-            return Err(err(
-                field("auth"),
-                at("auth"),
-                format!(
-                    "a {} listener requires AUTH before MAIL; it cannot be disabled",
-                    l.role.as_str()
-                ),
-            ));
+            );
         }
         if let Some(text) = &l.default_mpc {
             if l.role == ListenerRole::Amtp {
-                return Err(err(
+                err(
                     field("default_mpc"),
                     at("default_mpc"),
                     "AMTP clients must send MPC= themselves; default_mpc is for SMTP listeners"
                         .into(),
-                ));
-            }
-            if let Err(e) = text.parse::<amtp_proto::mpc::Mpc>() {
-                return Err(err(
+                );
+            } else if let Err(e) = text.parse::<amtp_proto::mpc::Mpc>() {
+                err(
                     field("default_mpc"),
                     at("default_mpc"),
                     format!("{e} (a defined Mail Policy Code such as per/individual)"),
-                ));
+                );
             }
         }
     }
@@ -390,15 +454,22 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         && m.listen.port() != 0
         && addresses.contains(&m.listen)
     {
-        return Err(err(
+        err(
             "metrics.listen".into(),
             line_of(text, "metrics", None, Some("listen")),
             format!("{} is already used by a [[listener]]", m.listen),
-        ));
+        );
     }
 
     // [tls]
     let tls = &file.tls;
+    if tls.watch.is_some_and(|w| w.0 < Duration::from_secs(1)) {
+        err(
+            "tls.watch".into(),
+            line_of(text, "tls", None, Some("watch")),
+            "must be at least 1s".into(),
+        );
+    }
     let tls_dir = data_dir.join("tls");
     let tls_files = match (
         &tls.certificate,
@@ -409,46 +480,50 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         (None, None, true) => Some((tls_dir.join("server.pem"), tls_dir.join("server-key.pem"))),
         (None, None, false) => None,
         (Some(_), None, _) => {
-            return Err(err(
+            err(
                 "tls.private_key".into(),
                 line_of(text, "tls", None, None),
                 "tls.certificate is set but tls.private_key is not".into(),
-            ));
+            );
+            None
         }
         (None, Some(_), _) => {
-            return Err(err(
+            err(
                 "tls.certificate".into(),
                 line_of(text, "tls", None, None),
                 "tls.private_key is set but tls.certificate is not".into(),
-            ));
+            );
+            None
         }
     };
+    // Half a [tls] section is reported above; do not also say every listener lacks one.
+    let tls_given = tls_files.is_some() || tls.certificate.is_some() || tls.private_key.is_some();
     if let Some((cert, key)) = &tls_files
         && !tls.generate_dev_certificate
     {
         for (field, p) in [("tls.certificate", cert), ("tls.private_key", key)] {
             if !p.is_file() {
                 let key = field.trim_start_matches("tls.");
-                return Err(err(
+                err(
                     field.into(),
                     line_of(text, "tls", None, Some(key)),
                     format!("{} does not exist", p.display()),
-                ));
+                );
             }
         }
     }
     for (i, l) in file.listeners.iter().enumerate() {
         let needs_tls = matches!(l.role, ListenerRole::Submissions | ListenerRole::Amtp)
             || (l.role == ListenerRole::Submission && !l.allow_insecure_auth);
-        if needs_tls && tls_files.is_none() {
-            return Err(err(
+        if needs_tls && !tls_given {
+            err(
                 format!("listener[{i}].role"),
                 line_of(text, "listener", Some(i), Some("role")),
                 format!(
                     "a {} listener needs a certificate: set [tls] certificate and private_key",
                     l.role.as_str()
                 ),
-            ));
+            );
         }
     }
 
@@ -460,32 +535,25 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
     };
     if file.listeners.iter().any(ListenerConfig::auth_enabled) {
         match &users_file {
-            None => {
-                return Err(err(
-                    "auth.users_file".into(),
-                    line_of(text, "auth", None, None),
-                    "a listener offers AUTH, so [auth] users_file is required".into(),
-                ));
-            }
+            None => err(
+                "auth.users_file".into(),
+                line_of(text, "auth", None, None),
+                "a listener offers AUTH, so [auth] users_file is required".into(),
+            ),
             Some(p) if !file.server.create_dev_user || p.exists() => {
-                UserDb::load(p).map_err(|e| {
+                if let Err(e) = UserDb::load(p) {
                     err(
                         "auth.users_file".into(),
                         line_of(text, "auth", None, Some("users_file")),
                         e.to_string(),
-                    )
-                })?;
+                    );
+                }
             }
             Some(_) => {}
         }
     }
-    let a = &file.auth;
-    if a.max_failures_per_ip == 0 || a.max_failures_per_user == 0 {
-        return Err(err(
-            "auth.max_failures_per_ip".into(),
-            line_of(text, "auth", None, None),
-            "failure limits must be at least 1".into(),
-        ));
+    for (field, line, message) in section_errors("auth", file.auth.validate()) {
+        err(field, line, message);
     }
 
     // [amtp], [resolver]
@@ -506,21 +574,14 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 .iter()
                 .position(|l| l.role == ListenerRole::Amtp)
                 .unwrap_or(0);
-            return Err(err(
+            err(
                 format!("listener[{i}].role"),
                 line_of(text, "listener", Some(i), Some("role")),
                 "an amtp listener needs an [amtp] section (public_ca or private_ca at least)"
                     .into(),
-            ));
+            );
         }
         (Some(a), _) => {
-            if a.public_ca.is_none() && a.private_ca.is_empty() {
-                return Err(err(
-                    "amtp.public_ca".into(),
-                    line_of(text, "amtp", None, None),
-                    "give public_ca (public peers) or private_ca (private clients), or both".into(),
-                ));
-            }
             let mut bundles: Vec<(&str, &PathBuf)> =
                 a.public_ca.iter().map(|p| ("amtp.public_ca", p)).collect();
             bundles.extend(a.private_ca.iter().map(|p| ("amtp.private_ca", p)));
@@ -531,30 +592,21 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 let p = resolve(p);
                 if !p.is_file() && generated.as_ref() != Some(&p) {
                     let key = field.trim_start_matches("amtp.");
-                    return Err(err(
+                    err(
                         field.into(),
                         line_of(text, "amtp", None, Some(key)),
                         format!("{} does not exist", p.display()),
-                    ));
+                    );
                 }
             }
-            a.policy().map_err(|m| {
-                let key = m.split(['.', ':', '[']).nth(1).unwrap_or("");
-                err(
-                    m.split(':').next().unwrap_or("amtp").to_string(),
-                    line_of(text, "amtp", None, Some(key)),
-                    m.clone(),
-                )
-            })?;
+            for (field, line, message) in section_errors("amtp", a.validate()) {
+                err(field, line, message);
+            }
         }
         (None, false) => {}
     }
-    if file.resolver.attempts == 0 || file.resolver.timeout.0.is_zero() {
-        return Err(err(
-            "resolver.timeout".into(),
-            line_of(text, "resolver", None, None),
-            "timeout and attempts must be more than 0".into(),
-        ));
+    for (field, line, message) in section_errors("resolver", file.resolver.validate()) {
+        err(field, line, message);
     }
 
     // [delivery]
@@ -574,158 +626,91 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                     .map(|x| x.trim_end_matches('.').to_ascii_lowercase())
             })
             .collect();
-        if let Some(missing) = local_domains.iter().find(|l| !routed.contains(*l)) {
-            return Err(err(
+        let mut missing: Vec<&String> = local_domains
+            .iter()
+            .filter(|l| !routed.contains(*l))
+            .collect();
+        missing.sort();
+        for missing in missing {
+            err(
                 "delivery.route".into(),
                 line_of(text, "delivery", None, None),
                 format!(
                     "local domain {missing:?} has no [[delivery.route]] to a mailbox store (or set [delivery] enabled = false to only accept and queue)"
                 ),
-            ));
+            );
+        }
+        for (field, line, message) in section_errors("delivery", d.validate()) {
+            err(field, line, message);
         }
         for (i, r) in d.route.iter().enumerate() {
             let at = line_of(text, "delivery.route", Some(i), None);
-            if r.domains.is_empty() || r.host.is_empty() || r.port == 0 {
-                return Err(err(
-                    format!("delivery.route[{i}]"),
-                    at,
-                    "a route needs domains, host and a non-zero port".into(),
-                ));
-            }
             let needs_roots = r.protocol == HopProtocol::Amtp || r.tls == HopTls::Required;
             if needs_roots && delivery_roots.is_none() {
-                return Err(err(
+                err(
                     format!("delivery.route[{i}]"),
                     at,
                     "verified TLS needs [delivery] server_ca (or [amtp] public_ca)".into(),
-                ));
+                );
             }
-            if r.protocol == HopProtocol::Amtp && tls_files.is_none() {
-                return Err(err(
+            if r.protocol == HopProtocol::Amtp && !tls_given {
+                err(
                     format!("delivery.route[{i}].protocol"),
                     at,
                     "an AMTP hop presents our certificate: configure [tls]".into(),
-                ));
+                );
             }
         }
         if d.smtp_fallback && d.smtp_fallback_tls == HopTls::Required && delivery_roots.is_none() {
-            return Err(err(
+            err(
                 "delivery.smtp_fallback_tls".into(),
                 line_of(text, "delivery", None, Some("smtp_fallback_tls")),
                 "required TLS needs [delivery] server_ca".into(),
-            ));
+            );
         }
         if let Some(p) = &d.server_ca
             && !resolve(p).is_file()
         {
-            return Err(err(
+            err(
                 "delivery.server_ca".into(),
                 line_of(text, "delivery", None, Some("server_ca")),
                 format!("{} does not exist", resolve(p).display()),
-            ));
-        }
-        if d.concurrency_per_destination == 0 || d.max_messages_per_connection == 0 {
-            return Err(err(
-                "delivery.concurrency_per_destination".into(),
-                line_of(text, "delivery", None, None),
-                "concurrency and messages per connection must be at least 1".into(),
-            ));
+            );
         }
     }
 
     // [session], [queue], [pools]
-    let s = &file.session;
-    let checks: [(&str, &str, bool, &str); 9] = [
-        (
-            "session",
-            "max_message_size",
-            s.max_message_size.0 == 0,
-            "must be more than 0",
-        ),
-        (
-            "session",
-            "max_recipients",
-            s.max_recipients == 0,
-            "must be at least 1",
-        ),
-        (
-            "session",
-            "max_errors",
-            s.max_errors == 0,
-            "must be at least 1",
-        ),
-        (
-            "session",
-            "command_timeout",
-            s.command_timeout.0.is_zero(),
-            "must be more than 0",
-        ),
-        (
-            "session",
-            "data_timeout",
-            s.data_timeout.0.is_zero(),
-            "must be more than 0",
-        ),
-        (
-            "session",
-            "tls_handshake_timeout",
-            s.tls_handshake_timeout.0.is_zero(),
-            "must be more than 0",
-        ),
-        (
-            "queue",
-            "batch_max",
-            file.queue.batch_max == 0,
-            "must be at least 1",
-        ),
-        (
-            "queue",
-            "capacity",
-            file.queue.capacity == 0,
-            "must be at least 1",
-        ),
-        (
-            "pools",
-            "worker_mailbox",
-            file.pools.worker_mailbox == 0,
-            "must be at least 1",
-        ),
-    ];
-    for (section, key, bad, why) in checks {
-        if bad {
-            return Err(err(
-                format!("{section}.{key}"),
-                line_of(text, section, None, Some(key)),
-                why.into(),
-            ));
-        }
+    for (field, line, message) in section_errors("session", file.session.validate())
+        .into_iter()
+        .chain(section_errors("queue", file.queue.validate()))
+        .chain(section_errors("pools", file.pools.validate()))
+    {
+        err(field, line, message);
     }
-    if s.max_message_size.0 > 1 << 30 {
-        return Err(err(
-            "session.max_message_size".into(),
-            line_of(text, "session", None, Some("max_message_size")),
-            "at most 1GiB (messages are held in memory while received)".into(),
-        ));
-    }
-    tracing_subscriber::EnvFilter::try_new(&file.logging.level).map_err(|e| {
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&file.logging.level) {
         err(
             "logging.level".into(),
             line_of(text, "logging", None, Some("level")),
             e.to_string(),
-        )
-    })?;
+        );
+    }
 
-    // Last, so that the more specific errors above are reported first: with delivery on, mail
-    // for any domain that publishes an `_amtp._tcp` SRV record leaves over AMTP, whose next
-    // hops must be verified. Without trust anchors every such message would fail at delivery.
+    // With delivery on, mail for any domain that publishes an `_amtp._tcp` SRV record leaves
+    // over AMTP, whose next hops must be verified. Without trust anchors every such message
+    // would fail at delivery.
     if file.delivery.enabled && delivery_roots.is_none() {
-        return Err(err(
+        err(
             "delivery.server_ca".into(),
             line_of(text, "delivery", None, None),
             "delivery is on but nothing can verify next hops: outbound AMTP (any domain with an _amtp._tcp SRV record) needs trust anchors — set [delivery] server_ca or [amtp] public_ca, or [delivery] enabled = false to only accept and queue".into(),
-        ));
+        );
     }
 
+    if !errors.is_empty() {
+        // File order; errors without a line (a missing section) last.
+        errors.sort_by_key(|e| e.line.unwrap_or(usize::MAX));
+        return Err(ConfigErrors(errors));
+    }
     Ok(Config {
         file,
         origin: origin.into(),
@@ -735,6 +720,7 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         local_domains,
         amtp_files,
         delivery_roots,
+        text: text.to_string(),
     })
 }
 
@@ -870,17 +856,67 @@ mod tests {
             ),
         ];
         for (text, field, line, needle) in cases {
-            let e = parse(&text, "t.toml", Path::new("/")).unwrap_err();
-            assert_eq!(e.field, field, "{e}");
+            let all = parse(&text, "t.toml", Path::new("/")).unwrap_err();
+            let e = &all.0[0];
+            assert_eq!(e.field, field, "{all}");
             assert_eq!(e.line, line, "{e}");
             assert!(e.message.contains(needle), "{e}");
         }
     }
 
     #[test]
+    fn every_error_is_reported_in_file_order() {
+        let text = "[server]\nhostname = \"bad host\"\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\nmax_connections = 0\n[[listener]]\nname = \"mx\"\nrole = \"submissions\"\naddress = \"127.0.0.1:25\"\n[session]\nmax_recipients = 0\ndata_timeout = \"0s\"\n[amtp]\nmpc_policy = \"DENY=com/nonsense\"\n[[amtp.rule]]\ndeny = [\"com/optout\"]\n";
+        let all = parse(text, "t", Path::new("/")).unwrap_err();
+        let got: Vec<(&str, Option<usize>)> =
+            all.0.iter().map(|e| (e.field.as_str(), e.line)).collect();
+        assert_eq!(
+            got,
+            [
+                ("server.hostname", Some(2)),
+                ("listener[0].max_connections", Some(7)),
+                ("listener[1].name", Some(9)),
+                ("listener[1].role", Some(10)),
+                ("listener[1].address", Some(11)),
+                ("session.max_recipients", Some(13)),
+                ("session.data_timeout", Some(14)),
+                ("amtp.public_ca", Some(15)),
+                ("amtp.mpc_policy", Some(16)),
+                ("amtp.rule[0]", Some(17)),
+                // No line: the [auth] and [delivery] sections are missing altogether
+                // (delivery is on by default, and nothing could verify outbound AMTP hops).
+                ("auth.users_file", None),
+                ("delivery.server_ca", None),
+            ],
+            "{all}"
+        );
+        // The policy's errors are typed: the message is not prefixed with its field.
+        assert!(
+            all.0.iter().all(|e| !e.message.starts_with("amtp.")),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn type_errors_speak_the_operators_language() {
+        let text = "[server]\nhostname = \"relay.test\"\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\nmax_connections = \"many\"\n";
+        let all = parse(text, "t", Path::new("/")).unwrap_err();
+        let e = &all.0[0];
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.message.ends_with("expected a whole number"), "{e}");
+        assert!(!e.to_string().contains("usize"), "{e}");
+        assert_eq!(
+            operator_words("invalid value: integer `-1`, expected u16"),
+            "invalid value: integer `-1`, expected a whole number"
+        );
+        assert_eq!(operator_words("expected f64"), "expected a number");
+        assert_eq!(operator_words("expected u8x"), "expected u8x");
+    }
+
+    #[test]
     fn auth_needs_a_users_file() {
         let text = "[server]\nhostname = \"relay.test\"\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\nauth = true\nallow_insecure_auth = true\n";
         let e = parse(text, "t", Path::new("/")).unwrap_err();
-        assert_eq!(e.field, "auth.users_file");
+        assert_eq!(e.0[0].field, "auth.users_file");
     }
 }

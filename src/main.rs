@@ -8,15 +8,22 @@
 //! - `config` — the config file: structure, embedded dev default, validation.
 //! - `devinit` — first-start dev certificate and dev user.
 //! - `logging` — tracing setup.
-//! - `serve` — `serve`: bind, open, start, wait for a signal.
+//! - `preflight` — the checks that read the files a configuration names (certificates, keys,
+//!   CA sets, users), shared by `check-config`, `serve` and reload.
+//! - `serve` — `serve`: bind, open, start, then the control loop (signals, admin commands).
+//! - `reload` — apply a configuration file to a running relay without dropping a session.
+//! - `notify` — systemd readiness notification.
 //! - `queue_cmd` — `queue list|show`, via the admin socket or the data directory.
 //! - `probe` — `probe TARGET`: check (and send to) an AMTP peer with the outbound client.
 
 mod config;
 mod devinit;
 mod logging;
+mod notify;
+mod preflight;
 mod probe;
 mod queue_cmd;
+mod reload;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -48,12 +55,21 @@ enum Command {
         #[arg(long, value_enum)]
         log_format: Option<config::LogFormat>,
     },
-    /// Validate a configuration file; exits 64 naming the bad field.
+    /// Validate a configuration file and the files it names (certificate, key, CA sets,
+    /// users); prints every error and warning, exits 64 when there is an error.
     CheckConfig {
         /// Configuration file.
         #[arg(long)]
         config: PathBuf,
     },
+    /// Make the running relay re-read its configuration file (like SIGHUP); prints the
+    /// outcome, exits 1 if the new configuration was refused.
+    Reload(AdminArgs),
+    /// Stop taking new connections (readiness 503, new connections get 421 4.3.2); open
+    /// sessions and delivery continue.
+    Drain(AdminArgs),
+    /// Undo `drain`.
+    Resume(AdminArgs),
     /// Inspect the queue (read-only), of a running or stopped relay.
     Queue {
         #[command(subcommand)]
@@ -79,6 +95,17 @@ enum Command {
         #[arg(long)]
         cram_md5: bool,
     },
+}
+
+/// How a life-cycle command finds the running relay's admin socket.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The relay's data directory (default: from --config, else ./amtp-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Take the data directory from this configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -116,43 +143,48 @@ enum QueueAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, log_format } => {
-            let config = match config::load(config.as_deref()) {
+        Command::Serve {
+            config: path,
+            log_format,
+        } => {
+            let config = match config::load(path.as_deref()) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("amtp-relay: {e}");
-                    return ExitCode::from(EXIT_CONFIG);
-                }
+                Err(e) => return config_errors(&e),
             };
-            logging::init(
+            // What check-config refuses, serve refuses, before anything starts.
+            let report = preflight::check(&config);
+            if report.errors().next().is_some() {
+                for e in report.errors() {
+                    eprintln!("amtp-relay: {e}");
+                }
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let level = logging::init(
                 log_format.unwrap_or(config.file.logging.format),
                 &config.file.logging.level,
             );
             tracing::info!(config = %config.origin, "starting amtp-relay {}", env!("CARGO_PKG_VERSION"));
-            match serve::run(config) {
+            for w in report.warnings() {
+                tracing::warn!("{w}");
+            }
+            // A fatal error is printed once: logged (stderr, in the configured format), or
+            // printed plainly when the log filter would drop it.
+            match serve::run(config, path, level) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e:#}");
-                    eprintln!("amtp-relay: {e:#}");
+                    if tracing::enabled!(tracing::Level::ERROR) {
+                        tracing::error!("{e:#}");
+                    } else {
+                        eprintln!("amtp-relay: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::CheckConfig { config } => match config::load(Some(&config)) {
-            Ok(c) => {
-                println!(
-                    "{}: OK ({} listener(s), data_dir {})",
-                    c.origin,
-                    c.file.listeners.len(),
-                    c.data_dir.display()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("amtp-relay: {e}");
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::CheckConfig { config } => check_config(&config),
+        Command::Reload(args) => life_cycle(&args, "reload"),
+        Command::Drain(args) => life_cycle(&args, "drain"),
+        Command::Resume(args) => life_cycle(&args, "resume"),
         Command::Queue {
             action,
             data_dir,
@@ -162,10 +194,7 @@ fn main() -> ExitCode {
                 (Some(d), _) => (d, "localhost".to_string()),
                 (None, Some(c)) => match config::load(Some(&c)) {
                     Ok(c) => (c.data_dir, c.file.server.hostname),
-                    Err(e) => {
-                        eprintln!("amtp-relay: {e}");
-                        return ExitCode::from(EXIT_CONFIG);
-                    }
+                    Err(e) => return config_errors(&e),
                 },
                 (None, None) => (PathBuf::from("./amtp-data"), "localhost".to_string()),
             };
@@ -209,4 +238,72 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+/// `check-config`: every error and warning, in file order; exit 64 on any error.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    let c = match config::load(Some(path)) {
+        Ok(c) => c,
+        Err(e) => return config_errors(&e),
+    };
+    let report = preflight::check(&c);
+    for f in &report.findings {
+        eprintln!("amtp-relay: {f}");
+    }
+    if report.errors().next().is_some() {
+        return ExitCode::from(EXIT_CONFIG);
+    }
+    println!(
+        "{}: OK ({} listener(s), data_dir {})",
+        c.origin,
+        c.file.listeners.len(),
+        c.data_dir.display()
+    );
+    ExitCode::SUCCESS
+}
+
+/// `reload`, `drain`, `resume`: one command over the running relay's admin socket.
+fn life_cycle(args: &AdminArgs, command: &str) -> ExitCode {
+    let data_dir = match (&args.data_dir, &args.config) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => match config::load(Some(c)) {
+            Ok(c) => c.data_dir,
+            Err(e) => return config_errors(&e),
+        },
+        (None, None) => PathBuf::from("./amtp-data"),
+    };
+    let socket = data_dir.join("admin.sock");
+    match amtp_actors::admin::query(&socket, command) {
+        Ok(Some(Ok(text))) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Ok(Some(Err(e))) => {
+            eprintln!("amtp-relay: {command} refused: {e}");
+            ExitCode::FAILURE
+        }
+        Ok(None) => {
+            eprintln!(
+                "amtp-relay: no relay is running with data directory {} (no admin socket at {})",
+                data_dir.display(),
+                socket.display()
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!(
+                "amtp-relay: cannot reach the relay at {}: {e}",
+                socket.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Print every configuration error, one per line; exit 64.
+fn config_errors(errors: &config::ConfigErrors) -> ExitCode {
+    for e in &errors.0 {
+        eprintln!("amtp-relay: {e}");
+    }
+    ExitCode::from(EXIT_CONFIG)
 }

@@ -1,20 +1,39 @@
 //! `amtp-relay serve`: prepare the data directory, load TLS and users, open the queue, bind
 //! every listener — all before the actor system starts — then run until SIGTERM/SIGINT.
+//!
+//! While running, the control loop takes SIGHUP and the admin socket's `reload` (re-read the
+//! configuration, see [`crate::reload`]), `drain` and `resume`, and with `[tls] watch` polls
+//! the certificate files. SIGHUP is caught from the first moment, so it never ends the
+//! process.
 
 use crate::config::Config;
 use crate::devinit;
-use amtp_actors::amtp_tls::AmtpTrust;
-use amtp_actors::auth::users::UserDb;
-use amtp_actors::config::ListenerRole;
-use amtp_actors::delivery::outbound::{self, OutboundContext};
+use crate::logging::LevelHandle;
+use crate::notify;
+use crate::reload::{self, Reloader};
+use amtp_actors::admin::Control;
 use amtp_actors::resolver::transport::{DnsTransport, HickoryTransport};
-use amtp_actors::wiring::{self, AmtpSettings, DeliverySettings, RelaySettings, ResolverSettings};
+use amtp_actors::wiring::{self, Relay, RelaySettings, ResolverSettings};
 use amtp_storage::Queue;
 use anyhow::{Context, Result};
+use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
-/// Run the relay.
-pub fn run(config: Config) -> Result<()> {
+/// Run the relay. `path` is the configuration file a reload reads again (`None`: the
+/// embedded dev configuration).
+pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<()> {
+    // Signals first, so that neither kills the process with its default disposition: a
+    // SIGHUP that arrives while starting is a reload once the relay runs, a SIGTERM stops it
+    // as soon as it has started.
+    let system = actix::System::new();
+    let signals = system.block_on(async {
+        Ok::<_, std::io::Error>(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    })?;
     let file = &config.file;
     devinit::data_dir(&config.data_dir)?;
     if file.tls.generate_dev_certificate
@@ -32,14 +51,8 @@ pub fn run(config: Config) -> Result<()> {
         }
         tracing::info!(user = "dev", password_file = %password_file.display(), "development user `dev`: its password is in this file");
     }
-    let tls = match &config.tls_files {
-        Some((cert, key)) => Some(amtp_actors::tls::server_config(cert, key)?),
-        None => None,
-    };
-    let users = match &config.users_file {
-        Some(p) if p.exists() => Arc::new(UserDb::load(p)?),
-        _ => Arc::new(UserDb::empty()),
-    };
+    // TLS, users, AMTP trust and policy: built the same way a reload builds them.
+    let live = reload::live_settings(&config)?;
     let (queue, report) = Queue::open(&config.queue_dir())
         .with_context(|| format!("opening the queue in {}", config.queue_dir().display()))?;
     tracing::info!(
@@ -52,50 +65,10 @@ pub fn run(config: Config) -> Result<()> {
     if !report.missing_bodies.is_empty() {
         tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without a body file; inspect with `amtp-relay queue show`");
     }
-    // AMTP trust and policy are loaded before any socket is bound, like everything else.
-    let amtp_parts = match (&file.amtp, &config.amtp_files, &config.tls_files) {
-        (Some(a), Some(files), Some((cert, key)))
-            if file.listeners.iter().any(|l| l.role == ListenerRole::Amtp) =>
-        {
-            let trust = AmtpTrust::load(files, cert, key).context("loading the AMTP trust sets")?;
-            let policy = a.policy().map_err(|e| anyhow::anyhow!(e))?;
-            Some((
-                Arc::new(trust),
-                Arc::new(policy),
-                a.require_forward_confirmation,
-            ))
-        }
-        _ => None,
-    };
-    let delivery = if file.delivery.enabled {
-        let (cert, key) = config
-            .tls_files
-            .as_ref()
-            .map(|(c, k)| (c.as_path(), k.as_path()))
-            .unzip();
-        let tls = outbound::tls_configs(cert, key, config.delivery_roots.as_deref())
-            .map_err(|e| anyhow::anyhow!("outbound TLS: {e}"))?;
-        let outbound = OutboundContext {
-            ehlo_name: file
-                .delivery
-                .ehlo_name
-                .clone()
-                .unwrap_or_else(|| file.server.hostname.clone()),
-            source: file.delivery.source_address,
-            connect_timeout: file.delivery.connect_timeout.0,
-            command_timeout: file.delivery.command_timeout.0,
-            amtp_tls: tls.amtp,
-            smtp_verified_tls: tls.verified,
-            smtp_opportunistic_tls: tls.opportunistic,
-        };
-        Some(DeliverySettings {
-            config: file.delivery.clone(),
-            outbound,
-        })
-    } else {
+    let delivery = reload::delivery_settings(&config)?;
+    if delivery.is_none() {
         tracing::info!("delivery is disabled: messages are accepted and queued only");
-        None
-    };
+    }
     // Metrics are recorded only when the endpoint is configured (no cost otherwise); turned
     // on before wiring so every actor's meter is live.
     let metrics_listener = match &file.metrics {
@@ -117,22 +90,25 @@ pub fn run(config: Config) -> Result<()> {
         tracing::info!(listener = %l.name, role = l.role.as_str(), address = %bound, "listening");
         listeners.push((l.clone(), socket));
     }
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(8);
+    let has_amtp = live.amtp.is_some();
     let settings = RelaySettings {
-        hostname: file.server.hostname.clone(),
-        local_domains: config.local_domains.clone(),
+        hostname: live.hostname,
+        local_domains: live.local_domains,
         listeners,
-        session: file.session.clone(),
+        session: live.session,
         auth: file.auth.clone(),
         queue: file.queue.clone(),
         pools: file.pools.clone(),
-        tls,
-        users,
+        tls: live.tls,
+        users: live.users,
         queue_store: Arc::new(queue),
         admin_socket: Some(config.admin_socket()),
-        amtp: None,
+        amtp: live.amtp,
         resolver: None,
         delivery,
         metrics_listener,
+        control: Some(control_tx),
     };
     let resolver = file.resolver.clone();
     // A private-only AMTP listener without the PTR rule (the dev default) does not use DNS, so
@@ -142,14 +118,13 @@ pub fn run(config: Config) -> Result<()> {
             .amtp
             .as_ref()
             .is_some_and(|a| a.public_ca.is_some() || a.private_require_ptr);
-    let grace = file.server.shutdown_grace.0;
     let admin_socket = config.admin_socket();
-    let system = actix::System::new();
+    let reloader = Reloader::new(path, config, level);
     let result = system.block_on(async move {
         let mut settings = settings;
         // The DNS transport belongs to the runtime, so it is made inside it; only when AMTP
         // listeners or delivery need DNS.
-        if amtp_parts.is_some() || settings.delivery.is_some() {
+        if has_amtp || settings.delivery.is_some() {
             let transport: Option<Arc<dyn DnsTransport>> = if resolver.servers.is_empty() {
                 match HickoryTransport::from_system(resolver.timeout.0, resolver.attempts) {
                     Ok(t) => Some(Arc::new(t)),
@@ -171,15 +146,14 @@ pub fn run(config: Config) -> Result<()> {
                 config: resolver,
             });
         }
-        if let Some((trust, policy, require_forward_confirmation)) = amtp_parts {
-            settings.amtp = Some(AmtpSettings {
-                trust,
-                policy,
-                require_forward_confirmation,
-            });
-        }
-        let relay = wiring::start(settings)?;
-        wait_for_signal().await;
+        let mut relay = wiring::start(settings)?;
+        // Every listener is bound and the queue is open.
+        notify::ready();
+        let mut reloader = reloader;
+        let mut signals = signals;
+        control_loop(&mut relay, &mut reloader, &mut signals, control_rx).await;
+        notify::stopping();
+        let grace = reloader.shutdown_grace();
         tracing::info!(
             grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
             "shutting down"
@@ -192,17 +166,96 @@ pub fn run(config: Config) -> Result<()> {
     result
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
+/// The signals the relay handles.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+/// Serve reloads, drain/resume and certificate-file changes until SIGTERM or SIGINT.
+async fn control_loop(
+    relay: &mut Relay,
+    reloader: &mut Reloader,
+    signals: &mut Signals,
+    mut controls: tokio::sync::mpsc::Receiver<amtp_actors::admin::ControlRequest>,
+) {
+    let mut watched = Watched::new(reloader);
+    loop {
+        tokio::select! {
+            _ = signals.terminate.recv() => return,
+            _ = signals.interrupt.recv() => return,
+            _ = signals.hangup.recv() => {
+                let _ = reloader.reload(relay, "SIGHUP").await;
+                watched = Watched::new(reloader);
+            }
+            Some((command, reply)) = controls.recv() => {
+                let outcome = match command {
+                    Control::Reload => {
+                        let outcome = reloader.reload(relay, "admin socket").await;
+                        watched = Watched::new(reloader);
+                        outcome
+                    }
+                    Control::Drain => {
+                        relay.set_draining(true);
+                        tracing::warn!("draining: readiness reports 503, listeners answer new connections 421 4.3.2; open sessions and delivery continue (`amtp-relay resume` undoes it)");
+                        Ok("draining: new connections are refused with 421 4.3.2; open sessions and delivery continue\n".into())
+                    }
+                    Control::Resume => {
+                        relay.set_draining(false);
+                        tracing::info!("resumed: accepting connections again");
+                        Ok("resumed: accepting connections\n".into())
+                    }
+                };
+                let _ = reply.send(outcome.map(|t| if t.ends_with('\n') { t } else { t + "\n" }));
+            }
+            () = watched.changed() => {
+                tracing::info!("certificate files changed; reloading");
+                let _ = reloader.reload(relay, "certificate files changed").await;
+                watched = Watched::new(reloader);
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// `[tls] watch`: the certificate, key, CA and CRL files of the configuration in force,
+/// polled for a new modification time.
+struct Watched {
+    files: Vec<PathBuf>,
+    seen: Vec<Option<std::time::SystemTime>>,
+    interval: Option<tokio::time::Interval>,
+}
+
+impl Watched {
+    fn new(reloader: &Reloader) -> Self {
+        let config = reloader.current();
+        let files = reload::watched_files(config);
+        let seen = reload::mtimes(&files);
+        let interval = config.file.tls.watch.map(|every| {
+            let mut i = tokio::time::interval_at(tokio::time::Instant::now() + every.0, every.0);
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        Self {
+            files,
+            seen,
+            interval,
+        }
+    }
+
+    /// Resolves when a file's modification time differs from the last poll (never when
+    /// watching is off).
+    async fn changed(&mut self) {
+        let Some(interval) = &mut self.interval else {
+            return std::future::pending().await;
+        };
+        loop {
+            interval.tick().await;
+            let now = reload::mtimes(&self.files);
+            if now != self.seen {
+                self.seen = now;
+                return;
+            }
         }
     }
 }

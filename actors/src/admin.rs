@@ -9,6 +9,10 @@
 //!
 //! Protocol: the client sends one query line; the server answers `OK\n` + text, or
 //! `ERR message\n`, and closes.
+//!
+//! The same socket takes the life-cycle commands `reload`, `drain` and `resume`
+//! ([`Control`]); they go to the process's control loop (in the binary, which owns the
+//! configuration file), which answers with the outcome.
 
 use crate::messages::AdminQuery;
 use actix::Recipient;
@@ -247,13 +251,70 @@ pub fn format_show(id: QueueId, rec: &MessageRecord, head: &[u8]) -> String {
     out
 }
 
+/// A life-cycle command from the admin socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the configuration file and apply it.
+    Reload,
+    /// Stop taking new connections (readiness 503); sessions and delivery carry on.
+    Drain,
+    /// Undo `drain`.
+    Resume,
+}
+
+impl Control {
+    /// The command word, if `query` is one.
+    pub fn parse(query: &str) -> Option<Self> {
+        match query.trim() {
+            "reload" => Some(Self::Reload),
+            "drain" => Some(Self::Drain),
+            "resume" => Some(Self::Resume),
+            _ => None,
+        }
+    }
+}
+
+/// A [`Control`] command and where to send its outcome (text for the operator, or why it was
+/// refused).
+pub type ControlRequest = (
+    Control,
+    tokio::sync::oneshot::Sender<Result<String, String>>,
+);
+
+/// How long a reload may take before the client is told it is still running (validation
+/// reads certificate and users files; argon2 is not involved).
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(60);
+
+async fn control(
+    to: Option<&tokio::sync::mpsc::Sender<ControlRequest>>,
+    command: Control,
+) -> Result<String, String> {
+    let Some(to) = to else {
+        return Err("this relay does not take life-cycle commands".into());
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    to.send((command, tx))
+        .await
+        .map_err(|_| "the relay is shutting down".to_string())?;
+    match tokio::time::timeout(CONTROL_TIMEOUT, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err("the relay is shutting down".into()),
+        Err(_) => Err("no answer within 60s; see the relay's log".into()),
+    }
+}
+
 /// Serve queries on a Unix socket until the task is dropped.
-pub async fn serve(path: &Path, queue: Recipient<AdminQuery>) -> std::io::Result<()> {
+pub async fn serve(
+    path: &Path,
+    queue: Recipient<AdminQuery>,
+    controls: Option<tokio::sync::mpsc::Sender<ControlRequest>>,
+) -> std::io::Result<()> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let queue = queue.clone();
+        let controls = controls.clone();
         actix::spawn(async move {
             let mut reader = tokio::io::BufReader::new(stream);
             let mut line = String::new();
@@ -262,8 +323,12 @@ pub async fn serve(path: &Path, queue: Recipient<AdminQuery>) -> std::io::Result
                 (&mut reader).take(1024).read_line(&mut line),
             )
             .await;
-            let reply = match read {
-                Ok(Ok(_)) => match queue.send(AdminQuery(line.trim().to_string())).await {
+            let reply = match (read, Control::parse(&line)) {
+                (Ok(Ok(_)), Some(command)) => match control(controls.as_ref(), command).await {
+                    Ok(text) => format!("OK\n{text}"),
+                    Err(e) => format!("ERR {e}\n"),
+                },
+                (Ok(Ok(_)), None) => match queue.send(AdminQuery(line.trim().to_string())).await {
                     Ok(Ok(text)) => format!("OK\n{text}"),
                     Ok(Err(e)) => format!("ERR {e}\n"),
                     Err(e) => format!("ERR relay busy: {e}\n"),
@@ -292,7 +357,7 @@ pub fn query(path: &Path, query: &str) -> std::io::Result<Option<Result<String, 
         }
         Err(e) => return Err(e),
     };
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.set_read_timeout(Some(CONTROL_TIMEOUT + Duration::from_secs(15)))?;
     stream.write_all(format!("{query}\n").as_bytes())?;
     let mut text = String::new();
     stream.read_to_string(&mut text)?;

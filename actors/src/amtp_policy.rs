@@ -8,6 +8,7 @@
 //! only add latency, since nothing here does I/O.)
 
 use crate::amtp_tls::TrustClass;
+use crate::config::FieldError;
 use crate::metrics;
 use amtp_proto::Reply;
 use amtp_proto::mpc::{Mpc, MpcError, MpcPolicy, Verdict};
@@ -28,6 +29,62 @@ pub struct MpcRule {
     pub client: Option<String>,
     /// The refused codes, as DENY declarations (`mpc/individual` is never refused).
     pub deny: MpcPolicy,
+}
+
+impl AmtpPolicy {
+    /// The policy `[amtp]` describes; every field that does not build is reported.
+    pub fn from_config(c: &crate::config::AmtpConfig) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let published = MpcPolicy::parse_declarations(&c.mpc_policy)
+            .map_err(|e| errors.push(FieldError::new("mpc_policy", e.to_string())))
+            .unwrap_or_default();
+        let norm = |s: &str| s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+        let mut rules = Vec::new();
+        for (i, r) in c.rule.iter().enumerate() {
+            if r.sender_domain.is_none() && r.recipient_domain.is_none() && r.client.is_none() {
+                errors.push(FieldError::in_entry(
+                    "rule",
+                    i,
+                    "",
+                    "give sender_domain, recipient_domain or client",
+                ));
+            }
+            if r.recipient_domain.is_some() && (r.sender_domain.is_some() || r.client.is_some()) {
+                errors.push(FieldError::in_entry(
+                    "rule",
+                    i,
+                    "recipient_domain",
+                    "recipient_domain rules are checked per RCPT and cannot be combined with sender_domain or client",
+                ));
+            }
+            let decls: Vec<String> = r.deny.iter().map(|d| format!("DENY={d}")).collect();
+            match MpcPolicy::parse_declarations(&decls.join(" ")) {
+                Ok(deny) => rules.push(MpcRule {
+                    sender_domain: r.sender_domain.as_deref().map(norm),
+                    recipient_domain: r.recipient_domain.as_deref().map(norm),
+                    client: r.client.as_deref().map(norm),
+                    deny,
+                }),
+                Err(e) => errors.push(FieldError::in_entry("rule", i, "deny", e.to_string())),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            published,
+            rules,
+            relay_domains: c.relay_domains.iter().map(|d| norm(d)).collect(),
+            auth_bindings: c
+                .auth_bindings
+                .iter()
+                .map(|(u, names)| (u.clone(), names.iter().map(|n| norm(n)).collect()))
+                .collect(),
+            private_require_ptr: c.private_require_ptr,
+            rate_limit: (c.rate_limit_per_minute > 0)
+                .then(|| RateLimiter::new(c.rate_limit_per_minute)),
+        })
+    }
 }
 
 /// Everything an AMTP listener enforces beyond the identity check.

@@ -2,8 +2,11 @@
 //!
 //! Each struct is one section; every field has a doc comment and a default that suits a
 //! production edge relay. `deny_unknown_fields` turns typos into start-up errors. The binary
-//! composes these into the whole file, validates cross-field rules, and names the offending
-//! field in its errors; docs/CONFIG.md documents every field.
+//! composes these into the whole file and checks the rules that span sections; each section's
+//! own rules are its `validate()` ([`crate::validate`]). Runtime objects are built by the
+//! modules that own them (`AmtpPolicy::from_config`, `RetryPolicy::from_config`,
+//! `TtlPolicy::from_config`), so this module depends on nothing but [`crate::units`].
+//! docs/CONFIG.md documents every field.
 
 use crate::units::{ByteSize, HumanDuration};
 use serde::Deserialize;
@@ -259,51 +262,6 @@ pub struct MpcRuleConfig {
     pub deny: Vec<String>,
 }
 
-impl AmtpConfig {
-    /// The policy these settings describe; errors name the offending value.
-    pub fn policy(&self) -> Result<crate::amtp_policy::AmtpPolicy, String> {
-        use amtp_proto::mpc::MpcPolicy;
-        let published = MpcPolicy::parse_declarations(&self.mpc_policy)
-            .map_err(|e| format!("amtp.mpc_policy: {e}"))?;
-        let norm = |s: &str| s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
-        let mut rules = Vec::new();
-        for (i, r) in self.rule.iter().enumerate() {
-            if r.sender_domain.is_none() && r.recipient_domain.is_none() && r.client.is_none() {
-                return Err(format!(
-                    "amtp.rule[{i}]: give sender_domain, recipient_domain or client"
-                ));
-            }
-            if r.recipient_domain.is_some() && (r.sender_domain.is_some() || r.client.is_some()) {
-                return Err(format!(
-                    "amtp.rule[{i}]: recipient_domain rules are checked per RCPT and cannot be combined with sender_domain or client"
-                ));
-            }
-            let decls: Vec<String> = r.deny.iter().map(|d| format!("DENY={d}")).collect();
-            let deny = MpcPolicy::parse_declarations(&decls.join(" "))
-                .map_err(|e| format!("amtp.rule[{i}].deny: {e}"))?;
-            rules.push(crate::amtp_policy::MpcRule {
-                sender_domain: r.sender_domain.as_deref().map(norm),
-                recipient_domain: r.recipient_domain.as_deref().map(norm),
-                client: r.client.as_deref().map(norm),
-                deny,
-            });
-        }
-        Ok(crate::amtp_policy::AmtpPolicy {
-            published,
-            rules,
-            relay_domains: self.relay_domains.iter().map(|d| norm(d)).collect(),
-            auth_bindings: self
-                .auth_bindings
-                .iter()
-                .map(|(u, names)| (u.clone(), names.iter().map(|n| norm(n)).collect()))
-                .collect(),
-            private_require_ptr: self.private_require_ptr,
-            rate_limit: (self.rate_limit_per_minute > 0)
-                .then(|| crate::amtp_policy::RateLimiter::new(self.rate_limit_per_minute)),
-        })
-    }
-}
-
 /// Protocol of a configured next hop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -403,17 +361,6 @@ pub struct DeliveryConfig {
     pub max_lifetime: HumanDuration,
 }
 
-impl DeliveryConfig {
-    /// The retry policy.
-    pub fn retry(&self) -> crate::delivery::schedule::RetryPolicy {
-        crate::delivery::schedule::RetryPolicy {
-            first_retry: self.first_retry.0,
-            max_backoff: self.max_backoff.0,
-            max_lifetime: self.max_lifetime.0,
-        }
-    }
-}
-
 /// `[metrics]`: the operations HTTP endpoint (`/metrics`, `/healthz/live`, `/healthz/ready`).
 /// Absent: no endpoint, and metrics are not recorded at all.
 #[derive(Debug, Clone, Deserialize)]
@@ -451,15 +398,54 @@ pub struct ResolverConfig {
     pub negative_max_ttl: HumanDuration,
 }
 
-impl ResolverConfig {
-    /// The cache TTL policy.
-    pub fn ttl_policy(&self) -> crate::resolver::TtlPolicy {
-        crate::resolver::TtlPolicy {
-            min: self.min_ttl.0,
-            max: self.max_ttl.0,
-            negative_max: self.negative_max_ttl.0,
-            negative_default: self.negative_max_ttl.0.min(Duration::from_secs(60)),
+/// One problem in one field of a section, as each section's `validate()`
+/// ([`crate::validate`]) and the runtime constructors report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// The entry of an array of tables inside the section the field is in, e.g.
+    /// `("rule", 1)` for `[[amtp.rule]]` number 2; `None` for a plain field.
+    pub entry: Option<(&'static str, usize)>,
+    /// The key within the section (or the entry); empty for the table itself.
+    pub key: &'static str,
+    /// What is wrong, in the operator's words.
+    pub message: String,
+}
+
+impl FieldError {
+    /// A plain field of the section.
+    pub fn new(key: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            entry: None,
+            key,
+            message: message.into(),
         }
+    }
+
+    /// A field of entry `index` of the array `array` inside the section.
+    pub fn in_entry(
+        array: &'static str,
+        index: usize,
+        key: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            entry: Some((array, index)),
+            key,
+            message: message.into(),
+        }
+    }
+
+    /// The full field name under `section`, e.g. `amtp.rule[1].deny`.
+    pub fn path(&self, section: &str) -> String {
+        let mut out = section.to_string();
+        if let Some((array, i)) = self.entry {
+            out.push_str(&format!(".{array}[{i}]"));
+        }
+        if !self.key.is_empty() {
+            out.push('.');
+            out.push_str(self.key);
+        }
+        out
     }
 }
 

@@ -13,7 +13,7 @@ pub type StorageCheck = Box<dyn Fn() -> Option<String> + Send + Sync>;
 
 /// The node's readiness state, shared by the listeners, the wiring and the HTTP endpoint.
 pub struct Health {
-    listeners_expected: usize,
+    listeners_expected: AtomicUsize,
     listeners_up: AtomicUsize,
     draining: AtomicBool,
     storage: StorageCheck,
@@ -31,11 +31,16 @@ impl Health {
     /// `listeners` listeners must come up; `storage` says whether the queue is healthy.
     pub fn new(listeners: usize, storage: StorageCheck) -> Self {
         Self {
-            listeners_expected: listeners,
+            listeners_expected: AtomicUsize::new(listeners),
             listeners_up: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             storage,
         }
+    }
+
+    /// A reload added or removed listeners: `listeners` must be up from now on.
+    pub fn set_listeners_expected(&self, listeners: usize) {
+        self.listeners_expected.store(listeners, Ordering::SeqCst);
     }
 
     /// A listener started accepting.
@@ -69,11 +74,9 @@ impl Health {
             return Err(format!("storage unhealthy: {reason}"));
         }
         let up = self.listeners_up.load(Ordering::SeqCst);
-        if up < self.listeners_expected {
-            return Err(format!(
-                "listeners not accepting: {up} of {} up",
-                self.listeners_expected
-            ));
+        let expected = self.listeners_expected.load(Ordering::SeqCst);
+        if up < expected {
+            return Err(format!("listeners not accepting: {up} of {expected} up"));
         }
         Ok(())
     }

@@ -10,13 +10,16 @@
 //!
 //! # Layout
 //! - [`messages`] — every cross-actor message type.
-//! - [`config`] — per-component configuration sections (serde), [`units`] for "30s"/"25MB".
+//! - [`config`] — per-component configuration sections (serde), [`units`] for "30s"/"25MB",
+//!   [`validate`] for each section's own rules (typed field errors).
 //! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
 //! - [`delivery`] — outbound delivery: retry schedule, next-hop ordering (pure parts so far).
 //! - [`identity`] — AMTP identity: certificate name = PTR name = EHLO, cached per (IP, cert).
 //! - [`limits`] — connection limits and permits.
+//! - [`lifecycle`] — stop phases (SIGTERM: no new transaction; grace over: 421 and close).
+//! - [`runtime`] — the swap point for settings a reload changes.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration.
 //! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
@@ -36,6 +39,7 @@ pub mod config;
 pub mod delivery;
 pub mod health;
 pub mod identity;
+pub mod lifecycle;
 pub mod limits;
 pub mod listener;
 pub mod messages;
@@ -43,9 +47,11 @@ pub mod metrics;
 pub mod policy;
 pub mod queue_actor;
 pub mod resolver;
+pub mod runtime;
 pub mod session;
 pub mod tls;
 pub mod ttl_cache;
 pub mod units;
+pub mod validate;
 pub mod wiring;
 pub mod worker;

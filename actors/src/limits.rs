@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Why a connection was refused.
@@ -25,8 +26,9 @@ struct Counts {
 /// Shared by a listener and the permits it hands out.
 #[derive(Debug)]
 pub struct ConnectionLimits {
-    max_total: usize,
-    max_per_ip: usize,
+    /// Changed by a reload; connections already open keep their slots.
+    max_total: AtomicUsize,
+    max_per_ip: AtomicUsize,
     counts: Mutex<Counts>,
 }
 
@@ -34,8 +36,8 @@ impl ConnectionLimits {
     /// Limits for one listener.
     pub fn new(max_total: usize, max_per_ip: usize) -> Arc<Self> {
         Arc::new(Self {
-            max_total,
-            max_per_ip,
+            max_total: AtomicUsize::new(max_total),
+            max_per_ip: AtomicUsize::new(max_per_ip),
             counts: Mutex::new(Counts::default()),
         })
     }
@@ -46,11 +48,11 @@ impl ConnectionLimits {
             .counts
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if c.total >= self.max_total {
+        if c.total >= self.max_total.load(Ordering::Relaxed) {
             return Err(LimitExceeded::Global);
         }
         let n = c.per_ip.entry(ip).or_insert(0);
-        if *n >= self.max_per_ip {
+        if *n >= self.max_per_ip.load(Ordering::Relaxed) {
             return Err(LimitExceeded::PerIp);
         }
         *n += 1;
@@ -59,6 +61,13 @@ impl ConnectionLimits {
             limits: self.clone(),
             ip,
         })
+    }
+
+    /// New maxima (a reload): open connections keep their slots and count against them, so
+    /// lowering a limit below the open count refuses new connections until enough close.
+    pub fn set_limits(&self, max_total: usize, max_per_ip: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_ip.store(max_per_ip, Ordering::Relaxed);
     }
 
     /// Connections currently open.
@@ -112,5 +121,18 @@ mod tests {
         assert_eq!(l.active(), 2);
         assert!(l.try_acquire(a).is_ok());
         assert_eq!(l.counts.lock().unwrap().per_ip.len(), 2);
+    }
+
+    #[test]
+    fn lowered_limits_apply_to_new_connections_only() {
+        let l = ConnectionLimits::new(10, 10);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let _p1 = l.try_acquire(a).unwrap();
+        let _p2 = l.try_acquire(a).unwrap();
+        l.set_limits(10, 2);
+        assert_eq!(l.try_acquire(a).unwrap_err(), LimitExceeded::PerIp);
+        l.set_limits(2, 5);
+        assert_eq!(l.try_acquire(a).unwrap_err(), LimitExceeded::Global);
+        assert_eq!(l.active(), 2);
     }
 }

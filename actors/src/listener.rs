@@ -4,14 +4,22 @@
 //! Refusals are answered on the wire (`421 4.7.0` over a limit, `421 4.3.2` when every worker's
 //! mailbox is full) and closed, never queued. Accept errors (e.g. EMFILE) back off
 //! exponentially from 10 ms to 1 s instead of spinning.
+//!
+//! While the relay drains (`amtp-relay drain`, readiness 503) the socket stays open but every
+//! connection is answered `421 4.3.2 Service shutting down` and closed, so a client that races
+//! in is told to go elsewhere instead of being left to time out. A reload sends
+//! [`Reconfigure`]: the listener's settings (limits, AUTH, MPC default, …) are swapped for
+//! the next connection; connections already handed over keep the settings they came with.
 
 use crate::config::ListenerConfig;
 use crate::health::Health;
+use crate::lifecycle::shutting_down;
 use crate::limits::{ConnectionLimits, LimitExceeded};
-use crate::messages::{Connection, StopAccepting};
+use crate::messages::{Connection, Reconfigure, StopAccepting};
 use crate::metrics::{self, pool::Metered};
 use actix::dev::SendError;
 use actix::prelude::*;
+use arc_swap::ArcSwap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -20,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// See the module docs.
 pub struct ListenerActor {
     socket: Option<std::net::TcpListener>,
-    config: Arc<ListenerConfig>,
+    config: Arc<ArcSwap<ListenerConfig>>,
     limits: Arc<ConnectionLimits>,
     workers: Vec<Metered<Connection>>,
     hostname: Arc<str>,
@@ -43,7 +51,7 @@ impl ListenerActor {
     ) -> Self {
         Self {
             socket: Some(socket),
-            config,
+            config: Arc::new(ArcSwap::new(config)),
             limits,
             workers,
             hostname,
@@ -67,7 +75,7 @@ impl Actor for ListenerActor {
         {
             Ok(l) => l,
             Err(e) => {
-                tracing::error!(listener = %self.config.name, error = %e, "cannot use listening socket");
+                tracing::error!(listener = %self.config.load().name, error = %e, "cannot use listening socket");
                 ctx.stop();
                 return;
             }
@@ -78,6 +86,7 @@ impl Actor for ListenerActor {
             self.limits.clone(),
             self.workers.clone(),
             self.hostname.clone(),
+            self.health.clone(),
         );
         self.accepting = Some(ctx.spawn(actix::fut::wrap_future(accept)));
         self.health.listener_up();
@@ -102,6 +111,16 @@ impl Handler<StopAccepting> for ListenerActor {
     }
 }
 
+impl Handler<Reconfigure> for ListenerActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconfigure, _ctx: &mut Self::Context) {
+        self.limits
+            .set_limits(msg.0.max_connections, msg.0.max_connections_per_ip);
+        self.config.store(msg.0);
+    }
+}
+
 async fn refuse(mut stream: TcpStream, reply: String) {
     let _ = tokio::time::timeout(Duration::from_secs(2), stream.write_all(reply.as_bytes())).await;
     let _ = stream.shutdown().await;
@@ -109,15 +128,18 @@ async fn refuse(mut stream: TcpStream, reply: String) {
 
 async fn accept_loop(
     listener: TcpListener,
-    config: Arc<ListenerConfig>,
+    settings: Arc<ArcSwap<ListenerConfig>>,
     limits: Arc<ConnectionLimits>,
     workers: Vec<Metered<Connection>>,
     hostname: Arc<str>,
+    health: Arc<Health>,
 ) {
     let mut next = 0usize;
     let mut backoff = Duration::from_millis(10);
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = listener.accept().await;
+        let config = settings.load_full();
+        let (stream, peer) = match accepted {
             Ok(pair) => {
                 backoff = Duration::from_millis(10);
                 pair
@@ -129,6 +151,14 @@ async fn accept_loop(
                 continue;
             }
         };
+        if health.is_draining() {
+            metrics::connection_refused(&config.name, "draining");
+            tracing::info!(listener = %config.name, %peer, "connection refused: draining");
+            let mut reply = Vec::new();
+            shutting_down(&hostname).write_to(&mut reply);
+            actix::spawn(refuse(stream, String::from_utf8_lossy(&reply).into_owned()));
+            continue;
+        }
         let permit = match limits.try_acquire(peer.ip()) {
             Ok(p) => p,
             Err(which) => {

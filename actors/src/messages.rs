@@ -80,11 +80,6 @@ impl EnqueueError {
     }
 }
 
-/// Session → resolver: look up a DNS name (sent only on a cache miss).
-#[derive(Debug, Message)]
-#[rtype(result = "crate::resolver::Answer")]
-pub struct Resolve(pub crate::resolver::DnsQuery);
-
 /// Queue → router: something was enqueued; look for due messages now.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -128,3 +123,9 @@ pub struct AdminQuery(pub String);
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct StopAccepting;
+
+/// Wiring → listener: new settings for this listener (a reload), used from the next
+/// connection on.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub Arc<ListenerConfig>);

@@ -144,3 +144,16 @@ impl Handler<Authenticate> for PolicyActor {
         }))
     }
 }
+
+/// A reload: AUTH checks from now on use `0`. Lock-outs already recorded stay in force.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplaceUsers(pub Arc<UserDb>);
+
+impl Handler<ReplaceUsers> for PolicyActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplaceUsers, _ctx: &mut Self::Context) {
+        self.users = msg.0;
+    }
+}

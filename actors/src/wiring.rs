@@ -4,6 +4,12 @@
 //! Must be called inside a running actix `System`. Sockets are bound, the queue opened, TLS
 //! and users loaded by the caller beforehand, so every start-up error happens before the
 //! first connection is accepted.
+//!
+//! [`Relay::reload`] applies a new, already validated configuration's live part
+//! ([`LiveSettings`]) without dropping a session: one swap in the [`Runtime`], a
+//! [`Reconfigure`] per kept listener, new listener actors for added or moved listeners (their
+//! sockets bound by the caller, so a port conflict refuses the reload before anything
+//! changes), and the users file replaced in the policy actor.
 
 use crate::amtp_policy::AmtpPolicy;
 use crate::amtp_tls::AmtpTrust;
@@ -11,21 +17,24 @@ use crate::auth::users::UserDb;
 use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, SessionConfig, per_core};
 use crate::config::{DeliveryConfig, ResolverConfig};
 use crate::delivery::outbound::OutboundContext;
-use crate::delivery::router::{Router, RouterShared};
+use crate::delivery::router::{ReplaceShared, Router, RouterShared};
+use crate::delivery::schedule::RetryPolicy;
 use crate::health::Health;
 use crate::identity::{IdentityCache, IdentityChecker};
+use crate::lifecycle::{Lifecycle, Phase};
 use crate::limits::ConnectionLimits;
 use crate::listener::ListenerActor;
-use crate::messages::{Connection, StopAccepting};
+use crate::messages::{Connection, Reconfigure, StopAccepting};
 use crate::metrics::{
     self,
     pool::{Meter, Metered},
 };
-use crate::policy::PolicyActor;
+use crate::policy::{PolicyActor, ReplaceUsers};
 use crate::queue_actor::QueueActor;
 use crate::resolver::actor::ResolverActor;
 use crate::resolver::transport::DnsTransport;
-use crate::resolver::{DnsCache, ResolverHandle};
+use crate::resolver::{DnsCache, ResolverHandle, TtlPolicy};
+use crate::runtime::Runtime;
 use crate::session::driver::SessionDeps;
 use crate::worker::{AmtpShared, ConnectionWorker, WorkerShared};
 use actix::prelude::*;
@@ -68,6 +77,30 @@ pub struct RelaySettings {
     /// The bound `[metrics]` listener (absent: no endpoint; recording is on only when the
     /// caller enabled [`metrics::enable`]).
     pub metrics_listener: Option<std::net::TcpListener>,
+    /// Where the admin socket sends `reload`, `drain` and `resume` (absent: refused).
+    pub control: Option<tokio::sync::mpsc::Sender<crate::admin::ControlRequest>>,
+}
+
+/// The part of a configuration a reload applies to a running relay.
+pub struct LiveSettings {
+    /// Our host name.
+    pub hostname: String,
+    /// Local domains (normalised).
+    pub local_domains: HashSet<String>,
+    /// `[session]`.
+    pub session: SessionConfig,
+    /// The server TLS configuration.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// SMTP AUTH users.
+    pub users: Arc<UserDb>,
+    /// AMTP trust and policy.
+    pub amtp: Option<AmtpSettings>,
+    /// Every listener of the new configuration; a socket only for those to (re)bind: new
+    /// names, or a listener whose configured address changed.
+    pub listeners: Vec<(ListenerConfig, Option<std::net::TcpListener>)>,
+    /// Outbound delivery (routes, retry, limits, outbound TLS). Applied when delivery runs;
+    /// turning delivery on or off needs a restart.
+    pub delivery: Option<DeliverySettings>,
 }
 
 /// What `amtp` listeners need, loaded before start.
@@ -96,14 +129,31 @@ pub struct DeliverySettings {
     pub outbound: OutboundContext,
 }
 
+/// A running listener.
+struct RunningListener {
+    /// Its configured name and address (a reload compares these).
+    name: String,
+    address: std::net::SocketAddr,
+    actor: Addr<ListenerActor>,
+    limits: Arc<ConnectionLimits>,
+}
+
 /// A running relay.
 pub struct Relay {
-    listeners: Vec<Addr<ListenerActor>>,
-    limits: Vec<Arc<ConnectionLimits>>,
+    listeners: Vec<RunningListener>,
+    /// Listeners a reload removed: they no longer accept, but their sessions may still run.
+    retired: Vec<Arc<ConnectionLimits>>,
     workers: Vec<Arbiter>,
     committer: Committer,
     admin: Option<SpawnHandleTask>,
     health: Arc<Health>,
+    lifecycle: Arc<Lifecycle>,
+    runtime: Arc<Runtime>,
+    policy: Addr<PolicyActor>,
+    recipients: Vec<Metered<Connection>>,
+    hostname: Arc<str>,
+    /// The router and the settings it runs with (absent: delivery disabled).
+    router: Option<(Addr<Router>, Arc<RouterShared>)>,
 }
 
 /// Keeps the admin socket task; aborted on shutdown.
@@ -151,8 +201,11 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
                     .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
             });
         }
-        let (transport, actor_cache, ttl) =
-            (r.transport.clone(), cache.clone(), r.config.ttl_policy());
+        let (transport, actor_cache, ttl) = (
+            r.transport.clone(),
+            cache.clone(),
+            TtlPolicy::from_config(&r.config),
+        );
         let meter = Meter::new("resolver", 0);
         Meter::pool_size("resolver", 1);
         let actor_meter = meter.clone();
@@ -169,42 +222,24 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             r.config.cache_size,
         )
     });
+    let router_resolver = resolver.as_ref().map(|(h, _)| h.clone());
     let router = settings.delivery.map(|d| {
-        let routes = d
-            .config
-            .route
-            .iter()
-            .flat_map(|r| {
-                r.domains
-                    .iter()
-                    .map(move |dom| (dom.trim_end_matches('.').to_ascii_lowercase(), r.clone()))
-            })
-            .collect();
-        let shared = Arc::new(RouterShared {
-            queue: settings.queue_store.clone(),
-            resolver: resolver.as_ref().map(|(h, _)| h.clone()),
-            routes,
-            outbound: d.outbound,
-            smtp_fallback: d.config.smtp_fallback,
-            smtp_fallback_tls: d.config.smtp_fallback_tls,
-            smtp_fallback_port: d.config.smtp_fallback_port,
-            retry: d.config.retry(),
-            lease: d.config.lease.0,
-            poll_interval: d.config.poll_interval.0,
-            concurrency: d.config.concurrency_per_destination,
-            max_per_connection: d.config.max_messages_per_connection,
-            max_in_flight: d.config.max_in_flight.max(1),
-            hostname: settings.hostname.clone(),
-            meter: Meter::new("router", 0),
-            destination_meter: Meter::new("destination", 0),
-        });
+        let shared = Arc::new(router_shared(
+            d,
+            settings.queue_store.clone(),
+            router_resolver,
+            &settings.hostname,
+            Meter::new("router", 0),
+            Meter::new("destination", 0),
+        ));
         let arbiter = Arbiter::new();
         Meter::pool_size("router", 1);
         // All destinations share one meter: one member, "destinations in aggregate".
         Meter::pool_size("destination", 1);
+        let router_state = shared.clone();
         let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| Router::new(shared));
         extra_arbiters.push(arbiter);
-        addr
+        (addr, router_state)
     });
     Meter::pool_size("queue", 1);
     Meter::pool_size("committer", 1);
@@ -213,7 +248,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         settings.queue_store.clone(),
         Arc::from(settings.hostname.as_str()),
         committer.clone(),
-        router.map(Addr::recipient),
+        router.as_ref().map(|(addr, _)| addr.clone().recipient()),
         queue_meter.clone(),
     )
     .start();
@@ -249,26 +284,20 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     let policy = PolicyActor::start_in_arbiter(&policy_arbiter.handle(), move |_| {
         PolicyActor::new(users, &auth, actor_meter)
     });
-    let mut identity = None;
-    let mut amtp_shared = None;
-    if let Some(a) = settings.amtp {
-        if let Some((handle, cache_size)) = &resolver {
-            identity = Some(IdentityChecker::new(
-                handle.clone(),
-                Arc::new(IdentityCache::new(*cache_size, 64)),
-                a.require_forward_confirmation,
-            ));
-        }
-        amtp_shared = Some(AmtpShared {
-            acceptor: tokio_rustls::TlsAcceptor::from(a.trust.server_config.clone()),
-            trust: a.trust,
-            policy: a.policy,
-        });
-    }
+    // The identity checker exists whenever there is a resolver, so a reload can add an AMTP
+    // listener; its forward-confirmation rule is set per configuration.
+    let identity = resolver.as_ref().map(|(handle, cache_size)| {
+        IdentityChecker::new(
+            handle.clone(),
+            Arc::new(IdentityCache::new(*cache_size, 64)),
+            false,
+        )
+    });
+    let lifecycle = Arc::new(Lifecycle::new());
     let ids = settings.queue_store.clone();
     let deps = SessionDeps {
         policy: Metered {
-            to: policy.recipient(),
+            to: policy.clone().recipient(),
             meter: policy_meter,
         },
         queue: Metered {
@@ -285,18 +314,23 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
                 None
             }
         }),
+        lifecycle: lifecycle.clone(),
     };
     let hostname: Arc<str> = Arc::from(settings.hostname.as_str());
-    let shared = Arc::new(WorkerShared {
+    let shared = Arc::new(Runtime::new(worker_shared(
         deps,
-        hostname: hostname.clone(),
-        limits: Arc::new(settings.session.clone()),
-        local_domains: Arc::new(settings.local_domains.clone()),
-        cram_secrets: settings.users.has_cram_secrets(),
-        user_mpcs: Arc::new(settings.users.mpcs()),
-        mailbox: settings.pools.worker_mailbox,
-        amtp: amtp_shared,
-    });
+        settings.pools.worker_mailbox,
+        &LiveSettings {
+            hostname: settings.hostname.clone(),
+            local_domains: settings.local_domains.clone(),
+            session: settings.session.clone(),
+            tls: settings.tls.clone(),
+            users: settings.users.clone(),
+            amtp: settings.amtp,
+            listeners: Vec::new(),
+            delivery: None,
+        },
+    )));
     let n_workers = per_core(settings.pools.connection_workers);
     let mut workers = Vec::with_capacity(n_workers + 1);
     let mut recipients: Vec<Metered<Connection>> = Vec::with_capacity(n_workers);
@@ -317,21 +351,11 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     }
     workers.push(policy_arbiter);
     workers.extend(extra_arbiters);
-    let mut listeners = Vec::new();
-    let mut limits = Vec::new();
-    for (config, socket) in settings.listeners {
-        let l = ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
-        limits.push(l.clone());
-        let actor = ListenerActor::new(
-            socket,
-            Arc::new(config),
-            l,
-            recipients.clone(),
-            hostname.clone(),
-            health.clone(),
-        );
-        listeners.push(actor.start());
-    }
+    let listeners = settings
+        .listeners
+        .into_iter()
+        .map(|(config, socket)| start_listener(config, socket, &recipients, &hostname, &health))
+        .collect();
     if let Some(socket) = settings.metrics_listener {
         let arbiter = Arbiter::new();
         let health = health.clone();
@@ -352,8 +376,9 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     }
     let admin = settings.admin_socket.map(|path| {
         let queue = queue.recipient();
+        let control = settings.control;
         SpawnHandleTask(actix::spawn(async move {
-            if let Err(e) = crate::admin::serve(&path, queue).await {
+            if let Err(e) = crate::admin::serve(&path, queue, control).await {
                 tracing::error!(path = %path.display(), error = %e, "admin socket failed; `amtp-relay queue` cannot reach this relay");
             }
         }))
@@ -361,12 +386,106 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     tracing::info!(connection_workers = n_workers, "relay started");
     Ok(Relay {
         listeners,
-        limits,
+        retired: Vec::new(),
         workers,
         committer,
         admin,
         health,
+        lifecycle,
+        runtime: shared,
+        policy,
+        recipients,
+        hostname,
+        router,
     })
+}
+
+/// What the router runs with, from `[delivery]` and the parts it shares with the relay.
+fn router_shared(
+    d: DeliverySettings,
+    queue: Arc<Queue>,
+    resolver: Option<ResolverHandle>,
+    hostname: &str,
+    meter: Meter,
+    destination_meter: Meter,
+) -> RouterShared {
+    let routes = d
+        .config
+        .route
+        .iter()
+        .flat_map(|r| {
+            r.domains
+                .iter()
+                .map(move |dom| (dom.trim_end_matches('.').to_ascii_lowercase(), r.clone()))
+        })
+        .collect();
+    RouterShared {
+        queue,
+        resolver,
+        routes,
+        outbound: d.outbound,
+        smtp_fallback: d.config.smtp_fallback,
+        smtp_fallback_tls: d.config.smtp_fallback_tls,
+        smtp_fallback_port: d.config.smtp_fallback_port,
+        retry: RetryPolicy::from_config(&d.config),
+        lease: d.config.lease.0,
+        poll_interval: d.config.poll_interval.0,
+        concurrency: d.config.concurrency_per_destination,
+        max_per_connection: d.config.max_messages_per_connection,
+        max_in_flight: d.config.max_in_flight.max(1),
+        hostname: hostname.to_string(),
+        meter,
+        destination_meter,
+    }
+}
+
+/// The settings every connection worker shares, for one configuration generation.
+fn worker_shared(deps: SessionDeps, mailbox: usize, live: &LiveSettings) -> WorkerShared {
+    let mut deps = deps;
+    deps.tls = live.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    if let (Some(identity), Some(a)) = (&mut deps.identity, &live.amtp) {
+        identity.require_forward_confirmation = a.require_forward_confirmation;
+    }
+    WorkerShared {
+        deps,
+        hostname: Arc::from(live.hostname.as_str()),
+        limits: Arc::new(live.session.clone()),
+        local_domains: Arc::new(live.local_domains.clone()),
+        cram_secrets: live.users.has_cram_secrets(),
+        user_mpcs: Arc::new(live.users.mpcs()),
+        mailbox,
+        amtp: live.amtp.as_ref().map(|a| AmtpShared {
+            acceptor: tokio_rustls::TlsAcceptor::from(a.trust.server_config.clone()),
+            trust: a.trust.clone(),
+            policy: a.policy.clone(),
+        }),
+    }
+}
+
+fn start_listener(
+    config: ListenerConfig,
+    socket: std::net::TcpListener,
+    recipients: &[Metered<Connection>],
+    hostname: &Arc<str>,
+    health: &Arc<Health>,
+) -> RunningListener {
+    let limits = ConnectionLimits::new(config.max_connections, config.max_connections_per_ip);
+    let (name, address) = (config.name.clone(), config.address);
+    let actor = ListenerActor::new(
+        socket,
+        Arc::new(config),
+        limits.clone(),
+        recipients.to_vec(),
+        hostname.clone(),
+        health.clone(),
+    )
+    .start();
+    RunningListener {
+        name,
+        address,
+        actor,
+        limits,
+    }
 }
 
 impl Relay {
@@ -375,9 +494,114 @@ impl Relay {
         &self.health
     }
 
-    /// Connections open across all listeners.
+    /// Connections open across all listeners (also those a reload removed).
     pub fn active_connections(&self) -> usize {
-        self.limits.iter().map(|l| l.active()).sum()
+        self.listeners
+            .iter()
+            .map(|l| &l.limits)
+            .chain(&self.retired)
+            .map(|l| l.active())
+            .sum()
+    }
+
+    /// The configured (name, address) of each running listener, for a reload to decide
+    /// which sockets to bind.
+    pub fn listener_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
+        self.listeners
+            .iter()
+            .map(|l| (l.name.clone(), l.address))
+            .collect()
+    }
+
+    /// Whether this relay has a DNS resolver (an AMTP listener checking PTR names needs one;
+    /// adding the first such listener needs a restart).
+    pub fn has_resolver(&self) -> bool {
+        self.runtime.load().deps.identity.is_some()
+    }
+
+    /// How many configurations this process has run (1 + successful reloads).
+    pub fn generation(&self) -> u64 {
+        self.runtime.generation()
+    }
+
+    /// `amtp-relay drain` (`true`) / `resume` (`false`): readiness says draining and the
+    /// listeners answer new connections `421 4.3.2`; open sessions and delivery carry on.
+    pub fn set_draining(&self, draining: bool) {
+        self.health.set_draining(draining);
+    }
+
+    /// Apply a validated configuration's live part. Sessions already open keep the settings
+    /// they started with. Returns one line per listener change, for the log.
+    pub async fn reload(&mut self, live: LiveSettings) -> Vec<String> {
+        let mut changes = Vec::new();
+        let base = self.runtime.load();
+        let next = worker_shared(base.deps.clone(), base.mailbox, &live);
+        let _ = self.policy.send(ReplaceUsers(live.users.clone())).await;
+        let mut kept = Vec::new();
+        let mut old: Vec<RunningListener> = std::mem::take(&mut self.listeners);
+        for (config, socket) in live.listeners {
+            let existing = old.iter().position(|l| l.name == config.name);
+            match (socket, existing) {
+                (None, Some(i)) => {
+                    let l = old.swap_remove(i);
+                    let _ = l.actor.send(Reconfigure(Arc::new(config))).await;
+                    kept.push(l);
+                }
+                (Some(socket), existing) => {
+                    if let Some(i) = existing {
+                        let l = old.swap_remove(i);
+                        let _ = l.actor.send(StopAccepting).await;
+                        changes.push(format!(
+                            "listener `{}` moved from {} to {}",
+                            l.name, l.address, config.address
+                        ));
+                        self.retired.push(l.limits);
+                    } else {
+                        changes.push(format!(
+                            "listener `{}` added on {}",
+                            config.name, config.address
+                        ));
+                    }
+                    kept.push(start_listener(
+                        config,
+                        socket,
+                        &self.recipients,
+                        &self.hostname,
+                        &self.health,
+                    ));
+                }
+                (None, None) => {
+                    tracing::error!(listener = %config.name, "reload: new listener without a socket; skipped");
+                }
+            }
+        }
+        for l in old {
+            let _ = l.actor.send(StopAccepting).await;
+            changes.push(format!("listener `{}` on {} removed", l.name, l.address));
+            self.retired.push(l.limits);
+        }
+        self.retired.retain(|l| l.active() > 0);
+        self.health.set_listeners_expected(kept.len());
+        self.listeners = kept;
+        if let (Some((router, running)), Some(d)) = (&mut self.router, live.delivery) {
+            let routing = Arc::new(router_shared(
+                d,
+                running.queue.clone(),
+                running.resolver.clone(),
+                &live.hostname,
+                running.meter.clone(),
+                running.destination_meter.clone(),
+            ));
+            let _ = router.send(ReplaceShared(routing.clone())).await;
+            *running = routing;
+        }
+        self.runtime.swap(next);
+        changes
+    }
+
+    /// Whether outbound delivery runs (turning it on or off needs a restart).
+    pub fn delivers(&self) -> bool {
+        self.router.is_some()
     }
 
     /// Stop accepting, let open sessions finish for up to `grace`, then stop the workers.
@@ -386,8 +610,10 @@ impl Relay {
     pub async fn shutdown(self, grace: Duration) {
         // Readiness says "draining" first, so a load balancer stops sending here.
         self.health.set_draining(true);
+        // No new transaction starts; DATA in progress may finish.
+        self.lifecycle.advance(Phase::Stopping);
         for l in &self.listeners {
-            let _ = l.send(StopAccepting).await;
+            let _ = l.actor.send(StopAccepting).await;
         }
         if let Some(admin) = &self.admin {
             admin.0.abort();
@@ -400,8 +626,15 @@ impl Relay {
         if left > 0 {
             tracing::warn!(
                 sessions = left,
-                "shutdown grace period over; closing remaining sessions"
+                "shutdown grace period over; telling remaining sessions 421 and closing them"
             );
+            // Each open session writes `421 4.3.2` and closes; give them a moment to do so
+            // before their threads stop.
+            self.lifecycle.advance(Phase::Closing);
+            let said = Instant::now() + Duration::from_secs(2);
+            while self.active_connections() > 0 && Instant::now() < said {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
         // Let in-flight commits finish before the process exits.
         let wait_commits = Instant::now() + Duration::from_secs(5);

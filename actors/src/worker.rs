@@ -4,6 +4,9 @@
 //! A worker receives a [`Connection`], re-registers the socket with its own arbiter's reactor,
 //! performs the implicit-TLS handshake when the listener asks for it, and runs the session
 //! there (STARTTLS upgrades happen on the same thread). It logs one line per session.
+//!
+//! The settings a connection runs under are read from the [`Runtime`] swap point when it
+//! arrives and kept to the session's end, so a reload never changes an open session.
 
 use crate::amtp_policy::AmtpPolicy;
 use crate::amtp_tls::AmtpTrust;
@@ -11,6 +14,7 @@ use crate::config::{ListenerRole, SessionConfig};
 use crate::identity::PeerCertificate;
 use crate::messages::Connection;
 use crate::metrics::{self, pool::Meter};
+use crate::runtime::Runtime;
 use crate::session::amtp::AmtpContext;
 use crate::session::driver::{self, SessionDeps};
 use crate::session::stream::{MaybeTls, handshake_failure, resumed, tls_info};
@@ -53,7 +57,10 @@ pub struct AmtpShared {
 
 /// See the module docs.
 pub struct ConnectionWorker {
-    shared: Arc<WorkerShared>,
+    /// The current settings; each connection takes a snapshot when it arrives.
+    runtime: Arc<Runtime>,
+    /// The mailbox bound (a pool setting: fixed for the life of the process).
+    mailbox: usize,
     /// This pool member's meter: its depth is counted by the listeners that send to it, and
     /// its busy time is the time spent polling its sessions (handshakes included).
     meter: Meter,
@@ -61,8 +68,13 @@ pub struct ConnectionWorker {
 
 impl ConnectionWorker {
     /// A worker over the shared session dependencies.
-    pub fn new(shared: Arc<WorkerShared>, meter: Meter) -> Self {
-        Self { shared, meter }
+    pub fn new(runtime: Arc<Runtime>, meter: Meter) -> Self {
+        let mailbox = runtime.load().mailbox;
+        Self {
+            runtime,
+            mailbox,
+            meter,
+        }
     }
 }
 
@@ -70,7 +82,7 @@ impl Actor for ConnectionWorker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(self.shared.mailbox);
+        ctx.set_mailbox_capacity(self.mailbox);
     }
 }
 
@@ -80,7 +92,7 @@ impl Handler<Connection> for ConnectionWorker {
     fn handle(&mut self, conn: Connection, _ctx: &mut Self::Context) {
         let _busy = self.meter.handled();
         let meter = self.meter.clone();
-        let session = serve_connection(conn, self.shared.clone());
+        let session = serve_connection(conn, self.runtime.load());
         actix::spawn(async move { meter.timed(session).await });
     }
 }

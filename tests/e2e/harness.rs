@@ -215,6 +215,54 @@ impl Relay {
         c.expect("QUIT", 221);
     }
 
+    /// The relay's configuration file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("relay.toml")
+    }
+
+    /// Send a signal (`HUP`, `TERM`, …) to the relay process.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name}");
+    }
+
+    /// The exit status, if the relay has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Wait up to `secs` for the relay to exit.
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// `amtp-relay <command> --data-dir <ours>` (reload, drain, resume): (exit success,
+    /// stdout, stderr).
+    pub fn admin(&self, command: &str) -> (bool, String, String) {
+        let out = Command::new(BIN)
+            .arg(command)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// kill -9, and hand back the directory (data and config) for a restart.
     pub fn kill9(mut self) -> tempfile::TempDir {
         let _ = self.child.kill();

@@ -3,16 +3,19 @@
 //! generated dev CA) and real sled files. Each test starts its own relay. The AMTP tests also
 //! run a real DNS server in the test process and bind distinct 127.0.0.x client addresses.
 //! `loadtest.rs` drives the relay with the amtp-loadtest library and its fixtures; `probe.rs`
-//! runs `amtp-relay probe` against it.
+//! runs `amtp-relay probe` against it; `lifecycle.rs` reloads, drains and stops it.
 
 mod amtp;
 mod bad_input;
 mod chain;
+mod check_config;
 mod cli;
 mod delivery;
+mod deploy;
 mod disk_full;
 mod dns;
 mod harness;
+mod lifecycle;
 mod loadtest;
 mod metrics;
 mod monitoring;

@@ -177,6 +177,11 @@ impl UserDb {
         self.users.is_empty()
     }
 
+    /// Whether `name` is a user.
+    pub fn contains(&self, name: &str) -> bool {
+        self.users.contains_key(name)
+    }
+
     /// Whether any user can do CRAM-MD5.
     pub fn has_cram_secrets(&self) -> bool {
         self.users.values().any(|u| u.cram.is_some())

@@ -296,6 +296,22 @@ impl Handler<JobResult> for Router {
     }
 }
 
+/// A reload: route with these settings from now on. Destinations already running finish the
+/// jobs they hold under the settings they started with and stop when idle; new jobs go to
+/// new destinations built from `0` (outbound TLS, concurrency, routes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplaceShared(pub Arc<RouterShared>);
+
+impl Handler<ReplaceShared> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReplaceShared, _ctx: &mut Self::Context) {
+        self.shared = msg.0;
+        self.destinations.clear();
+    }
+}
+
 /// Lease up to `room` due messages (not already in flight) and read their bodies.
 fn lease_due(
     s: &RouterShared,

@@ -19,6 +19,17 @@ pub struct RetryPolicy {
     pub max_lifetime: Duration,
 }
 
+impl RetryPolicy {
+    /// The policy `[delivery]` describes.
+    pub fn from_config(c: &crate::config::DeliveryConfig) -> Self {
+        Self {
+            first_retry: c.first_retry.0,
+            max_backoff: c.max_backoff.0,
+            max_lifetime: c.max_lifetime.0,
+        }
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {

@@ -3,9 +3,9 @@
 //! actor. Lookups run concurrently (the handler returns a future); hickory's pool already
 //! merges identical in-flight queries.
 
+use super::Resolve;
 use super::transport::DnsTransport;
 use super::{Answer, DnsCache, LookupError, TtlPolicy};
-use crate::messages::Resolve;
 use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! AMTP's hot path checks the PTR of every connecting client, and the same sender hosts
 //! reconnect constantly, so a cache hit must cost neither a DNS round trip nor contention
 //! between cores: [`ResolverHandle::resolve`] reads the sharded [`DnsCache`] (a [`crate::ttl_cache::TtlCache`]) directly and
-//! only a miss becomes a [`crate::messages::Resolve`] message to the [`actor::ResolverActor`],
+//! only a miss becomes a [`Resolve`] message to the [`actor::ResolverActor`],
 //! which asks the name servers and fills the cache.
 //!
 //! Why not hickory's own `Resolver`: its caching client answers PTR for 127.0.0.0/8 and ::1
@@ -22,9 +22,8 @@ pub mod transport;
 #[cfg(test)]
 mod tests;
 
-use crate::messages::Resolve;
 use crate::metrics::{self, pool::Meter};
-use actix::Recipient;
+use actix::{Message, Recipient};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -134,6 +133,12 @@ pub type Answer = Result<Records, LookupError>;
 /// The shared answer cache.
 pub type DnsCache = crate::ttl_cache::TtlCache<DnsQuery, Answer>;
 
+/// Handle → resolver actor: look up a DNS name (sent only on a cache miss). It lives here, not
+/// in [`crate::messages`], because only the resolver's own handle sends it.
+#[derive(Debug, Message)]
+#[rtype(result = "Answer")]
+pub struct Resolve(pub DnsQuery);
+
 /// TTL policy for the cache (`[resolver]` config).
 #[derive(Debug, Clone, Copy)]
 pub struct TtlPolicy {
@@ -145,6 +150,18 @@ pub struct TtlPolicy {
     pub negative_max: Duration,
     /// Negative answers without an SOA are kept this long.
     pub negative_default: Duration,
+}
+
+impl TtlPolicy {
+    /// The policy `[resolver]` describes.
+    pub fn from_config(c: &crate::config::ResolverConfig) -> Self {
+        Self {
+            min: c.min_ttl.0,
+            max: c.max_ttl.0,
+            negative_max: c.negative_max_ttl.0,
+            negative_default: c.negative_max_ttl.0.min(Duration::from_secs(60)),
+        }
+    }
 }
 
 impl Default for TtlPolicy {

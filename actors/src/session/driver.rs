@@ -9,6 +9,7 @@ use super::stream::{MaybeTls, handshake_failure, resumed, tls_info};
 use super::{Action, Session};
 use crate::amtp_tls::TrustClass;
 use crate::identity::{IdentityChecker, IdentityError, check_ehlo, normalize};
+use crate::lifecycle::{Lifecycle, shutting_down};
 use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
 use crate::metrics::{self, pool::Metered};
 use amtp_proto::{Command, DataReceiver, LineBuffer, LineError, Progress, limits};
@@ -36,6 +37,9 @@ pub struct SessionDeps {
     /// Allocates a queue id when a message's DATA is complete, so the Received header, the
     /// 250 reply and the log name the same id. `None`: storage cannot allocate (answered 451).
     pub new_id: Arc<dyn Fn() -> Option<QueueId> + Send + Sync>,
+    /// The relay's stop phase: after SIGTERM no transaction starts; when the grace period
+    /// ends, the session is told 421 and closed.
+    pub lifecycle: Arc<Lifecycle>,
 }
 
 /// How the session ended, for the one log line per session.
@@ -53,6 +57,8 @@ pub enum Outcome {
     TlsFailed,
     /// A read or write failed.
     IoError,
+    /// The relay is shutting down; we said 421.
+    Shutdown,
 }
 
 impl Outcome {
@@ -65,6 +71,7 @@ impl Outcome {
             Self::Timeout => "timeout",
             Self::TlsFailed => "tls-failed",
             Self::IoError => "io-error",
+            Self::Shutdown => "shutdown",
         }
     }
 }
@@ -221,6 +228,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                         if let Ok(Command::Auth { mechanism, .. }) = &parsed {
                             self.auth_mechanism = mechanism_label(mechanism);
                         }
+                        if matches!(parsed, Ok(Command::Mail(_)))
+                            && !self.deps.lifecycle.accepts_transactions()
+                        {
+                            // SIGTERM: no new transaction starts.
+                            self.say_shutting_down();
+                            let _ = self.flush().await;
+                            return Outcome::Shutdown;
+                        }
                         self.session.on_command(parsed)
                     }
                 };
@@ -233,7 +248,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 return Outcome::IoError;
             }
             let deadline = *line_deadline.get_or_insert_with(|| Instant::now() + command_timeout);
-            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
+            let read = tokio::select! {
+                r = timeout_at(deadline, self.io.read(&mut self.buf)) => r,
+                () = self.deps.lifecycle.closing() => {
+                    self.say_shutting_down();
+                    let _ = self.flush().await;
+                    return Outcome::Shutdown;
+                }
+            };
+            match read {
                 Err(_) => {
                     self.verb = "-";
                     if self.lines.has_partial() {
@@ -251,6 +274,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 Ok(Err(_)) => return Outcome::IoError,
             }
         }
+    }
+
+    /// Queue the `421 4.3.2` said when the relay shuts down (the caller flushes and ends).
+    fn say_shutting_down(&mut self) {
+        self.verb = "-";
+        let reply = shutting_down(&self.session.ctx.hostname);
+        self.record_reply(&reply);
+        reply.write_to(&mut self.out);
     }
 
     /// Write buffered replies; a client that stops reading cannot hold the session past the
@@ -492,7 +523,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 received,
                 limits.min_data_rate,
             );
-            let read = timeout_at(idle.min(total), self.io.read(&mut self.buf)).await;
+            let read = tokio::select! {
+                r = timeout_at(idle.min(total), self.io.read(&mut self.buf)) => r,
+                () = self.deps.lifecycle.closing() => {
+                    // The grace period is over in the middle of DATA: nothing was
+                    // acknowledged, so the client keeps the message and retries.
+                    self.say_shutting_down();
+                    let _ = self.flush().await;
+                    return Err(Outcome::Shutdown);
+                }
+            };
             let n = match read {
                 Err(_) => {
                     if total <= idle {

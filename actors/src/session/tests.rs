@@ -777,6 +777,7 @@ fn test_deps(enqueued: Arc<AtomicUsize>) -> SessionDeps {
                 u64::try_from(next.fetch_add(1, Ordering::SeqCst)).unwrap(),
             ))
         }),
+        lifecycle: Arc::new(crate::lifecycle::Lifecycle::new()),
     }
 }
 
