@@ -23,6 +23,7 @@ fn fixtures(dir: &Path, clients: u32) -> PathBuf {
         relay_tls: "127.0.0.1:2465".parse().unwrap(),
         dns: "127.0.0.1:5353".parse().unwrap(),
         sink: "127.0.0.1:2526".parse().unwrap(),
+        relay_metrics: "127.0.0.1:9425".parse().unwrap(),
     })
     .unwrap();
     out
@@ -328,10 +329,17 @@ fn report_renders_charts_and_a_table_from_json_results() {
     let runs = report::load(&files).unwrap();
     assert_eq!(runs.len(), 2);
     let page = report::html("capacity <test>", &runs).unwrap();
-    assert_eq!(page.matches("<svg").count(), 3, "three charts");
+    assert!(page.contains("Messages per second against concurrency"));
     assert!(
-        page.contains("No runs of this kind"),
-        "no session-only runs: that chart says so"
+        !page.contains("Sessions per second against concurrency"),
+        "no session-only runs: no empty sessions chart"
+    );
+    assert!(page.contains("Messages per second</h3>"), "a time series");
+    // One run alone: the charts that need several runs are hidden.
+    let one = report::html("one", &runs[..1]).unwrap();
+    assert!(
+        !one.contains("against concurrency"),
+        "a single dot is no chart"
     );
     assert!(page.contains("smtp with 1") && page.contains("smtp with 4"));
     assert!(page.contains("capacity &lt;test&gt;"));
