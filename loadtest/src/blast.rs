@@ -162,7 +162,12 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
             environment.relay_pools = first
                 .iter()
                 .filter(|s| s.name == "amtp_pool_members")
-                .map(|s| (s.label("pool").unwrap_or("?").to_string(), s.value as u64))
+                .map(|s| {
+                    (
+                        s.label("pool").unwrap_or("?").to_string(),
+                        crate::units::to_u64(s.value),
+                    )
+                })
                 .collect::<BTreeMap<_, _>>();
             Some(scraper)
         }
@@ -214,14 +219,12 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         let last = &relay_samples[relay_samples.len() - 1];
         relay_cpu_s = Some(last.cpu_s - first.cpu_s);
     }
-    if let Some(cpu) = relay_cpu_s {
-        if let Some(w) = cpu_warning(cpu, elapsed) {
-            eprintln!("blast: warning: {w}");
-            warnings.push(w);
-        }
+    if let Some(w) = relay_cpu_s.and_then(|cpu| cpu_warning(cpu, elapsed)) {
+        eprintln!("blast: warning: {w}");
+        warnings.push(w);
     }
     if args.metrics_url.is_some() {
-        let expected = (elapsed / args.scrape_every.as_secs_f64()).floor() as usize;
+        let expected = crate::units::to_usize(elapsed / args.scrape_every.as_secs_f64());
         if relay_samples.len() + 1 < expected {
             warnings.push(format!(
                 "only {} of about {expected} scrapes of the relay's metrics succeeded",

@@ -48,7 +48,7 @@ pub fn line(s: &Snapshot, unit: &str) -> String {
 
 /// `7s`, `2m05s`, `1h02m`.
 pub fn short(d: Duration) -> String {
-    let s = d.as_secs_f64().round() as u64;
+    let s = crate::units::to_u64(d.as_secs_f64().round());
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),

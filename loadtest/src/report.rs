@@ -142,16 +142,19 @@ fn escape(s: &str) -> String {
 
 /// `12,345`.
 fn thousands(x: f64) -> String {
-    let n = x.round() as i64;
-    let digits = n.unsigned_abs().to_string();
+    let digits = crate::units::to_u64(x.abs().round()).to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
     }
-    if n < 0 { format!("-{out}") } else { out }
+    if x.round() < 0.0 {
+        format!("-{out}")
+    } else {
+        out
+    }
 }
 
 /// The rate a run is judged by: messages/s, or sessions/s for session-only runs.
@@ -436,7 +439,7 @@ pub fn sweeps(runs: &[RunResult]) -> Vec<(String, Vec<SweepPoint>, String)> {
             (Some(x), Some(y)) => x.total_cmp(&y),
             _ => a.value.cmp(&b.value),
         });
-        let choice = choose(&key.to_string(), &points);
+        let choice = choose(key, &points);
         out.push((key.to_string(), points, choice));
     }
     out
@@ -581,7 +584,10 @@ fn sweep_chart(key: &str, points: &[SweepPoint]) -> anyhow::Result<String> {
             let formatter = |x: &f64| {
                 let i = x.round();
                 if (x - i).abs() < 0.01 && i >= 0.0 {
-                    labels.get(i as usize).cloned().unwrap_or_default()
+                    labels
+                        .get(crate::units::to_usize(i))
+                        .cloned()
+                        .unwrap_or_default()
                 } else {
                     String::new()
                 }

@@ -195,7 +195,8 @@ pub fn size(args: &SizingArgs, runs: &[RunResult]) -> Option<Sizing> {
     let cores_busy = rate * per_message / 1e6;
     let utilisation = args.utilisation.clamp(0.05, 1.0);
     let cores_needed = cores_busy / utilisation;
-    let nodes = ((cores_needed / f64::from(args.cores_per_node.max(1))).ceil() as u64).max(1);
+    let nodes =
+        crate::units::to_u64((cores_needed / f64::from(args.cores_per_node.max(1))).ceil()).max(1);
     let connections_per_node = args.connections.div_ceil(nodes);
     let kib_per_conn = (1.0 - a) * args.kib_per_smtp_connection + a * args.kib_per_amtp_connection;
     let memory = args.base_mib + connections_per_node as f64 * kib_per_conn / 1024.0;

@@ -46,8 +46,9 @@ impl Timeline {
     }
 
     fn bucket(&mut self, at: Instant) -> &mut Bucket {
-        let second =
-            (at.saturating_duration_since(self.started).as_secs() as usize).min(MAX_SECONDS - 1);
+        let second = usize::try_from(at.saturating_duration_since(self.started).as_secs())
+            .unwrap_or(usize::MAX)
+            .min(MAX_SECONDS - 1);
         while self.seconds.len() <= second {
             self.seconds.push(Bucket::new());
         }
@@ -84,7 +85,7 @@ impl Timeline {
             .iter()
             .enumerate()
             .map(|(t, b)| Second {
-                t: t as u32,
+                t: u32::try_from(t).unwrap_or(u32::MAX),
                 messages: b.ok,
                 failed: b.failed,
                 errors: b.errors,
