@@ -112,7 +112,7 @@ sweep() {
     [ "$cores" -gt "$MAX_WORKERS" ] && cores=$MAX_WORKERS
     mkdir -p "$OUT/sweep"
     local load=(--protocol smtp --target "$SMTP" --connections "$CONCURRENCY"
-        --messages "$SWEEP_MESSAGES" --messages-per-connection 100 --duration 60s)
+        --messages "$SWEEP_MESSAGES" --messages-per-connection 100)
     echo "== sweep: $SWEEP_MESSAGES SMTP messages x 10 KB per run, $CONCURRENCY connections"
     for workers in $(seq 1 "$cores"); do
         start_relay "$workers"

@@ -87,16 +87,17 @@ pub fn page(
          <style>{STYLE}</style></head><body>\n<h1>{t}</h1>\n",
         t = escape(title)
     );
+    let sweep = sweep_section(runs)?;
+    let is_sweep = !sweep.is_empty();
+    // A sweep's answer first; otherwise the per-run figures.
+    page.push_str(&sweep);
     page.push_str(&summary(runs));
     if layout == Layout::Compare && runs.len() == 2 {
         page.push_str(&compare_table(&runs[0], &runs[1]));
     }
-    if let Some(args) = sizing {
+    if let Some(args) = sizing.filter(|a| !is_sweep || a.target_rate.is_some()) {
         page.push_str(&sizing_section(args, runs));
     }
-    let sweep = sweep_section(runs)?;
-    let is_sweep = !sweep.is_empty();
-    page.push_str(&sweep);
     if !is_sweep || layout == Layout::Compare {
         page.push_str(&time_series(runs)?);
     } else {
@@ -173,10 +174,12 @@ pub fn cpu_per_message(run: &RunResult) -> Option<f64> {
         .then(|| cpu * 1e6 / run.messages_ok as f64)
 }
 
-/// Relay CPU µs per session (everything the relay did, over the sessions the run opened).
+/// Relay CPU µs per session, from session-only runs (connect, TLS, EHLO, QUIT): what a new
+/// session costs. In message runs the figure would be mostly the messages' cost, so it is
+/// left out there.
 pub fn cpu_per_session(run: &RunResult) -> Option<f64> {
     let cpu = run.relay_cpu_s?;
-    (run.sessions > 0).then(|| cpu * 1e6 / run.sessions as f64)
+    (run.messages_per_connection == 0 && run.sessions > 0).then(|| cpu * 1e6 / run.sessions as f64)
 }
 
 /// Per pool over the whole run: (utilisation per member, 0..1, mean mailbox depth).
@@ -217,7 +220,61 @@ fn or_dash(x: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 /// The figures a fleet is sized by, first: one card per run.
 fn summary(runs: &[RunResult]) -> String {
-    let mut out = String::from("<h2 id=\"summary\">Summary</h2>\n<div class=\"cards\">\n");
+    let mut out = String::from("<h2 id=\"summary\">Summary</h2>\n");
+    if runs.len() > 4 {
+        out.push_str(&summary_table(runs));
+    } else {
+        out.push_str(&summary_cards(runs));
+    }
+    for r in runs {
+        for w in &r.warnings {
+            out.push_str(&format!(
+                "<p class=\"warn\">{}: {}</p>\n",
+                escape(&r.label),
+                escape(w)
+            ));
+        }
+    }
+    if runs.iter().all(|r| r.relay_cpu_s.is_none()) {
+        out.push_str(
+            "<p class=\"warn\">No relay CPU figure: run blast with --pid or --metrics-url.</p>\n",
+        );
+    }
+    out
+}
+
+/// Many runs: one row each.
+fn summary_table(runs: &[RunResult]) -> String {
+    let mut out = String::from(
+        "<table><tr><th>run</th><th>relay CPU µs/message</th><th>relay CPU µs/session</th>\
+         <th>rate/s</th><th>TLS full/resumed</th><th>p50 ms</th><th>p99 ms</th>\
+         <th>busiest pool</th><th>errors</th></tr>\n",
+    );
+    for r in runs {
+        let m = r.phases.iter().find(|p| p.phase == "message");
+        out.push_str(&format!(
+            "<tr><td>{}</td><td><b>{}</b></td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&r.label),
+            or_dash(cpu_per_message(r), thousands),
+            or_dash(cpu_per_session(r), thousands),
+            thousands(rate(r)),
+            r.tls_full,
+            r.tls_resumed,
+            m.map_or("–".into(), |p| ms(p.p50_us)),
+            m.map_or("–".into(), |p| ms(p.p99_us)),
+            busiest_pool(&r.relay_samples)
+                .map_or("–".into(), |(p, u)| format!("{p} {:.0} %", u * 100.0)),
+            r.errors.values().sum::<u64>(),
+        ));
+    }
+    out.push_str("</table>\n");
+    out
+}
+
+/// A few runs: one card each, the CPU figures large.
+fn summary_cards(runs: &[RunResult]) -> String {
+    let mut out = String::from("<div class=\"cards\">\n");
     for r in runs {
         let busiest = busiest_pool(&r.relay_samples).map_or(
             "– (run blast with --metrics-url)".to_string(),
@@ -245,7 +302,13 @@ fn summary(runs: &[RunResult]) -> String {
              {ok} accepted, {failed} failed, {errors} errors{cpu}</div>\n",
             label = escape(&r.label),
             cpm = or_dash(cpu_per_message(r), |v| format!("{} µs", thousands(v))),
-            cps = or_dash(cpu_per_session(r), |v| format!("{} µs", thousands(v))),
+            cps = cpu_per_session(r).map_or_else(
+                || format!(
+                    "</span><span>– ({} messages per session: a session-only run measures it)",
+                    r.messages_per_connection
+                ),
+                |v| format!("{} µs", thousands(v))
+            ),
             rate = thousands(rate(r)),
             unit = if r.messages_per_connection == 0 {
                 "sessions"
@@ -264,20 +327,6 @@ fn summary(runs: &[RunResult]) -> String {
         ));
     }
     out.push_str("</div>\n");
-    for r in runs {
-        for w in &r.warnings {
-            out.push_str(&format!(
-                "<p class=\"warn\">{}: {}</p>\n",
-                escape(&r.label),
-                escape(w)
-            ));
-        }
-    }
-    if runs.iter().all(|r| r.relay_cpu_s.is_none()) {
-        out.push_str(
-            "<p class=\"warn\">No relay CPU figure: run blast with --pid or --metrics-url.</p>\n",
-        );
-    }
     out
 }
 
@@ -526,8 +575,9 @@ fn sweep_section(runs: &[RunResult]) -> anyhow::Result<String> {
     }
     let mut out = String::from(
         "<h2 id=\"sweep\">Pool-size sweep</h2>\n<p class=\"note\">The same load against each \
-         setting, one setting changed at a time; messages/s (sessions/s for session runs) and \
-         the relay's CPU per message.</p>\n",
+         setting, one setting changed at a time, one run per value; messages/s (sessions/s for \
+         session runs) and the relay's CPU per message. Repeat before acting on a difference \
+         under 10 %.</p>\n",
     );
     for (key, points, choice) in sweeps {
         out.push_str(&format!(
@@ -685,6 +735,8 @@ fn generator_series(r: &RunResult, prefix: &str) -> BTreeMap<&'static str, Vec<S
         return out;
     }
     let mid = |t: u32| f64::from(t) + 0.5;
+    // The last second is usually cut short by the end of the run: count it per its length.
+    let span = |t: u32| (r.elapsed_s - f64::from(t)).clamp(0.05, 1.0);
     let unit = if r.messages_per_connection == 0 {
         "sessions/s"
     } else {
@@ -694,7 +746,7 @@ fn generator_series(r: &RunResult, prefix: &str) -> BTreeMap<&'static str, Vec<S
         format!("{prefix}{unit} (generator)"),
         r.timeline
             .iter()
-            .map(|s| (mid(s.t), s.messages as f64))
+            .map(|s| (mid(s.t), s.messages as f64 / span(s.t)))
             .collect(),
     ));
     for (name, pick) in [("p50", 0usize), ("p99", 1)] {
@@ -713,14 +765,14 @@ fn generator_series(r: &RunResult, prefix: &str) -> BTreeMap<&'static str, Vec<S
         format!("{prefix}errors/s"),
         r.timeline
             .iter()
-            .map(|s| (mid(s.t), s.errors as f64))
+            .map(|s| (mid(s.t), s.errors as f64 / span(s.t)))
             .collect(),
     ));
     out.entry("errors").or_default().push((
         format!("{prefix}4xx/s"),
         r.timeline
             .iter()
-            .map(|s| (mid(s.t), s.errors_4xx as f64))
+            .map(|s| (mid(s.t), s.errors_4xx as f64 / span(s.t)))
             .collect(),
     ));
     out
@@ -811,7 +863,7 @@ fn time_chart(unit: &str, x_max: f64, series: Vec<Series>) -> anyhow::Result<Str
     let max_y = if max_y <= 0.0 { 1.0 } else { max_y * 1.1 };
     let mut svg = String::new();
     {
-        let root = SVGBackend::with_string(&mut svg, (1400, 260)).into_drawing_area();
+        let root = SVGBackend::with_string(&mut svg, (1400, 220)).into_drawing_area();
         root.fill(&WHITE).map_err(plot_error)?;
         let mut chart = ChartBuilder::on(&root)
             .margin(10)
@@ -826,7 +878,7 @@ fn time_chart(unit: &str, x_max: f64, series: Vec<Series>) -> anyhow::Result<Str
             .draw()
             .map_err(plot_error)?;
         for (i, (name, points)) in series.into_iter().enumerate() {
-            let colour = Palette99::pick(i).to_rgba();
+            let colour = colour(i);
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
                 .map_err(plot_error)?
@@ -843,6 +895,24 @@ fn time_chart(unit: &str, x_max: f64, series: Vec<Series>) -> anyhow::Result<Str
         root.present().map_err(plot_error)?;
     }
     Ok(responsive(svg))
+}
+
+/// Distinct, readable line colours (Tableau 10).
+fn colour(index: usize) -> RGBAColor {
+    const COLOURS: [(u8, u8, u8); 10] = [
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (127, 127, 127),
+        (188, 189, 34),
+        (23, 190, 207),
+    ];
+    let (r, g, b) = COLOURS[index % COLOURS.len()];
+    RGBColor(r, g, b).to_rgba()
 }
 
 /// Lets an SVG take the page's width: a viewBox of its drawn size, no fixed width or height.
@@ -1124,7 +1194,7 @@ where
     X: Ranged<ValueType = f64>,
     Y: Ranged<ValueType = f64>,
 {
-    let colour = Palette99::pick(index).to_rgba();
+    let colour = colour(index);
     chart
         .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
         .map_err(plot_error)?

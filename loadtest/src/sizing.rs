@@ -181,7 +181,7 @@ pub fn size(args: &SizingArgs, runs: &[RunResult]) -> Option<Sizing> {
         .map(|r| r.mean_size_bytes)
         .fold(0.0, f64::max);
     let mix = args.size_mix.mean();
-    if measured_size > 0.0 && (mix / measured_size > 2.0 || measured_size / mix > 2.0) {
+    if measured_size > 0.0 && (mix / measured_size > 1.5 || measured_size / mix > 1.5) {
         caveats.push(format!(
             "the runs sent {:.0} KB messages, the mix averages {:.0} KB: CPU per message grows \
              with size, measure with `blast --size {}`",
@@ -195,8 +195,14 @@ pub fn size(args: &SizingArgs, runs: &[RunResult]) -> Option<Sizing> {
     let cores_busy = rate * per_message / 1e6;
     let utilisation = args.utilisation.clamp(0.05, 1.0);
     let cores_needed = cores_busy / utilisation;
-    let nodes =
+    let cpu_nodes =
         crate::units::to_u64((cores_needed / f64::from(args.cores_per_node.max(1))).ceil()).max(1);
+    // A disk ceiling the operator measured bounds the nodes too: each node commits its share.
+    let disk_nodes = args
+        .disk_commit_rate
+        .filter(|d| *d > 0.0)
+        .map(|d| crate::units::to_u64((rate / d).ceil()).max(1));
+    let nodes = cpu_nodes.max(disk_nodes.unwrap_or(1));
     let connections_per_node = args.connections.div_ceil(nodes);
     let kib_per_conn = (1.0 - a) * args.kib_per_smtp_connection + a * args.kib_per_amtp_connection;
     let memory = args.base_mib + connections_per_node as f64 * kib_per_conn / 1024.0;
@@ -260,10 +266,17 @@ pub fn size(args: &SizingArgs, runs: &[RunResult]) -> Option<Sizing> {
             "Cores busy: {rate:.0} × {per_message:.0} µs = {cores_busy:.1} cores; at {:.0} %: {cores_busy:.1} / {utilisation:.2} = {cores_needed:.1} cores.",
             utilisation * 100.0
         ),
-        format!(
-            "Nodes: ⌈{cores_needed:.1} / {}⌉ = {nodes}.",
-            args.cores_per_node
-        ),
+        match disk_nodes {
+            Some(d) => format!(
+                "Nodes: for CPU ⌈{cores_needed:.1} / {}⌉ = {cpu_nodes}; for the disk ⌈{rate:.0} / {:.0}⌉ = {d}; the larger: {nodes}.",
+                args.cores_per_node,
+                args.disk_commit_rate.unwrap_or_default()
+            ),
+            None => format!(
+                "Nodes: ⌈{cores_needed:.1} / {}⌉ = {nodes}.",
+                args.cores_per_node
+            ),
+        },
         format!(
             "Connections per node: ⌈{} / {nodes}⌉ = {connections_per_node}.",
             args.connections
@@ -273,7 +286,7 @@ pub fn size(args: &SizingArgs, runs: &[RunResult]) -> Option<Sizing> {
             args.base_mib, args.kib_per_smtp_connection, args.kib_per_amtp_connection
         ),
         format!(
-            "Disk: {commits_per_node:.0} commits/s per node ({:.1} MB/s of bodies) against {disk:.0}/s ({disk_source}): headroom {headroom:.2}×.",
+            "Disk: {commits_per_node:.0} messages committed/s per node ({:.1} MB/s of bodies) against {disk:.0}/s ({disk_source}): headroom {headroom:.2}×.",
             commits_per_node * mix / 1e6
         ),
     ];
@@ -373,7 +386,11 @@ mod tests {
             "{:?}",
             s.caveats
         );
-        assert!(s.steps.iter().any(|l| l.contains("= 10.")), "{:?}", s.steps);
+        assert!(
+            s.steps.iter().any(|l| l.ends_with("the larger: 10.")),
+            "{:?}",
+            s.steps
+        );
     }
 
     #[test]
