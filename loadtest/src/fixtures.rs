@@ -321,4 +321,27 @@ mod tests {
         assert_eq!(source_address(255), Ipv4Addr::new(127, 1, 1, 0));
         assert_eq!(reverse_label(Ipv4Addr::new(127, 1, 2, 3)), "3.2.1");
     }
+
+    #[test]
+    fn the_relay_config_logs_at_info_and_serves_metrics() {
+        let args = FixturesArgs {
+            out: "unused".into(),
+            clients: 1,
+            domain: "load.test".into(),
+            relay_amtp: "127.0.0.1:3025".parse().unwrap(),
+            relay_smtp: "127.0.0.1:2525".parse().unwrap(),
+            relay_tls: "127.0.0.1:2465".parse().unwrap(),
+            dns: "127.0.0.1:5353".parse().unwrap(),
+            sink: "127.0.0.1:2526".parse().unwrap(),
+            relay_metrics: "127.0.0.1:9426".parse().unwrap(),
+        };
+        let config = relay_config("load.test", &args);
+        assert!(config.contains("[logging]\n# info"), "{config}");
+        assert!(config.contains("level = \"info\""), "{config}");
+        assert!(
+            config.contains("[metrics]\nlisten = \"127.0.0.1:9426\""),
+            "{config}"
+        );
+        assert!(config.contains("--metrics-url http://127.0.0.1:9426/metrics"));
+    }
 }

@@ -353,6 +353,103 @@ fn report_renders_charts_and_a_table_from_json_results() {
     assert!(format!("{err:#}").contains("bad.json"), "{err:#}");
 }
 
+/// Reads a child's stderr lines on a thread until `want` matches one; returns that line.
+fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    want: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if want(&line) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn without_a_terminal_blast_prints_progress_lines_and_a_terminated_sink_prints_its_totals() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_amtp-loadtest");
+    let mut sink = Command::new(bin)
+        .args([
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--progress-every",
+            "200ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = sink.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = wait_for_line(&lines, |l| l.starts_with("sink: listening on ")).unwrap();
+    let addr = listening
+        .trim_start_matches("sink: listening on ")
+        .to_string();
+    // Progress lines on a pipe (no terminal): one per interval, with the interval's rate.
+    let blast = Command::new(bin)
+        .args([
+            "blast",
+            "--target",
+            &addr,
+            "--messages",
+            "400",
+            "--connections",
+            "2",
+            "--size",
+            "1k",
+            "--rate",
+            "200",
+            "--progress-every",
+            "300ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(blast.status.success());
+    let progress = String::from_utf8_lossy(&blast.stderr);
+    let lines_seen: Vec<&str> = progress
+        .lines()
+        .filter(|l| l.starts_with("blast: "))
+        .collect();
+    assert!(lines_seen.len() >= 3, "{progress}");
+    assert!(
+        lines_seen
+            .iter()
+            .all(|l| l.contains("/400 messages") && l.contains(" eta ")),
+        "{progress}"
+    );
+    assert!(
+        wait_for_line(&lines, |l| l.contains("messages/s over the last")).is_some(),
+        "the sink reports the rate of its last interval"
+    );
+    // SIGTERM, as scripts and service managers stop it: the totals are still printed.
+    let killed = Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = sink.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sink: 400 messages accepted"),
+        "totals on SIGTERM: {stdout:?} ({:?})",
+        out.status
+    );
+}
+
 #[test]
 fn the_command_line_refuses_non_loopback_targets_unless_told() {
     let bin = env!("CARGO_BIN_EXE_amtp-loadtest");
