@@ -17,7 +17,7 @@ fail() { echo "FAIL: $*"; echo "---- relay log"; cat relay.log; exit 1; }
 
 for _ in $(seq 100); do grep -q "relay started" relay.log && break; sleep 0.1; done
 grep -q "relay started" relay.log || fail "relay did not start"
-for port in 2525 2587 2465 3025; do grep -q "address=127.0.0.1:$port" relay.log || fail "not listening on $port"; done
+for port in 2525 2587 2465 3025 9425; do grep -q "address=127.0.0.1:$port" relay.log || fail "not listening on $port"; done
 [ "$(stat -c %a amtp-data/dev-password)" = 600 ] || fail "dev-password is not mode 0600"
 
 expect() { # expect DESCRIPTION PATTERN -- swaks args...
@@ -58,6 +58,14 @@ listing=$("$bin" queue list)
 [ "$(grep -c '^[0-9a-f]\{16\} ' <<<"$listing")" = 5 ] || { echo "$listing"; fail "queue list should show 5 messages"; }
 grep -q "^$probe_id .*dev@example.test .*bob@example.test" <<<"$listing" || { echo "$listing"; fail "the AMTP message is not in queue list"; }
 echo "ok: queue list shows 5 messages, the AMTP one among them"
+
+# README's metrics and health commands, as written.
+metrics=$(curl -s 127.0.0.1:9425/metrics | grep amtp_messages_accepted_total) || fail "no amtp_messages_accepted_total on :9425/metrics"
+accepted=$(awk '/^amtp_messages_accepted_total/ {n += $2} END {print n}' <<<"$metrics")
+[ "$accepted" = 5 ] || { echo "$metrics"; fail "metrics count $accepted accepted messages, expected 5"; }
+ready=$(curl -i 127.0.0.1:9425/healthz/ready 2>/dev/null) || fail "/healthz/ready unreachable"
+grep -q "^HTTP/1.1 200" <<<"$ready" || { echo "$ready"; fail "/healthz/ready is not 200"; }
+echo "ok: /metrics counts 5 accepted messages, /healthz/ready is 200"
 
 kill -TERM "$pid"
 for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done

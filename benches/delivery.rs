@@ -16,7 +16,7 @@
 #[allow(dead_code)]
 mod sink;
 
-use amtp_storage::{Envelope, NewMessage, Origin, Queue};
+use amtp_storage::{BodyType, Envelope, NewMessage, Origin, Queue};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
@@ -51,6 +51,8 @@ fn fill(dir: &std::path::Path, n: usize, domains: usize) {
                     client_ip: "127.0.0.1".into(),
                     auth_user: None,
                     message_id: None,
+                    body: BodyType::Unspecified,
+                    smtputf8: false,
                 },
                 recipients: vec![format!("r{i}@d{}.test", i % domains)],
                 body: body.clone(),

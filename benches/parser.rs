@@ -93,6 +93,7 @@ fn session_step(c: &mut Criterion) {
         auth: None,
         cram_md5: false,
         allow_insecure_auth: false,
+        default_mpc: None,
     });
     let ctx = SessionContext {
         hostname: Arc::from("relay.example.test"),
@@ -104,6 +105,7 @@ fn session_step(c: &mut Criterion) {
         cram_md5: false,
         nonce: "bench".into(),
         amtp: None,
+        user_mpcs: Arc::default(),
     };
     let lines: Vec<Result<command::Command, amtp_proto::CommandError>> = [
         "EHLO client.test",

@@ -4,7 +4,7 @@
 //! `[queue] batch_max` / `batch_wait` tune. Reported in messages/s. Runs on the real
 //! filesystem under the target directory (not tmpfs), because fsync cost is the point.
 
-use amtp_storage::{Envelope, NewMessage, Origin, Queue};
+use amtp_storage::{BodyType, Envelope, NewMessage, Origin, Queue};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use std::time::Duration;
 
@@ -19,6 +19,8 @@ fn message(i: usize) -> NewMessage {
             client_ip: "127.0.0.1".into(),
             auth_user: None,
             message_id: Some(format!("<{i}@sender.test>")),
+            body: BodyType::Unspecified,
+            smtputf8: false,
         },
         recipients: vec![format!("r{i}@example.test")],
         body: vec![b'x'; 4096],

@@ -366,6 +366,23 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 ),
             ));
         }
+        if let Some(text) = &l.default_mpc {
+            if l.role == ListenerRole::Amtp {
+                return Err(err(
+                    field("default_mpc"),
+                    at("default_mpc"),
+                    "AMTP clients must send MPC= themselves; default_mpc is for SMTP listeners"
+                        .into(),
+                ));
+            }
+            if let Err(e) = text.parse::<amtp_proto::mpc::Mpc>() {
+                return Err(err(
+                    field("default_mpc"),
+                    at("default_mpc"),
+                    format!("{e} (a defined Mail Policy Code such as per/individual)"),
+                ));
+            }
+        }
     }
 
     // [metrics]
@@ -698,6 +715,17 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
         )
     })?;
 
+    // Last, so that the more specific errors above are reported first: with delivery on, mail
+    // for any domain that publishes an `_amtp._tcp` SRV record leaves over AMTP, whose next
+    // hops must be verified. Without trust anchors every such message would fail at delivery.
+    if file.delivery.enabled && delivery_roots.is_none() {
+        return Err(err(
+            "delivery.server_ca".into(),
+            line_of(text, "delivery", None, None),
+            "delivery is on but nothing can verify next hops: outbound AMTP (any domain with an _amtp._tcp SRV record) needs trust anchors — set [delivery] server_ca or [amtp] public_ca, or [delivery] enabled = false to only accept and queue".into(),
+        ));
+    }
+
     Ok(Config {
         file,
         origin: origin.into(),
@@ -824,6 +852,15 @@ mod tests {
                 "tls.certificate",
                 Some(9),
                 "does not exist",
+            ),
+            (
+                base.replace(
+                    "address = \"127.0.0.1:2525\"\n",
+                    "address = \"127.0.0.1:2525\"\ndefault_mpc = \"foo/bar\"\n",
+                ),
+                "listener[0].default_mpc",
+                Some(8),
+                "undefined MPC role",
             ),
             (
                 format!("{base}[logging]\nlevel = \"[[[\"\n"),

@@ -82,14 +82,13 @@ pub fn answer(queue: &Queue, query: &str, hostname: &str) -> Result<String, Stri
         ["bounce", i] => {
             let i = id(i)?;
             let rec = record(i)?;
-            let failed: Vec<(String, String)> = rec
+            let returned = amtp_proto::client::Cause::LocalPolicy {
+                status: amtp_proto::EnhancedStatus::new(5, 0, 0),
+                detail: "returned to the sender by the administrator".into(),
+            };
+            let failed: Vec<(String, amtp_proto::client::Cause)> = rec
                 .pending()
-                .map(|r| {
-                    (
-                        r.address.clone(),
-                        "5.0.0 returned to the sender by the administrator".to_string(),
-                    )
-                })
+                .map(|r| (r.address.clone(), returned.clone()))
                 .collect();
             let original = queue.body_prefix(i, HEADER_LIMIT).unwrap_or_default();
             let dsn =
@@ -205,6 +204,15 @@ pub fn format_show(id: QueueId, rec: &MessageRecord, head: &[u8]) -> String {
         rec.envelope.mpc.as_deref().unwrap_or("-")
     ));
     out.push_str(&format!("size:         {}\n", rec.size));
+    out.push_str(&format!(
+        "body:         {}{}\n",
+        rec.envelope.body.as_str(),
+        if rec.envelope.smtputf8 {
+            ", SMTPUTF8"
+        } else {
+            ""
+        }
+    ));
     let lease = if rec.lease_until != 0 {
         format!(" (leased until {})", rfc5322_date(rec.lease_until / 1000))
     } else {
@@ -219,8 +227,12 @@ pub fn format_show(id: QueueId, rec: &MessageRecord, head: &[u8]) -> String {
     for r in &rec.recipients {
         let state = format!("{:?}", r.state).to_lowercase();
         out.push_str(&format!(
-            "  {:<40} {state}{}\n",
+            "  {:<40} {state}{}{}\n",
             r.address,
+            r.status
+                .as_deref()
+                .map(|x| format!(" {x}"))
+                .unwrap_or_default(),
             r.last_reply
                 .as_deref()
                 .map(|x| format!("  ({x})"))

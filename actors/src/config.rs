@@ -74,9 +74,29 @@ pub struct ListenerConfig {
     /// Offer AUTH before TLS. Insecure: passwords cross the network in clear. Off by default.
     #[serde(default)]
     pub allow_insecure_auth: bool,
+    /// The Mail Policy Code given to mail whose MAIL command carries no `MPC=` (and whose
+    /// user has no `mpc` in the users file): ordinary mail clients never send one, and mail
+    /// without an MPC cannot leave over AMTP. Default: `per/individual` on submission
+    /// listeners, none on mx. Not allowed on AMTP listeners (MAIL must carry `MPC=` there).
+    pub default_mpc: Option<String>,
 }
 
 impl ListenerConfig {
+    /// The MPC for mail on this listener whose MAIL carries none (see `default_mpc`); `None`
+    /// on AMTP listeners, on mx without `default_mpc`, and for an invalid value (which the
+    /// configuration loader refuses before start).
+    pub fn default_mpc(&self) -> Option<amtp_proto::mpc::Mpc> {
+        match (&self.default_mpc, self.role) {
+            (_, ListenerRole::Amtp) => None,
+            (Some(text), _) => text.parse().ok(),
+            (None, role) if role.requires_auth() => Some(amtp_proto::mpc::Mpc {
+                role: amtp_proto::mpc::Role::Per,
+                class: amtp_proto::mpc::Class::Individual,
+            }),
+            (None, _) => None,
+        }
+    }
+
     /// Whether AUTH is offered on this listener.
     pub fn auth_enabled(&self) -> bool {
         self.auth.unwrap_or(self.role.requires_auth())
@@ -93,16 +113,26 @@ pub struct SessionConfig {
     /// Most recipients per message; more get `452 4.5.3`.
     #[serde(default = "defaults::max_recipients")]
     pub max_recipients: usize,
-    /// How long to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes).
+    /// How long a whole command line may take, from our previous reply (or the end of the
+    /// previous line) to the line's end — a deadline for the line, not for each read, so a
+    /// client trickling a byte at a time cannot hold the session (RFC 5321 §4.5.3.2.7: at
+    /// least 5 minutes). `421 4.4.2` when it passes.
     #[serde(default = "defaults::command_timeout")]
     pub command_timeout: HumanDuration,
     /// How long to wait for each chunk of DATA (RFC 5321 §4.5.3.2.6: 3 minutes).
     #[serde(default = "defaults::data_timeout")]
     pub data_timeout: HumanDuration,
+    /// Slowest DATA transfer accepted, in bytes per second: the whole message must arrive
+    /// within `data_timeout` plus one second per `min_data_rate` bytes received, else
+    /// `421 4.4.2` (Postfix's `smtpd_min_data_rate`). 0 turns the total deadline off.
+    #[serde(default = "defaults::min_data_rate")]
+    pub min_data_rate: u64,
     /// How long a TLS handshake may take.
     #[serde(default = "defaults::tls_handshake_timeout")]
     pub tls_handshake_timeout: HumanDuration,
-    /// Errors (5xx replies to bad commands) before `421` and disconnect.
+    /// Consecutive error replies (5xx, and 4xx such as `452`) before `421 4.7.0` and
+    /// disconnect. Up to 1,000 recipients beyond `max_recipients` are answered `452` without
+    /// counting, so a pipelining client learns the limit and still sends its message.
     #[serde(default = "defaults::max_errors")]
     pub max_errors: u32,
     /// Name the authenticated user in the Received header (privacy: off by default).
@@ -123,12 +153,18 @@ pub struct AuthConfig {
     /// Failures from one client IP within the window before it is locked out.
     #[serde(default = "defaults::max_failures_per_ip")]
     pub max_failures_per_ip: u32,
-    /// Failures for one user name within the window before that user is locked out.
+    /// Failures for one user name from one client IP within the window before that IP is
+    /// locked out for that name; also the failures (from any IP) after which every attempt
+    /// for the name is slowed down (never locked: see `user_delay_max`).
     #[serde(default = "defaults::max_failures_per_user")]
     pub max_failures_per_user: u32,
     /// How long a lock-out lasts (`454 4.7.0` and disconnect meanwhile).
     #[serde(default = "defaults::lockout")]
     pub lockout: HumanDuration,
+    /// Longest wait before an attempt for a user name that keeps failing: 1 s after
+    /// `max_failures_per_user` failures, doubling with each further one, up to this.
+    #[serde(default = "defaults::user_delay_max")]
+    pub user_delay_max: HumanDuration,
     /// Password hashes verified at once (argon2 is deliberately slow); 0 = one per core.
     #[serde(default)]
     pub verify_workers: usize,
@@ -479,6 +515,9 @@ pub mod defaults {
     pub(crate) fn tls_handshake_timeout() -> HumanDuration {
         HumanDuration(Duration::from_secs(10))
     }
+    pub(crate) fn min_data_rate() -> u64 {
+        500
+    }
     pub(crate) fn max_errors() -> u32 {
         10
     }
@@ -490,6 +529,9 @@ pub mod defaults {
     }
     pub(crate) fn max_failures_per_user() -> u32 {
         5
+    }
+    pub(crate) fn user_delay_max() -> HumanDuration {
+        HumanDuration(Duration::from_secs(15))
     }
     pub(crate) fn lockout() -> HumanDuration {
         HumanDuration(Duration::from_secs(900))

@@ -101,10 +101,13 @@ pub struct DeliverJob(pub crate::delivery::outbound::Job);
 pub struct JobResult {
     /// The message.
     pub id: amtp_storage::QueueId,
+    /// The destination that tried (its key, e.g. `amtp:example.test`), or `-` for decisions
+    /// taken before any.
+    pub destination: String,
+    /// The next hop that gave them (none when the relay decided without connecting).
+    pub next_hop: Option<NextHop>,
     /// One disposition per recipient.
     pub outcomes: Vec<(String, amtp_proto::client::Disposition)>,
-    /// The next hop that gave them (none when the relay decided without connecting).
-    pub hop: Option<NextHop>,
 }
 
 /// A next hop as the per-message log names it.

@@ -1,12 +1,20 @@
 //! The policy actor: checks SMTP AUTH credentials and throttles brute force.
 //!
-//! It owns the failure counters (per client IP and per user name), so every session on
-//! every core sees the same lock-outs. Password verification (argon2, deliberately slow) runs
-//! on tokio's blocking pool, bounded by a semaphore sized by `auth.verify_workers`, so the
-//! actor's own thread only does bookkeeping and other AUTH attempts interleave.
+//! It owns the failure counters, so every session on every core sees the same lock-outs:
+//! - per client IP: `max_failures_per_ip` failures lock the address out (any user name);
+//! - per (user name, client IP): `max_failures_per_user` failures lock that address out for
+//!   that name only;
+//! - per user name, from all addresses: no lock-out — knowing a user name must not let anyone
+//!   lock its owner out — but past `max_failures_per_user` failures every attempt for that name
+//!   waits first ([`user_delay`]: 1 s, doubling, up to `auth.user_delay_max`), so guessing one
+//!   name from many addresses stays slow.
+//!
+//! Password verification (argon2, deliberately slow) runs on tokio's blocking pool, bounded
+//! by a semaphore sized by `auth.verify_workers`, so the actor's own thread only does
+//! bookkeeping and other AUTH attempts interleave.
 //! Relay authorization itself is a pure rule in the session (local domain or authenticated).
 
-use crate::auth::throttle::FailureTracker;
+use crate::auth::throttle::{FailureTracker, user_delay};
 use crate::auth::users::UserDb;
 use crate::config::{AuthConfig, per_core};
 use crate::messages::{AuthOutcome, Authenticate};
@@ -14,7 +22,7 @@ use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 /// Keys tracked per failure table before the stalest are dropped.
@@ -24,9 +32,17 @@ const TRACKER_CAPACITY: usize = 100_000;
 pub struct PolicyActor {
     users: Arc<UserDb>,
     by_ip: FailureTracker<IpAddr>,
+    /// Locks one address out for one user name.
+    by_user_ip: FailureTracker<(String, IpAddr)>,
+    /// Counts failures per user name (never locks): the delay grows with them.
     by_user: FailureTracker<String>,
+    /// Failures per user name before attempts for it are slowed down.
+    user_free_failures: u32,
+    /// Longest wait imposed on an attempt for a slowed-down user name.
+    user_delay_max: Duration,
     verify_slots: Arc<Semaphore>,
-    /// Handled messages and time on the actor's thread (argon2 runs on the blocking pool).
+    /// Mailbox depth (counted by the sessions' `Metered` sender), handled messages, time on
+    /// the actor's thread (argon2 runs on the blocking pool).
     meter: Meter,
 }
 
@@ -43,12 +59,15 @@ impl PolicyActor {
                 lockout,
                 TRACKER_CAPACITY,
             ),
-            by_user: FailureTracker::new(
+            by_user_ip: FailureTracker::new(
                 window,
                 config.max_failures_per_user,
                 lockout,
                 TRACKER_CAPACITY,
             ),
+            by_user: FailureTracker::new(window, u32::MAX, lockout, TRACKER_CAPACITY),
+            user_free_failures: config.max_failures_per_user,
+            user_delay_max: config.user_delay_max.0,
             verify_slots: Arc::new(Semaphore::new(per_core(config.verify_workers))),
             meter,
         }
@@ -67,18 +86,29 @@ impl Handler<Authenticate> for PolicyActor {
     type Result = ResponseActFuture<Self, AuthOutcome>;
 
     fn handle(&mut self, msg: Authenticate, _ctx: &mut Self::Context) -> Self::Result {
-        let _busy = self.meter.busy();
-        self.meter.add_handled(1);
+        let _busy = self.meter.handled();
         let ip = msg.ip;
         let user = msg.credentials.user().to_string();
         let now = Instant::now();
-        if self.by_ip.is_locked(&ip, now) || self.by_user.is_locked(&user, now) {
+        if self.by_ip.is_locked(&ip, now) || self.by_user_ip.is_locked(&(user.clone(), ip), now) {
             tracing::warn!(%ip, user = %user, "AUTH refused: locked out after repeated failures");
             return Box::pin(actix::fut::ready(AuthOutcome::Locked));
+        }
+        let delay = user_delay(
+            self.by_user.recent_failures(&user, now),
+            self.user_free_failures,
+            self.user_delay_max,
+        );
+        if !delay.is_zero() {
+            metrics::auth_delayed();
+            tracing::info!(%ip, user = %user, delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "AUTH slowed down for this user after repeated failures");
         }
         let users = self.users.clone();
         let slots = self.verify_slots.clone();
         let verify = async move {
+            // Before taking a verification slot: a held attempt costs the attacker a
+            // connection, not us a hashing thread.
+            tokio::time::sleep(delay).await;
             let Ok(_slot) = slots.acquire_owned().await else {
                 return Err(());
             };
@@ -94,12 +124,13 @@ impl Handler<Authenticate> for PolicyActor {
             Ok(None) => {
                 let now = Instant::now();
                 let ip_locked = act.by_ip.record_failure(ip, now);
-                let user_locked = act.by_user.record_failure(user.clone(), now);
+                let user_locked = act.by_user_ip.record_failure((user.clone(), ip), now);
+                act.by_user.record_failure(user.clone(), now);
                 if ip_locked {
                     metrics::auth_lockout("ip");
                 }
                 if user_locked {
-                    metrics::auth_lockout("user");
+                    metrics::auth_lockout("user_ip");
                 }
                 if ip_locked || user_locked {
                     tracing::warn!(%ip, user = %user, ip_locked, user_locked, "AUTH failed; locking out");

@@ -19,8 +19,7 @@ pub struct QueueActor {
     committer: Committer,
     /// Woken after each durable enqueue, so delivery starts without waiting for its poll.
     router: Option<Recipient<WakeRouter>>,
-    /// Handled messages and busy time. Sessions `send()` to this actor; its mailbox drains
-    /// in microseconds, so its depth is not metered (the committer's backlog is).
+    /// Mailbox depth (counted by the sessions' `Metered` sender), handled messages, busy time.
     meter: Meter,
 }
 
@@ -56,8 +55,7 @@ impl Handler<Enqueue> for QueueActor {
     type Result = ResponseFuture<Result<QueueId, EnqueueError>>;
 
     fn handle(&mut self, msg: Enqueue, _ctx: &mut Self::Context) -> Self::Result {
-        let _busy = self.meter.busy();
-        self.meter.add_handled(1);
+        let _busy = self.meter.handled();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let submitted = self.committer.submit(
             *msg.0,

@@ -208,12 +208,13 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     });
     Meter::pool_size("queue", 1);
     Meter::pool_size("committer", 1);
+    let queue_meter = Meter::new("queue", 0);
     let queue = QueueActor::new(
         settings.queue_store.clone(),
         Arc::from(settings.hostname.as_str()),
         committer.clone(),
         router.map(Addr::recipient),
-        Meter::new("queue", 0),
+        queue_meter.clone(),
     )
     .start();
     if let Some(m) = metrics::get() {
@@ -244,8 +245,9 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     let auth = settings.auth.clone();
     Meter::pool_size("policy", 1);
     let policy_meter = Meter::new("policy", 0);
+    let actor_meter = policy_meter.clone();
     let policy = PolicyActor::start_in_arbiter(&policy_arbiter.handle(), move |_| {
-        PolicyActor::new(users, &auth, policy_meter)
+        PolicyActor::new(users, &auth, actor_meter)
     });
     let mut identity = None;
     let mut amtp_shared = None;
@@ -265,8 +267,14 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
     }
     let ids = settings.queue_store.clone();
     let deps = SessionDeps {
-        policy: policy.recipient(),
-        queue: queue.clone().recipient(),
+        policy: Metered {
+            to: policy.recipient(),
+            meter: policy_meter,
+        },
+        queue: Metered {
+            to: queue.clone().recipient(),
+            meter: queue_meter,
+        },
         tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         enqueue_timeout: settings.queue.enqueue_timeout.0,
         identity,
@@ -285,6 +293,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         limits: Arc::new(settings.session.clone()),
         local_domains: Arc::new(settings.local_domains.clone()),
         cram_secrets: settings.users.has_cram_secrets(),
+        user_mpcs: Arc::new(settings.users.mpcs()),
         mailbox: settings.pools.worker_mailbox,
         amtp: amtp_shared,
     });

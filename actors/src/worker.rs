@@ -33,6 +33,8 @@ pub struct WorkerShared {
     pub local_domains: Arc<HashSet<String>>,
     /// Whether any user has a CRAM-MD5 secret.
     pub cram_secrets: bool,
+    /// Users with their own Mail Policy Code (from the users file).
+    pub user_mpcs: Arc<std::collections::HashMap<String, amtp_proto::mpc::Mpc>>,
     /// Mailbox bound.
     pub mailbox: usize,
     /// AMTP listeners: trust sets (their own server config) and policy.
@@ -187,10 +189,11 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         tls_available: shared.deps.tls.is_some(),
         nonce: nonce(),
         amtp,
+        user_mpcs: shared.user_mpcs.clone(),
     };
     let mut session = Session::new(ctx, tls);
     metrics::session_started(&listener.name);
-    let outcome = driver::run(io, &mut session, &shared.deps).await;
+    let (outcome, closing) = driver::serve(io, &mut session, &shared.deps).await;
     metrics::session_ended(&listener.name, outcome.as_str());
     tracing::info!(
         listener = %listener.name,
@@ -205,4 +208,6 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
         ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "session"
     );
+    // The connection (and its slot) is held until the client has read our last reply.
+    closing.linger().await;
 }

@@ -18,14 +18,12 @@ mod certs;
 mod observe;
 mod report;
 
-use amtp_actors::delivery::outbound::{
-    self, ConnectionFailure, HopTarget, Job, OutboundContext, run_connection_with,
-};
+use amtp_actors::delivery::outbound::{self, HopTarget, Job, OutboundContext, run_connection_with};
 use amtp_actors::delivery::route::{Route, order_srv};
 use amtp_actors::identity::{PeerCertificate, normalize};
 use amtp_actors::resolver::transport::{DnsTransport, HickoryTransport};
 use amtp_actors::resolver::{DnsQuery, LookupError, Records};
-use amtp_proto::client::{Disposition, Envelope, TlsPolicy};
+use amtp_proto::client::{BodyType, Cause, Disposition, Envelope, TlsPolicy, has_8bit};
 use amtp_proto::mpc::{Mpc, MpcPolicy, Verdict};
 use observe::{Recorder, RecordingVerifier, SeenChain};
 use report::{Attempt, Outcome, PolicyRow, PolicyView, Report, ServerIdentity, SrvRecord, Step};
@@ -521,6 +519,16 @@ async fn attempt(
             recipients: recipients.to_vec(),
             mpc: Some(s.mpc),
             size: u64::try_from(body.len()).unwrap_or(u64::MAX),
+            // As a mail client would declare it: 8BITMIME for 8-bit content, SMTPUTF8 for
+            // non-ASCII addresses.
+            body: if has_8bit(&body) {
+                BodyType::EightBitMime
+            } else {
+                BodyType::Unspecified
+            },
+            eight_bit: has_8bit(&body),
+            smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+            utf8_headers: has_8bit(amtp_proto::headers::header_section(&body)),
         },
         body: Arc::new(body),
     });
@@ -530,7 +538,7 @@ async fn attempt(
         &target,
         &ctx,
         1,
-        || job.take(),
+        || std::future::ready(job.take()),
         |_, d| dispositions = d,
         &mut recorder,
     )
@@ -633,7 +641,7 @@ fn queue_id_from(text: &str) -> Option<String> {
 }
 
 fn classify(
-    result: &Result<(), ConnectionFailure>,
+    result: &Result<(), Cause>,
     rec: &Recorder,
     seen: Option<&SeenChain>,
     policy: Option<&PolicyView>,
@@ -644,7 +652,7 @@ fn classify(
         let why = result
             .as_ref()
             .err()
-            .map_or("not connected".to_string(), |f| f.reason.clone());
+            .map_or("not connected".to_string(), ToString::to_string);
         return (Outcome::ConnectFailed, why);
     }
     if rec.tls.is_none() {
@@ -655,7 +663,7 @@ fn classify(
             _ => result
                 .as_ref()
                 .err()
-                .map_or("TLS handshake failed".to_string(), |f| f.reason.clone()),
+                .map_or("TLS handshake failed".to_string(), ToString::to_string),
         };
         return (Outcome::TlsRefused, why);
     }
@@ -714,7 +722,7 @@ fn classify(
         );
     }
     if let Err(f) = result {
-        return (Outcome::Failed, f.reason.clone());
+        return (Outcome::Failed, f.to_string());
     }
     if rec.reply_to("EHLO").is_none_or(|r| r.code != 250) {
         return (Outcome::Failed, "no EHLO reply".into());

@@ -83,6 +83,16 @@ impl Census {
         }
     }
 
+    /// Replace the counts (after counting the records again).
+    pub fn set(&self, counts: Counts) {
+        let put = |a: &AtomicI64, n: u64| {
+            a.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed)
+        };
+        put(&self.ready, counts.ready);
+        put(&self.deferred, counts.deferred);
+        put(&self.delivering, counts.delivering);
+    }
+
     /// The counts now (a transiently negative counter reads as 0).
     pub fn counts(&self) -> Counts {
         let get = |a: &AtomicI64| u64::try_from(a.load(Ordering::Relaxed)).unwrap_or(0);

@@ -3,14 +3,20 @@
 //!
 //! The submission channel is bounded: when it is full, [`Committer::submit`] fails at once
 //! and the session answers 451 4.3.0 instead of buffering without limit. A commit failure
-//! marks the committer unhealthy (a flag read without I/O on every new message) until a later
-//! commit succeeds.
+//! marks storage unhealthy (a flag read without I/O on every new message, see
+//! [`Queue::health`]): submissions are refused at once until storage works again. The commit
+//! thread does not wait for traffic to find out: while storage is unhealthy it calls
+//! [`Queue::recover`] every [`PROBE_INTERVAL`], which reopens a broken database and proves a
+//! write can be made durable.
 
-use crate::queue::{NewMessage, Queue, QueueId};
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crate::queue::{Health, NewMessage, Queue, QueueId};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// How often the commit thread tries to bring unhealthy storage back.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A commit failed; cloneable so one failure can answer a whole batch.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -69,16 +75,14 @@ pub struct CommitStats {
     pub messages: AtomicU64,
     /// Failed commits.
     pub failures: AtomicU64,
-    /// The error of the last commit when it failed; cleared by the next success. Read by
-    /// readiness checks (no I/O).
-    pub last_failure: std::sync::Mutex<Option<String>>,
 }
 
 /// Handle to the commit thread. Cloning shares the same thread.
 #[derive(Clone)]
 pub struct Committer {
     tx: Sender<(NewMessage, Responder)>,
-    healthy: Arc<AtomicBool>,
+    /// Read for its health flag only (no I/O); the commit thread owns the writes.
+    queue: Arc<Queue>,
     stats: Arc<CommitStats>,
 }
 
@@ -94,13 +98,12 @@ impl Committer {
     /// Start the commit thread over `queue`. It stops when every handle is dropped.
     pub fn start(queue: Arc<Queue>, config: CommitterConfig) -> std::io::Result<Self> {
         let (tx, rx) = crossbeam_channel::bounded(config.capacity.max(1));
-        let healthy = Arc::new(AtomicBool::new(true));
         let stats = Arc::new(CommitStats::default());
-        let (h, s) = (healthy.clone(), stats.clone());
+        let (q, s) = (queue.clone(), stats.clone());
         std::thread::Builder::new()
             .name("queue-commit".into())
-            .spawn(move || run(&queue, &rx, &config, &h, &s))?;
-        Ok(Self { tx, healthy, stats })
+            .spawn(move || run(&q, &rx, &config, &s))?;
+        Ok(Self { tx, queue, stats })
     }
 
     /// Hand a message to the committer; `respond` is called once it is durable (or failed).
@@ -114,18 +117,23 @@ impl Committer {
         })
     }
 
-    /// Why the last commit failed, or `None` when it succeeded (no I/O).
+    /// Why storage is unhealthy, or `None` when the last write succeeded (no I/O): the
+    /// readiness check's view of [`Committer::health`].
     pub fn last_failure(&self) -> Option<String> {
-        self.stats
-            .last_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        match self.health() {
+            Health::Healthy => None,
+            Health::Unhealthy(reason) => Some(reason),
+        }
     }
 
-    /// Whether the last commit succeeded (no I/O).
+    /// Whether storage works, as last seen (no I/O).
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.queue.is_healthy()
+    }
+
+    /// Storage health with the reason when unhealthy (no I/O); see [`Queue::health`].
+    pub fn health(&self) -> Health {
+        self.queue.health()
     }
 
     /// Messages waiting for the next commit.
@@ -143,10 +151,22 @@ fn run(
     queue: &Queue,
     rx: &Receiver<(NewMessage, Responder)>,
     config: &CommitterConfig,
-    healthy: &AtomicBool,
     stats: &CommitStats,
 ) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        let first = match rx.recv_timeout(PROBE_INTERVAL) {
+            Ok(first) => first,
+            Err(RecvTimeoutError::Timeout) => {
+                if !queue.is_healthy() {
+                    match queue.recover() {
+                        Ok(()) => tracing::info!("queue storage works again; accepting messages"),
+                        Err(e) => tracing::debug!(error = %e, "queue storage still failing"),
+                    }
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
         let mut batch = vec![first];
         let deadline = Instant::now() + config.batch_wait;
         while batch.len() < config.batch_max {
@@ -166,16 +186,8 @@ fn run(
         if let Some(observe) = &config.observer {
             observe(messages.len(), started.elapsed(), result.is_ok());
         }
-        let set_failure = |f: Option<String>| {
-            *stats
-                .last_failure
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = f;
-        };
         match result {
             Ok(ids) => {
-                healthy.store(true, Ordering::Relaxed);
-                set_failure(None);
                 stats.commits.fetch_add(1, Ordering::Relaxed);
                 stats
                     .messages
@@ -185,17 +197,12 @@ fn run(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, batch = messages.len(), "queue commit failed; answering 451 until a commit succeeds");
-                healthy.store(false, Ordering::Relaxed);
-                set_failure(Some(e.to_string()));
+                tracing::error!(error = %e, batch = messages.len(), "queue commit failed; answering 451 until storage works again");
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 let err = CommitError(e.to_string());
                 for respond in responders {
                     respond(Err(err.clone()));
                 }
-                // Let the next submission probe storage again after a pause.
-                std::thread::sleep(Duration::from_millis(100));
-                healthy.store(true, Ordering::Relaxed);
             }
         }
     }

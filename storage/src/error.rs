@@ -16,7 +16,7 @@ pub enum StorageError {
         source: std::io::Error,
     },
     /// sled reported an error.
-    #[error("queue database error: {0}")]
+    #[error("queue database error: {}", sled_text(.0))]
     Sled(#[from] sled::Error),
     /// Another process holds the database (sled takes an exclusive lock).
     #[error("queue database {0} is locked by another process (is `amtp-relay serve` running?)")]
@@ -43,6 +43,15 @@ pub enum StorageError {
     /// No such message.
     #[error("no message {0} in the queue")]
     NotFound(String),
+}
+
+/// sled shows an I/O error with its `Debug` form; the OS's own words read better in a log
+/// line or a readiness probe ("No space left on device (os error 28)").
+fn sled_text(e: &sled::Error) -> String {
+    match e {
+        sled::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    }
 }
 
 impl StorageError {

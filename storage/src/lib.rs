@@ -29,8 +29,8 @@ pub mod spool;
 
 pub use committer::{CommitError, Committer, CommitterConfig, SubmitError};
 pub use error::StorageError;
-pub use queue::{Completion, NewMessage, OpenReport, Queue, QueueId};
-pub use record::{Envelope, MessageRecord, Origin, RecipientState, RecipientStatus};
+pub use queue::{Completion, Health, NewMessage, OpenReport, Queue, QueueId};
+pub use record::{BodyType, Envelope, MessageRecord, Origin, RecipientState, RecipientStatus};
 
 /// Milliseconds since the Unix epoch (the queue's clock unit).
 pub fn now_ms() -> u64 {

@@ -87,15 +87,23 @@ pub enum Completion {
     Pending,
 }
 
+/// Whether the queue's storage works, as last seen (see [`Queue::health`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// The last write succeeded.
+    Healthy,
+    /// The last write failed; the text says why (for example "No space left on device").
+    Unhealthy(String),
+}
+
 /// The queue: a sled database plus a spool directory.
 #[derive(Debug)]
 pub struct Queue {
-    db: sled::Db,
-    tree: sled::Tree,
+    /// The sled handles. `None` only while a reopen has failed (every call then errors until
+    /// one succeeds). Write operations hold the read side across their write *and* its sync,
+    /// so a reopen (the write side) never falls between the two.
+    store: std::sync::RwLock<Option<Store>>,
     spool: Spool,
-    /// Our own handle on sled's log file: `sync_all` on it turns sled's `sync_file_range`
-    /// into a real fsync (file data and metadata).
-    log_file: File,
     db_path: PathBuf,
     /// Changes applied so far that may need an fsync (a counter, for sharing fsyncs).
     writes: std::sync::atomic::AtomicU64,
@@ -103,9 +111,50 @@ pub struct Queue {
     synced: std::sync::Mutex<u64>,
     /// Serialises read-modify-writes of one record (striped by id): without it, an update
     /// that read a record just before a removal would write it back after the removal.
+    /// Always taken after the store's read lock, never before.
     record_locks: Vec<std::sync::Mutex<()>>,
     /// Messages per state, updated with every change (read by metrics without a scan).
     census: Census,
+    /// Storage health and what a recovery must clean up.
+    health: HealthState,
+}
+
+/// sled 0.34 keeps the first I/O error of its log writer for good: every later write fails,
+/// even after space returns. So a failed database write marks the store broken, and the next
+/// [`Queue::enqueue_batch`] or [`Queue::recover`] reopens it (recovery from its own log, as
+/// after a crash) before trying again.
+#[derive(Debug, Default)]
+struct HealthState {
+    /// A database write or sync failed: reopen before the next write.
+    broken: std::sync::atomic::AtomicBool,
+    /// The last write failed (read without locking by [`Queue::is_healthy`]).
+    unhealthy: std::sync::atomic::AtomicBool,
+    /// Why, for [`Queue::health`].
+    reason: std::sync::Mutex<String>,
+    /// Ids of refused enqueues whose records may have reached the database's log: removed
+    /// after the reopen, so that a message answered 451 does not come back.
+    refused: std::sync::Mutex<Vec<u64>>,
+}
+
+/// One generation of sled handles (replaced whole by a reopen).
+#[derive(Debug)]
+struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    /// Our own handle on sled's log file: `sync_all` on it turns sled's `sync_file_range`
+    /// into a real fsync (file data and metadata).
+    log_file: File,
+}
+
+/// A read lock on the current [`Store`].
+struct StoreRef<'a>(std::sync::RwLockReadGuard<'a, Option<Store>>);
+
+impl std::ops::Deref for StoreRef<'_> {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        // Invariant: a StoreRef is only built over `Some` (see `Queue::store`).
+        self.0.as_ref().expect("StoreRef over an open store")
+    }
 }
 
 /// Stripes of [`Queue::record_locks`]: enough that unrelated messages rarely share one.
@@ -159,54 +208,13 @@ impl Queue {
         })?;
         let db_path = dir.join("db");
         let spool = Spool::open(dir.join("spool"))?;
-        let config = sled::Config::new()
-            .path(&db_path)
-            .mode(sled::Mode::HighThroughput)
-            .cache_capacity(64 * 1024 * 1024);
-        // sled 0.34 panics on some corrupt files instead of returning an error; a panic here
-        // must become a refusal to start, not a crash with a backtrace.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::WouldBlock
-                    || e.to_string().contains("could not acquire lock") =>
-            {
-                return Err(StorageError::Locked(db_path));
-            }
-            Ok(Err(sled::Error::Corruption { .. }))
-            | Ok(Err(sled::Error::Unsupported(_)))
-            | Ok(Err(sled::Error::ReportableBug(_))) => {
-                return Err(StorageError::Corrupt {
-                    path: db_path,
-                    detail: "sled could not read its files".into(),
-                });
-            }
-            Ok(Err(e)) => return Err(e.into()),
-            Err(panic) => {
-                let detail = panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_else(|| "panic while opening".into());
-                return Err(StorageError::Corrupt {
-                    path: db_path,
-                    detail,
-                });
-            }
-        };
-        let tree = db.open_tree("queue")?;
-        let log_path = db_path.join("db");
-        let log_file = File::open(&log_path)
-            .map_err(|e| StorageError::io(format!("opening {}", log_path.display()), e))?;
+        let store = Store::open(&db_path)?;
         // Make the database's own directory entries durable once (sled never fsyncs them).
         spool::sync_dir(&db_path)?;
         spool::sync_dir(dir)?;
         let queue = Self {
-            db,
-            tree,
+            store: std::sync::RwLock::new(Some(store)),
             spool,
-            log_file,
             db_path,
             writes: std::sync::atomic::AtomicU64::new(0),
             synced: std::sync::Mutex::new(0),
@@ -214,19 +222,36 @@ impl Queue {
                 .map(|_| std::sync::Mutex::new(()))
                 .collect(),
             census: Census::default(),
+            health: HealthState::default(),
         };
         Ok(queue)
     }
 
+    /// The current store, read-locked. Fails while a reopen has failed.
+    fn store(&self) -> Result<StoreRef<'_>, StorageError> {
+        let guard = self
+            .store
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if guard.is_none() {
+            return Err(StorageError::io(
+                format!("reopening queue database {}", self.db_path.display()),
+                std::io::Error::other(self.reason()),
+            ));
+        }
+        Ok(StoreRef(guard))
+    }
+
     fn reconcile(&self) -> Result<OpenReport, StorageError> {
+        let store = self.store()?;
         let mut report = OpenReport {
-            recovered: self.db.was_recovered(),
+            recovered: store.db.was_recovered(),
             ..OpenReport::default()
         };
         let now = crate::now_ms();
         let mut batch = sled::Batch::default();
         let mut known = std::collections::HashSet::new();
-        for item in self.tree.scan_prefix(b"m") {
+        for item in store.tree.scan_prefix(b"m") {
             let (key, value) = item?;
             let id = id_from_key(&key).ok_or_else(|| self.corrupt("bad message key"))?;
             let mut rec = self.decode(id, &value)?;
@@ -243,7 +268,7 @@ impl Queue {
             }
             self.census.add(state_of(&rec));
         }
-        self.tree.apply_batch(batch)?;
+        store.tree.apply_batch(batch)?;
         let on_disk: std::collections::HashSet<u64> = self.spool.ids()?.into_iter().collect();
         for id in &on_disk {
             if !known.contains(id) {
@@ -260,7 +285,7 @@ impl Queue {
             .map(|&id| QueueId(id))
             .collect();
         report.missing_bodies.sort();
-        self.sync()?;
+        self.sync(&store)?;
         Ok(report)
     }
 
@@ -278,14 +303,177 @@ impl Queue {
         })
     }
 
+    /// Storage health as last seen, without I/O: [`Health::Unhealthy`] with the error's text
+    /// from the moment a write fails until a write (or [`Queue::recover`]'s probe) succeeds.
+    pub fn health(&self) -> Health {
+        if self.is_healthy() {
+            Health::Healthy
+        } else {
+            Health::Unhealthy(self.reason())
+        }
+    }
+
+    /// Whether the last write succeeded (one atomic load: cheap enough for every message).
+    pub fn is_healthy(&self) -> bool {
+        !self
+            .health
+            .unhealthy
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn reason(&self) -> String {
+        self.health
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Note a failed write: unhealthy with `e`'s text; a database failure also marks the store
+    /// for reopening (sled keeps its I/O error until then).
+    fn failed(&self, e: StorageError) -> StorageError {
+        let database = matches!(e, StorageError::Sled(_));
+        self.note_failure(e, database)
+    }
+
+    fn note_failure(&self, e: StorageError, database: bool) -> StorageError {
+        use std::sync::atomic::Ordering;
+        if database {
+            self.health.broken.store(true, Ordering::Release);
+        }
+        *self
+            .health
+            .reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = e.to_string();
+        self.health.unhealthy.store(true, Ordering::Release);
+        e
+    }
+
+    fn succeeded(&self) {
+        self.health
+            .unhealthy
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Try to bring unhealthy storage back, without waiting for a message to do it: reopen
+    /// the database if a write broke it, then prove that the spool and the database can be
+    /// written and synced. Healthy again on success. Cheap when already healthy (no I/O).
+    pub fn recover(&self) -> Result<(), StorageError> {
+        if self.is_healthy() {
+            return Ok(());
+        }
+        self.reopen_if_broken()?;
+        let result = self.spool.probe().and_then(|()| {
+            let store = self.store()?;
+            store.db.flush()?;
+            self.sync(&store)
+        });
+        match result {
+            Ok(()) => {
+                self.succeeded();
+                Ok(())
+            }
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
+    /// If a database write failed, drop the sled handles and open them again (sled recovers
+    /// from its log as after a crash), then remove what refused enqueues may have left.
+    fn reopen_if_broken(&self) -> Result<(), StorageError> {
+        use std::sync::atomic::Ordering;
+        if !self.health.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let mut slot = self
+            .store
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !self.health.broken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // The old handles must be gone before the new open: sled holds a file lock.
+        drop(slot.take());
+        let store = Store::open(&self.db_path).map_err(|e| self.failed(e))?;
+        *slot = Some(store);
+        drop(slot);
+        tracing::warn!(path = %self.db_path.display(), "queue database reopened after a write failure");
+        self.health.broken.store(false, Ordering::Release);
+        let forgot = self.forget_refused();
+        // Updates that were not yet durable (leases are never flushed) may be gone after the
+        // reopen: count the records again rather than trust the census.
+        self.recount()?;
+        forgot
+    }
+
+    /// Rebuild the census from the records (after a reopen; a scan, so never per message).
+    fn recount(&self) -> Result<(), StorageError> {
+        let store = self.store()?;
+        let mut counts = Counts::default();
+        for item in store.tree.scan_prefix(b"m") {
+            let (key, value) = item?;
+            let id = id_from_key(&key).ok_or_else(|| self.corrupt("bad message key"))?;
+            match state_of(&self.decode(id, &value)?) {
+                crate::census::State::Ready => counts.ready += 1,
+                crate::census::State::Deferred => counts.deferred += 1,
+                crate::census::State::Delivering => counts.delivering += 1,
+            }
+        }
+        self.census.set(counts);
+        Ok(())
+    }
+
+    /// Remove the records of refused enqueues that reached the log before the failure.
+    fn forget_refused(&self) -> Result<(), StorageError> {
+        let refused: Vec<u64> = std::mem::take(
+            &mut *self
+                .health
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let result = (|| {
+            let store = self.store()?;
+            let mut batch = sled::Batch::default();
+            let mut found = 0usize;
+            for &id in &refused {
+                if let Some(rec) = self.get_in(&store, QueueId(id))? {
+                    batch.remove(&due_key(rec.next_attempt, id)[..]);
+                    batch.remove(&message_key(id)[..]);
+                    found += 1;
+                }
+            }
+            if found > 0 {
+                store.tree.apply_batch(batch)?;
+                self.sync(&store)?;
+                tracing::info!(records = found, "removed records of enqueues answered 451");
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            // Keep them for the next attempt.
+            self.health
+                .refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(refused);
+            return Err(self.failed(e));
+        }
+        Ok(())
+    }
+
     /// Flush sled and fsync its log file: after this returns, every batch this thread applied
-    /// before calling is durable.
+    /// to `store` before calling is durable.
     ///
     /// Group fsync: callers that arrive while another thread is syncing wait for it, and
     /// return at once if a sync that began after their own write has completed meanwhile. A
     /// sync covers every write counted before it starts, because each write is applied before
-    /// it is counted.
-    fn sync(&self) -> Result<(), StorageError> {
+    /// it is counted. Callers hold the store's read lock from their write through this sync,
+    /// so every write a sync covers went to the same store.
+    fn sync(&self, store: &Store) -> Result<(), StorageError> {
         use std::sync::atomic::Ordering;
         let mine = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         let mut synced = self
@@ -296,27 +484,80 @@ impl Queue {
             return Ok(());
         }
         let covers = self.writes.load(Ordering::SeqCst);
-        self.db.flush()?;
-        self.log_file.sync_all().map_err(|e| {
-            StorageError::io(format!("fsync of {}", self.db_path.join("db").display()), e)
-        })?;
-        *synced = covers;
-        Ok(())
+        let result = store.db.flush().map_err(StorageError::from).and_then(|_| {
+            store.log_file.sync_all().map_err(|e| {
+                StorageError::io(format!("fsync of {}", self.db_path.join("db").display()), e)
+            })
+        });
+        match result {
+            Ok(()) => {
+                *synced = covers;
+                Ok(())
+            }
+            // After a failed fsync the kernel may have dropped the dirty pages: the database
+            // is reopened (and re-read from disk) before it is trusted again.
+            Err(e) => Err(self.note_failure(e, true)),
+        }
     }
 
     /// Store messages durably; returns their ids in order. Bodies synced concurrently, one
     /// directory fsync, one sled batch and one flush+fsync for the whole batch (group commit).
+    ///
+    /// On failure the batch's body files are deleted and storage is unhealthy until a later
+    /// enqueue (or [`Queue::recover`]) succeeds; a database failure reopens the database
+    /// first.
     pub fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<Vec<QueueId>, StorageError> {
-        let now = crate::now_ms();
+        self.reopen_if_broken()?;
+        let store = self.store()?;
         let mut ids = Vec::with_capacity(messages.len());
+        let result = self.enqueue_in(&store, messages, &mut ids);
+        drop(store);
+        match result {
+            Ok(()) => {
+                self.succeeded();
+                for _ in &ids {
+                    self.census.add(crate::census::State::Ready);
+                }
+                Ok(ids)
+            }
+            Err(e) => {
+                let e = self.failed(e);
+                // None of these was acknowledged: free their space now, and drop their
+                // records if they reached the database's log before it failed.
+                for id in &ids {
+                    if let Err(e) = self.spool.remove(id.0) {
+                        tracing::warn!(error = %e, "removing the body of a refused message");
+                    }
+                }
+                if self
+                    .health
+                    .broken
+                    .load(std::sync::atomic::Ordering::Acquire)
+                {
+                    self.health
+                        .refused
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .extend(ids.iter().map(|id| id.0));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn enqueue_in(
+        &self,
+        store: &Store,
+        messages: &[NewMessage],
+        ids: &mut Vec<QueueId>,
+    ) -> Result<(), StorageError> {
+        let now = crate::now_ms();
         let mut batch = sled::Batch::default();
-        let mut bodies = Vec::with_capacity(messages.len());
         for m in messages {
             let id = match m.id {
                 Some(id) => id.0,
-                None => self.db.generate_id()?,
+                None => store.db.generate_id().map_err(StorageError::from)?,
             };
-            bodies.push((id, m.body.as_slice()));
             let rec = MessageRecord {
                 received_at: now,
                 envelope: m.envelope.clone(),
@@ -327,6 +568,7 @@ impl Queue {
                         address: a.clone(),
                         state: RecipientState::Pending,
                         last_reply: None,
+                        status: None,
                     })
                     .collect(),
                 size: u64::try_from(m.body.len()).unwrap_or(u64::MAX),
@@ -338,19 +580,21 @@ impl Queue {
             batch.insert(&due_key(now, id)[..], &[][..]);
             ids.push(QueueId(id));
         }
+        let bodies: Vec<(u64, &[u8])> = ids
+            .iter()
+            .zip(messages)
+            .map(|(id, m)| (id.0, m.body.as_slice()))
+            .collect();
         self.spool.write_batch(&bodies)?;
         self.spool.sync_dir()?;
-        self.tree.apply_batch(batch)?;
-        self.sync()?;
-        for _ in &ids {
-            self.census.add(crate::census::State::Ready);
-        }
-        Ok(ids)
+        store.tree.apply_batch(batch).map_err(StorageError::from)?;
+        self.sync(store)
     }
 
     /// Allocate a queue id before the message is committed (never reused, increasing).
     pub fn new_id(&self) -> Result<QueueId, StorageError> {
-        Ok(QueueId(self.db.generate_id()?))
+        let store = self.store()?;
+        Ok(QueueId(store.db.generate_id()?))
     }
 
     /// Messages per state, without touching the disk.
@@ -361,7 +605,8 @@ impl Queue {
     /// When the oldest message arrived (ms since the epoch), or `None` when the queue is
     /// empty. Ids increase with time, so this is one index lookup, not a scan.
     pub fn oldest_received_at(&self) -> Result<Option<u64>, StorageError> {
-        match self.tree.scan_prefix(b"m").next() {
+        let store = self.store()?;
+        match store.tree.scan_prefix(b"m").next() {
             Some(item) => {
                 let (k, v) = item?;
                 let id = id_from_key(&k).ok_or_else(|| self.corrupt("bad message key"))?;
@@ -373,7 +618,13 @@ impl Queue {
 
     /// The record for `id`.
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StorageError> {
-        self.tree
+        let store = self.store()?;
+        self.get_in(&store, id)
+    }
+
+    fn get_in(&self, store: &Store, id: QueueId) -> Result<Option<MessageRecord>, StorageError> {
+        store
+            .tree
             .get(message_key(id.0))?
             .map(|v| self.decode(id.0, &v))
             .transpose()
@@ -391,7 +642,9 @@ impl Queue {
 
     /// Every message, in id order.
     pub fn list(&self) -> Result<Vec<(QueueId, MessageRecord)>, StorageError> {
-        self.tree
+        let store = self.store()?;
+        store
+            .tree
             .scan_prefix(b"m")
             .map(|item| {
                 let (k, v) = item?;
@@ -401,21 +654,25 @@ impl Queue {
             .collect()
     }
 
-    /// Number of messages.
+    /// Number of messages (0 while the database cannot be opened).
     pub fn len(&self) -> usize {
-        self.tree.scan_prefix(b"m").count()
+        self.store()
+            .map_or(0, |store| store.tree.scan_prefix(b"m").count())
     }
 
-    /// Whether the queue is empty.
+    /// Whether the queue is empty (true while the database cannot be opened).
     pub fn is_empty(&self) -> bool {
-        self.tree.scan_prefix(b"m").next().is_none()
+        self.store()
+            .map_or(true, |store| store.tree.scan_prefix(b"m").next().is_none())
     }
 
     /// Up to `limit` ids whose next attempt is at or before `now` (ms), oldest first.
     /// Leased messages are not due until their lease expires.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<QueueId>, StorageError> {
+        let store = self.store()?;
         let end = due_key(now, u64::MAX);
-        self.tree
+        store
+            .tree
             .range(&due_key(0, 0)[..]..=&end[..])
             .take(limit)
             .map(|item| Ok(QueueId(id_from_key(&item?.0).unwrap_or(0))))
@@ -430,9 +687,10 @@ impl Queue {
         flush: bool,
         f: impl FnOnce(&mut MessageRecord) -> Result<(), StorageError>,
     ) -> Result<MessageRecord, StorageError> {
+        let store = self.store()?;
         let guard = self.lock_record(id);
         let mut rec = self
-            .get(id)?
+            .get_in(&store, id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
         let old_due = rec.next_attempt;
         let old_state = state_of(&rec);
@@ -441,23 +699,26 @@ impl Queue {
         batch.remove(&due_key(old_due, id.0)[..]);
         batch.insert(&due_key(rec.next_attempt, id.0)[..], &[][..]);
         batch.insert(&message_key(id.0)[..], rec.encode());
-        self.tree.apply_batch(batch)?;
+        store
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| self.failed(e.into()))?;
         self.census.moved(old_state, state_of(&rec));
         drop(guard);
         if flush {
-            self.db.flush()?;
+            store.db.flush().map_err(|e| self.failed(e.into()))?;
         }
         Ok(rec)
     }
 
-    /// The lock for `id`'s read-modify-writes (held around the write, never around a sync).
+    /// The lock for `id`'s read-modify-writes (held around the write, never around a sync;
+    /// taken after the store's read lock).
     fn lock_record(&self, id: QueueId) -> std::sync::MutexGuard<'_, ()> {
         let stripe = usize::try_from(id.0 % RECORD_LOCK_STRIPES as u64).unwrap_or(0);
         self.record_locks[stripe]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-
     /// Take a delivery lease until `until` (ms). Returns `None` if another worker holds an
     /// unexpired lease (`now` < its lease) — the caller skips the message.
     pub fn lease(
@@ -509,21 +770,22 @@ impl Queue {
         })
     }
 
-    /// Record per-recipient outcomes `(address, state, reply)`. When no recipient is left
-    /// pending the message is removed; otherwise it stays (the caller reschedules it).
+    /// Record per-recipient outcomes (address, state, last reply and status). When no
+    /// recipient is left pending the message is removed; otherwise it stays (the caller
+    /// reschedules it).
     pub fn complete(
         &self,
         id: QueueId,
-        outcomes: &[(String, RecipientState, Option<String>)],
+        outcomes: &[RecipientStatus],
     ) -> Result<Completion, StorageError> {
+        let store = self.store()?;
         let guard = self.lock_record(id);
         let mut rec = self
-            .get(id)?
+            .get_in(&store, id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
-        for (address, state, reply) in outcomes {
-            if let Some(r) = rec.recipients.iter_mut().find(|r| &r.address == address) {
-                r.state = *state;
-                r.last_reply.clone_from(reply);
+        for o in outcomes {
+            if let Some(r) = rec.recipients.iter_mut().find(|r| r.address == o.address) {
+                r.clone_from(o);
             }
         }
         let mut batch = sled::Batch::default();
@@ -532,17 +794,24 @@ impl Queue {
             // shared fsync), then the body.
             batch.remove(&due_key(rec.next_attempt, id.0)[..]);
             batch.remove(&message_key(id.0)[..]);
-            self.tree.apply_batch(batch)?;
+            store
+                .tree
+                .apply_batch(batch)
+                .map_err(|e| self.failed(e.into()))?;
             self.census.remove(state_of(&rec));
             drop(guard);
-            self.sync()?;
+            self.sync(&store)?;
+            drop(store);
             self.spool.remove(id.0)?;
             Ok(Completion::Removed)
         } else {
             batch.insert(&message_key(id.0)[..], rec.encode());
-            self.tree.apply_batch(batch)?;
+            store
+                .tree
+                .apply_batch(batch)
+                .map_err(|e| self.failed(e.into()))?;
             drop(guard);
-            self.db.flush()?;
+            store.db.flush().map_err(|e| self.failed(e.into()))?;
             Ok(Completion::Pending)
         }
     }
@@ -550,21 +819,74 @@ impl Queue {
     /// Remove a message: the record removal is made durable, then the body is deleted.
     /// Removing a missing message is not an error.
     pub fn remove(&self, id: QueueId) -> Result<(), StorageError> {
+        let store = self.store()?;
         let guard = self.lock_record(id);
-        if let Some(rec) = self.get(id)? {
+        if let Some(rec) = self.get_in(&store, id)? {
             let mut batch = sled::Batch::default();
             batch.remove(&due_key(rec.next_attempt, id.0)[..]);
             batch.remove(&message_key(id.0)[..]);
-            self.tree.apply_batch(batch)?;
+            store
+                .tree
+                .apply_batch(batch)
+                .map_err(|e| self.failed(e.into()))?;
             self.census.remove(state_of(&rec));
             drop(guard);
-            self.sync()?;
+            self.sync(&store)?;
         }
+        drop(store);
         self.spool.remove(id.0)
     }
 
     /// Approximate bytes used by sled on disk (space amplification runs 2–3×).
     pub fn size_on_disk(&self) -> Result<u64, StorageError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.store()?.db.size_on_disk()?)
+    }
+}
+
+impl Store {
+    /// Open sled in `db_path`, mapping its refusals to [`StorageError::Locked`] and
+    /// [`StorageError::Corrupt`].
+    fn open(db_path: &Path) -> Result<Self, StorageError> {
+        let config = sled::Config::new()
+            .path(db_path)
+            .mode(sled::Mode::HighThroughput)
+            .cache_capacity(64 * 1024 * 1024);
+        // sled 0.34 panics on some corrupt files instead of returning an error; a panic here
+        // must become a refusal to start, not a crash with a backtrace.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.to_string().contains("could not acquire lock") =>
+            {
+                return Err(StorageError::Locked(db_path.to_path_buf()));
+            }
+            Ok(Err(sled::Error::Corruption { .. }))
+            | Ok(Err(sled::Error::Unsupported(_)))
+            | Ok(Err(sled::Error::ReportableBug(_))) => {
+                return Err(StorageError::Corrupt {
+                    path: db_path.to_path_buf(),
+                    detail: "sled could not read its files".into(),
+                });
+            }
+            Ok(Err(e)) => return Err(e.into()),
+            Err(panic) => {
+                let detail = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panic while opening".into());
+                return Err(StorageError::Corrupt {
+                    path: db_path.to_path_buf(),
+                    detail,
+                });
+            }
+        };
+        let tree = db.open_tree("queue")?;
+        let log_path = db_path.join("db");
+        let log_file = File::open(&log_path)
+            .map_err(|e| StorageError::io(format!("opening {}", log_path.display()), e))?;
+        Ok(Self { db, tree, log_file })
     }
 }

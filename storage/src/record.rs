@@ -3,9 +3,57 @@
 //! Byte 0 is the format version; a reader refuses versions it does not know instead of
 //! guessing. Integers are little-endian, strings are a u32 length plus UTF-8 bytes, options a
 //! 0/1 tag. No serde: the format is ours and changes only with a version bump.
+//!
+//! Versions: 1 (the first); 2 adds the body type and SMTPUTF8 flag to the envelope and the
+//! enhanced status to each recipient. Version 1 records still decode (a queue written by an
+//! older build is delivered by a newer one): body type unspecified, no SMTPUTF8, no status.
+//! They are written back as version 2 the next time they change.
 
 /// Current record format.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
+
+/// The oldest format this build still reads.
+pub const OLDEST_READABLE: u8 = 1;
+
+/// The body type declared on MAIL (RFC 6152 `BODY=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyType {
+    /// No `BODY=` given, or a record from before body types were stored.
+    #[default]
+    Unspecified,
+    /// `BODY=7BIT`.
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
+}
+
+impl BodyType {
+    fn to_byte(self) -> u8 {
+        match self {
+            Self::Unspecified => 0,
+            Self::SevenBit => 1,
+            Self::EightBitMime => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        Some(match b {
+            0 => Self::Unspecified,
+            1 => Self::SevenBit,
+            2 => Self::EightBitMime,
+            _ => return None,
+        })
+    }
+
+    /// For listings: `-`, `7BIT`, `8BITMIME`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unspecified => "-",
+            Self::SevenBit => "7BIT",
+            Self::EightBitMime => "8BITMIME",
+        }
+    }
+}
 
 /// How the message reached us; delivery uses it to enforce "no public → public relay".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,8 +122,11 @@ pub struct RecipientStatus {
     pub address: String,
     /// Its state.
     pub state: RecipientState,
-    /// The last reply from a next hop (for `queue show` and DSNs).
+    /// The last outcome's description: a next hop's reply or the relay's own finding (for
+    /// `queue show`).
     pub last_reply: Option<String>,
+    /// The last outcome's RFC 3463 status, e.g. `5.1.1` or `4.4.1` (version 2 records).
+    pub status: Option<String>,
 }
 
 /// Who sent a message and how it reached us: fixed when it is accepted, never rewritten.
@@ -96,6 +147,10 @@ pub struct Envelope {
     pub auth_user: Option<String>,
     /// The Message-ID header value, if the message had one.
     pub message_id: Option<String>,
+    /// The declared body type.
+    pub body: BodyType,
+    /// Received with the SMTPUTF8 parameter (RFC 6531).
+    pub smtputf8: bool,
 }
 
 /// Everything the queue knows about a message except its body.
@@ -138,6 +193,8 @@ impl MessageRecord {
         w.str(&e.client_ip);
         w.opt(e.auth_user.as_deref());
         w.opt(e.message_id.as_deref());
+        w.u8(e.body.to_byte());
+        w.u8(u8::from(e.smtputf8));
         w.u32(u32::try_from(self.recipients.len()).unwrap_or(u32::MAX));
         for r in &self.recipients {
             w.str(&r.address);
@@ -147,6 +204,7 @@ impl MessageRecord {
                 RecipientState::Failed => 2,
             });
             w.opt(r.last_reply.as_deref());
+            w.opt(r.status.as_deref());
         }
         w.u64(self.size);
         w.u32(self.attempts);
@@ -155,17 +213,19 @@ impl MessageRecord {
         w.0
     }
 
-    /// Decode; refuses unknown versions and truncated or trailing data.
+    /// Decode the current version or an older one; refuses unknown versions and truncated or
+    /// trailing data.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != VERSION {
+        if !(OLDEST_READABLE..=VERSION).contains(&version) {
             return Err(format!(
-                "unknown record version {version} (this build reads {VERSION})"
+                "unknown record version {version} (this build reads {OLDEST_READABLE} to {VERSION})"
             ));
         }
+        let v2 = version >= 2;
         let received_at = r.u64()?;
-        let envelope = Envelope {
+        let mut envelope = Envelope {
             sender: r.str()?,
             mpc: r.opt()?,
             origin: Origin::from_byte(r.u8()?).ok_or("bad origin")?,
@@ -173,7 +233,17 @@ impl MessageRecord {
             client_ip: r.str()?,
             auth_user: r.opt()?,
             message_id: r.opt()?,
+            body: BodyType::Unspecified,
+            smtputf8: false,
         };
+        if v2 {
+            envelope.body = BodyType::from_byte(r.u8()?).ok_or("bad body type")?;
+            envelope.smtputf8 = match r.u8()? {
+                0 => false,
+                1 => true,
+                t => return Err(format!("bad SMTPUTF8 flag {t}")),
+            };
+        }
         let n = r.u32()?;
         let mut recipients = Vec::with_capacity(usize::try_from(n).unwrap_or(0).min(10_000));
         for _ in 0..n {
@@ -185,10 +255,12 @@ impl MessageRecord {
                 s => return Err(format!("bad recipient state {s}")),
             };
             let last_reply = r.opt()?;
+            let status = if v2 { r.opt()? } else { None };
             recipients.push(RecipientStatus {
                 address,
                 state,
                 last_reply,
+                status,
             });
         }
         let rec = Self {
@@ -286,17 +358,21 @@ mod tests {
                 client_ip: "127.0.0.1".into(),
                 auth_user: Some("dev".into()),
                 message_id: Some("<1@b.test>".into()),
+                body: BodyType::EightBitMime,
+                smtputf8: true,
             },
             recipients: vec![
                 RecipientStatus {
                     address: "x@y.test".into(),
                     state: RecipientState::Pending,
                     last_reply: None,
+                    status: None,
                 },
                 RecipientStatus {
                     address: "z@y.test".into(),
                     state: RecipientState::Failed,
                     last_reply: Some("550 5.1.1 no".into()),
+                    status: Some("5.1.1".into()),
                 },
             ],
             size: 1234,
@@ -321,15 +397,51 @@ mod tests {
                 "truncated at {cut}"
             );
         }
-        let mut v2 = bytes.clone();
-        v2[0] = 2;
-        assert!(
-            MessageRecord::decode(&v2)
-                .unwrap_err()
-                .contains("unknown record version 2")
-        );
+        for unknown in [0, 3] {
+            let mut v = bytes.clone();
+            v[0] = unknown;
+            assert!(
+                MessageRecord::decode(&v)
+                    .unwrap_err()
+                    .contains(&format!("unknown record version {unknown}"))
+            );
+        }
         let mut trailing = bytes;
         trailing.push(0);
         assert!(MessageRecord::decode(&trailing).is_err());
+    }
+
+    /// A version 1 record, byte for byte as the previous build wrote [`sample`] (without the
+    /// fields version 2 added): it still decodes, with the new fields at their defaults, and
+    /// is written back as version 2.
+    #[test]
+    fn version_1_records_still_decode() {
+        const V1: &[u8] = &[
+            1, 0, 104, 229, 207, 139, 1, 0, 0, 8, 0, 0, 0, 97, 64, 98, 46, 116, 101, 115, 116, 1,
+            9, 0, 0, 0, 99, 111, 109, 47, 111, 112, 116, 105, 110, 1, 10, 0, 0, 0, 115, 117, 98,
+            109, 105, 115, 115, 105, 111, 110, 9, 0, 0, 0, 49, 50, 55, 46, 48, 46, 48, 46, 49, 1,
+            3, 0, 0, 0, 100, 101, 118, 1, 10, 0, 0, 0, 60, 49, 64, 98, 46, 116, 101, 115, 116, 62,
+            2, 0, 0, 0, 8, 0, 0, 0, 120, 64, 121, 46, 116, 101, 115, 116, 0, 0, 8, 0, 0, 0, 122,
+            64, 121, 46, 116, 101, 115, 116, 2, 1, 12, 0, 0, 0, 53, 53, 48, 32, 53, 46, 49, 46, 49,
+            32, 110, 111, 210, 4, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            0, 0, 0, 0,
+        ];
+        let mut expected = sample();
+        expected.envelope.body = BodyType::Unspecified;
+        expected.envelope.smtputf8 = false;
+        for r in &mut expected.recipients {
+            r.status = None;
+        }
+        let old = MessageRecord::decode(V1).expect("a version 1 record decodes");
+        assert_eq!(old, expected);
+        let rewritten = old.encode();
+        assert_eq!(rewritten[0], VERSION);
+        assert_eq!(MessageRecord::decode(&rewritten), Ok(expected));
+        for cut in 0..V1.len() {
+            assert!(
+                MessageRecord::decode(&V1[..cut]).is_err(),
+                "v1 cut at {cut}"
+            );
+        }
     }
 }

@@ -33,23 +33,42 @@ impl Spool {
     /// Write several bodies, then `fdatasync` them concurrently: on a journalling file system
     /// concurrent syncs share journal commits, so a batch costs little more than one sync.
     /// Returns after every body is durable (the caller still owes one [`Spool::sync_dir`]).
+    ///
+    /// On error, every file this call created is deleted again (including a partly written
+    /// or empty one): a full disk must not fill up further with bodies nobody will accept.
     pub fn write_batch(&self, bodies: &[(u64, &[u8])]) -> Result<(), StorageError> {
+        let mut created = Vec::with_capacity(bodies.len());
+        let result = self.write_and_sync(bodies, &mut created);
+        if result.is_err() {
+            for id in created {
+                if let Err(e) = self.remove(id) {
+                    tracing::warn!(error = %e, "removing a body whose write failed");
+                }
+            }
+        }
+        result
+    }
+
+    fn write_and_sync(
+        &self,
+        bodies: &[(u64, &[u8])],
+        created: &mut Vec<u64>,
+    ) -> Result<(), StorageError> {
         /// Syncs in flight at once: enough to fill a journal commit, few enough threads.
         const PARALLEL_SYNCS: usize = 8;
         let mut files = Vec::with_capacity(bodies.len());
         for (id, body) in bodies {
             let path = self.path(*id);
+            let ctx = || format!("writing spool file {}", path.display());
             let mut f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .open(&path)
-                .and_then(|mut f| f.write_all(body).map(|()| f))
-                .map_err(|e| {
-                    StorageError::io(format!("writing spool file {}", path.display()), e)
-                })?;
-            f.flush().map_err(|e| {
-                StorageError::io(format!("writing spool file {}", path.display()), e)
-            })?;
+                .map_err(|e| StorageError::io(ctx(), e))?;
+            created.push(*id);
+            f.write_all(body)
+                .and_then(|()| f.flush())
+                .map_err(|e| StorageError::io(ctx(), e))?;
             files.push((path, f));
         }
         if files.len() <= 1 {
@@ -72,6 +91,25 @@ impl Spool {
                 })
             })
         })
+    }
+
+    /// Prove the spool can take a write again: write, `fdatasync` and delete a small file
+    /// (its name is not a queue id, so a crash in between leaves nothing the queue reads).
+    pub fn probe(&self) -> Result<(), StorageError> {
+        let path = self.dir.join("probe.tmp");
+        let ctx = || format!("writing spool probe {}", path.display());
+        let written = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(&[0u8; 4096])?;
+                f.sync_data()
+            });
+        let removed = fs::remove_file(&path);
+        written.map_err(|e| StorageError::io(ctx(), e))?;
+        removed.map_err(|e| StorageError::io(ctx(), e))
     }
 
     /// fsync the directory so that created (or removed) names are durable.

@@ -3,7 +3,9 @@
 //! reopens the queue and checks that every acknowledged message is present and
 //! byte-identical. Repeated for many rounds on the same directory.
 
-use amtp_storage::{Committer, CommitterConfig, Envelope, NewMessage, Origin, Queue, QueueId};
+use amtp_storage::{
+    BodyType, Committer, CommitterConfig, Envelope, NewMessage, Origin, Queue, QueueId,
+};
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -61,6 +63,8 @@ fn crash_child() {
                             client_ip: "127.0.0.1".into(),
                             auth_user: None,
                             message_id: None,
+                            body: BodyType::Unspecified,
+                            smtputf8: false,
                         },
                         recipients: vec![format!("n{n}@crash.test")],
                         body: body(thread, n),
@@ -105,6 +109,7 @@ fn crash_kill_9_loses_no_acknowledged_message() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (first_ack, acked_once) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
             let mut lines = Vec::new();
             for line in BufReader::new(stdout).lines() {
@@ -115,11 +120,15 @@ fn crash_kill_9_loses_no_acknowledged_message() {
                     let thread: u64 = it.next().unwrap().parse().unwrap();
                     let n: u64 = it.next().unwrap().parse().unwrap();
                     lines.push((id, thread, n));
+                    let _ = first_ack.send(());
                 }
             }
             lines
         });
-        std::thread::sleep(Duration::from_millis(fastrand::u64(150..600)));
+        // Kill at a random point after the child is committing: a fixed delay from spawn
+        // sometimes ended a slow start (a loaded machine) before its first commit.
+        let _ = acked_once.recv_timeout(Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(fastrand::u64(10..450)));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         let new = reader.join().unwrap();

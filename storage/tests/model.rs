@@ -1,7 +1,10 @@
 //! Model test: random operation sequences against the real queue and an in-memory model,
 //! compared after every step, including across close/reopen (which resets leases).
 
-use amtp_storage::{Completion, Envelope, NewMessage, Origin, Queue, QueueId, RecipientState};
+use amtp_storage::{
+    BodyType, Completion, Envelope, NewMessage, Origin, Queue, QueueId, RecipientState,
+    RecipientStatus,
+};
 use std::collections::HashMap;
 
 #[derive(Debug, Clone)]
@@ -35,6 +38,8 @@ fn new_message(rng: &mut fastrand::Rng) -> NewMessage {
             client_ip: "127.0.0.1".into(),
             auth_user: None,
             message_id: Some(format!("<{}@a.test>", rng.u64(..))),
+            body: BodyType::Unspecified,
+            smtputf8: false,
         },
         recipients: (0..n).map(|i| format!("r{i}@b.test")).collect(),
         body: {
@@ -182,7 +187,7 @@ fn random_operations_match_the_model() {
             60..=79 => {
                 if let Some(id) = pick(&mut rng) {
                     let m = model.get_mut(&id).unwrap();
-                    let outcomes: Vec<(String, RecipientState, Option<String>)> = m
+                    let outcomes: Vec<RecipientStatus> = m
                         .recipients
                         .iter()
                         .filter_map(|(a, _)| {
@@ -191,11 +196,20 @@ fn random_operations_match_the_model() {
                                 1 => RecipientState::Delivered,
                                 _ => RecipientState::Failed,
                             };
-                            Some((a.clone(), state, Some("250 ok".to_string())))
+                            Some(RecipientStatus {
+                                address: a.clone(),
+                                state,
+                                last_reply: Some("250 ok".to_string()),
+                                status: Some("2.0.0".to_string()),
+                            })
                         })
                         .collect();
-                    for (a, s, _) in &outcomes {
-                        m.recipients.iter_mut().find(|(x, _)| x == a).unwrap().1 = *s;
+                    for o in &outcomes {
+                        m.recipients
+                            .iter_mut()
+                            .find(|(x, _)| *x == o.address)
+                            .unwrap()
+                            .1 = o.state;
                     }
                     let all_final = m
                         .recipients
@@ -304,11 +318,14 @@ fn concurrent_completions_share_fsyncs_and_lose_nothing() {
                     let mut outcomes: Vec<_> = rec
                         .recipients
                         .iter()
-                        .map(|r| (r.address.clone(), RecipientState::Delivered, None))
+                        .map(|r| RecipientStatus {
+                            state: RecipientState::Delivered,
+                            ..r.clone()
+                        })
                         .collect();
                     // Every fifth message keeps its first recipient pending.
                     if i % 5 == 0 {
-                        outcomes[0].1 = RecipientState::Pending;
+                        outcomes[0].state = RecipientState::Pending;
                     }
                     let expected = if i % 5 == 0 {
                         Completion::Pending

@@ -196,8 +196,13 @@ fn identity_mismatches_get_504_and_three_strikes_close() {
     let nohost = e.public.client("nohost.amtp.test", 2020, 2099);
     let mut c3 = e.connect("127.0.0.200", Some(&nohost)).unwrap();
     c3.expect("EHLO nohost.amtp.test", 504);
-    // HELO is never accepted.
+    // HELO is never accepted, and never suggested.
     c3.expect("HELO nohost.amtp.test", 504);
+    assert_eq!(
+        c3.expect("MAIL FROM:<a@nohost.amtp.test> MPC=per/individual", 503)
+            .to_string(),
+        "503 5.5.1 Send EHLO first"
+    );
     // Third failed EHLO on the first connection closes it.
     c.expect(&format!("EHLO {}", host_name(1)), 504);
     c.expect(&format!("EHLO {}", host_name(1)), 504);

@@ -171,6 +171,63 @@ fn silent_client_gets_421_after_the_timeout() {
     relay.assert_serving();
 }
 
+/// A client that pipelines past the point where the relay gives up must still read the
+/// relay's last reply. Closing a socket with unread input makes the kernel send a reset, and a
+/// reset throws away replies still waiting in the relay's send buffer: with a small receive
+/// buffer on the client (so that replies queue up on the relay's side) and unread junk left
+/// behind, the `421` used to vanish and the client saw a reset instead. This is how the silent
+/// client's `421` in DATA could go missing on a busy machine.
+#[test]
+fn last_reply_survives_unread_pipelined_input() {
+    let relay = Relay::start("");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&relay.addr("mx").into()).unwrap();
+    let tcp: std::net::TcpStream = sock.into();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut writer = tcp.try_clone().unwrap();
+    // Far more replies than the client's receive buffer holds, then errors up to the limit
+    // (10 by default) and junk the relay will never read.
+    let mut input = b"EHLO client.test\r\n".to_vec();
+    for _ in 0..1500 {
+        input.extend_from_slice(b"NOOP\r\n");
+    }
+    // 64 KiB of them: more than the relay reads at once, so some stay in its socket.
+    for _ in 0..8192 {
+        input.extend_from_slice(b"BOGUS\r\n");
+    }
+    let sent = std::thread::spawn(move || {
+        // The relay may reset the connection while we write: only the reading side matters.
+        let _ = writer.write_all(&input);
+    });
+    // Read only once the relay has long answered and (in the old code) closed.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut got = Vec::new();
+    let mut reader = tcp;
+    let mut chunk = [0u8; 4096];
+    let ended = loop {
+        match reader.read(&mut chunk) {
+            Ok(0) => break "end of stream".to_string(),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) => break e.to_string(),
+        }
+    };
+    sent.join().unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(
+        text.matches("250 2.0.0 OK").count(),
+        1500,
+        "ended with: {ended}"
+    );
+    assert!(
+        text.contains("421 4.7.0"),
+        "no 421 before the connection ended ({ended}); last bytes: {:?}",
+        &text[text.len().saturating_sub(200)..]
+    );
+    relay.assert_serving();
+}
+
 #[test]
 fn tls_handshake_garbage_is_dropped() {
     let relay = Relay::start("[session]\ntls_handshake_timeout = \"2s\"\n");

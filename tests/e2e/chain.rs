@@ -39,13 +39,19 @@ fn listeners(amtp_port: Option<u16>) -> String {
     l
 }
 
+/// Submit as `dev`; an empty `mpc` sends MAIL without `MPC=`, like every ordinary mail client.
 fn submit(relay: &Relay, mpc: &str, to: &str, subject: &str) {
     let mut c = Client::connect(relay.addr("submission"));
     c.expect("EHLO client.test", 250);
     let plain = base64::engine::general_purpose::STANDARD
         .encode(format!("\0dev\0{}", relay.dev_password()));
     c.expect(&format!("AUTH PLAIN {plain}"), 235);
-    c.expect(&format!("MAIL FROM:<alice@a.amtp.test> MPC={mpc}"), 250);
+    let param = if mpc.is_empty() {
+        String::new()
+    } else {
+        format!(" MPC={mpc}")
+    };
+    c.expect(&format!("MAIL FROM:<alice@a.amtp.test>{param}"), 250);
     c.expect(&format!("RCPT TO:<{to}>"), 250);
     c.expect("DATA", 354);
     c.write(
@@ -106,8 +112,9 @@ fn relay_a_to_relay_b_over_amtp_by_srv() {
     let b = Relay::start_config(&b_config);
     let a = Relay::start_config(&a_config);
 
-    // 1. A -> (SRV) -> B over AMTP -> B's mailbox store over SMTP, with the MPC header.
-    submit(&a, "per/individual", "bob@b.amtp.test", "chain");
+    // 1. A -> (SRV) -> B over AMTP -> B's mailbox store over SMTP, with the MPC header. The
+    //    client sends no MPC=: A's submission listener gives it per/individual.
+    submit(&a, "", "bob@b.amtp.test", "chain");
     let got = sink_b.wait_for(1, 20);
     assert_eq!(
         got.len(),
@@ -133,10 +140,14 @@ fn relay_a_to_relay_b_over_amtp_by_srv() {
     submit(&a, "com/optin", "bob@b.amtp.test", "denied");
     let dsn = sink_a.wait_for(1, 20);
     assert_eq!(dsn.len(), 1, "a DSN came back to the sender's domain");
+    // The relay decided this itself from B's published policy: the DSN names B as the remote
+    // MTA but does not pretend B answered `550`.
     assert!(
-        dsn[0]
-            .data
-            .contains("denied by the peer's published policy")
+        dsn[0].data.contains("Status: 5.7.1\r\nRemote-MTA: dns; ")
+            && dsn[0].data.contains(
+                "Diagnostic-Code: X-AMTP-Relay; MPC com/optin is denied by the published policy of "
+            )
+            && !dsn[0].data.contains("smtp; 550")
             && dsn[0].rcpts == vec!["alice@a.amtp.test".to_string()],
         "{}",
         dsn[0].data
@@ -171,8 +182,9 @@ fn no_srv_record_without_fallback_bounces() {
     let sink = Sink::start("127.0.0.1:0");
     let dns = dns::start_with(&[], "");
     let config = format!(
-        "[server]\nhostname = \"relay.test\"\ndata_dir = \"data\"\nlocal_domains = [\"a.amtp.test\"]\ncreate_dev_user = true\n\n[tls]\ngenerate_dev_certificate = true\n\n{}\n[delivery]\npoll_interval = \"200ms\"\n\n[[delivery.route]]\ndomains = [\"a.amtp.test\"]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"smtp\"\ntls = \"none\"\n\n[resolver]\nservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        "[server]\nhostname = \"relay.test\"\ndata_dir = \"data\"\nlocal_domains = [\"a.amtp.test\"]\ncreate_dev_user = true\n\n[tls]\ngenerate_dev_certificate = true\n\n{}\n[delivery]\nserver_ca = \"{}\"\npoll_interval = \"200ms\"\n\n[[delivery.route]]\ndomains = [\"a.amtp.test\"]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"smtp\"\ntls = \"none\"\n\n[resolver]\nservers = [\"{}\"]\ntimeout = \"1s\"\nattempts = 1\n",
         listeners(None),
+        crate::harness::unused_roots().display(),
         sink.addr.port(),
         dns.addr
     );
@@ -181,8 +193,8 @@ fn no_srv_record_without_fallback_bounces() {
     let got = sink.wait_for(1, 20);
     assert_eq!(got.len(), 1);
     assert!(
-        got[0].data.contains("has no _amtp._tcp SRV record")
-            && got[0].data.contains("Status: 5.4.4"),
+        got[0].data.contains("Status: 5.4.4\r\nDiagnostic-Code: X-AMTP-Relay; nosrv.amtp.test has no _amtp._tcp SRV record")
+            && !got[0].data.contains("smtp; 550"),
         "{}",
         got[0].data
     );

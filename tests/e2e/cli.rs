@@ -16,8 +16,19 @@ fn check_config_names_the_field_and_exits_64() {
         "{err}"
     );
 
+    // Delivery on (the default) with nothing to verify next hops: refused, naming the fix.
+    let no_roots = dir.path().join("no-roots.toml");
+    std::fs::write(&no_roots, "[server]\nhostname = \"relay.test\"\n\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n").unwrap();
+    let out = check_config(&no_roots);
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("delivery.server_ca") && err.contains("trust anchors"),
+        "{err}"
+    );
+
     let good = dir.path().join("good.toml");
-    std::fs::write(&good, "[server]\nhostname = \"relay.test\"\n\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n").unwrap();
+    std::fs::write(&good, "[server]\nhostname = \"relay.test\"\n\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n\n[delivery]\nenabled = false\n").unwrap();
     let out = check_config(&good);
     assert!(
         out.status.success(),

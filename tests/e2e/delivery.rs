@@ -1,6 +1,7 @@
 //! Delivery end to end: the relay binary delivering to an SMTP sink on loopback through a
 //! configured route — the MPC header added when mail leaves AMTP, retries after the next hop
-//! comes back, bounces for permanent failures, and no loss across kill -9 mid-delivery.
+//! comes back, bounces for permanent failures (with typed DSN fields), 8-bit and SMTPUTF8 mail
+//! (RFC 6152, RFC 6531), and no loss across kill -9 mid-delivery.
 
 use crate::harness::{Client, Relay, wait_until};
 use crate::sink::Sink;
@@ -11,6 +12,7 @@ fn config(sink_port: u16, extra: &str) -> String {
         r#"
 {server}
 [delivery]
+server_ca = "{roots}"
 poll_interval = "200ms"
 first_retry = "1s"
 max_backoff = "2s"
@@ -31,6 +33,7 @@ timeout = "1s"
 attempts = 1
 "#,
         server = crate::harness::SERVER,
+        roots = crate::harness::unused_roots().display(),
     )
 }
 
@@ -85,7 +88,7 @@ fn delivers_to_the_mailbox_store_with_the_mpc_header() {
         wait_until(10, || relay.queued() == 0),
         "removed from the queue after the next hop's 250"
     );
-    assert!(relay.logged(&["\"outcome\":\"delivered\"", "bob@example.test"]));
+    assert!(relay.logged(&["\"message\":\"delivered\"", "\"rcpt\":\"bob@example.test\""]));
 }
 
 #[test]
@@ -113,8 +116,8 @@ fn next_hop_down_then_up_delivers_after_retry() {
     );
     let (_, show, _) = relay.queue_cli(&["show", &id]);
     assert!(
-        show.contains("pending") && show.contains("connect to 127.0.0.1"),
-        "{show}"
+        show.contains("pending 4.4.1") && show.contains("cannot connect: 127.0.0.1"),
+        "the stored status and cause are shown:\n{show}"
     );
     let sink = Sink::start(&format!("127.0.0.1:{port}"));
     assert_eq!(
@@ -154,8 +157,8 @@ fn permanent_failure_bounces_to_the_sender() {
         "MPC: net/autoresponse",
         "Subject: Undelivered Mail Returned to Sender",
         "Final-Recipient: rfc822; nobody@example.test",
-        "Status: 5.1.1",
-        "550 5.1.1 no such user here",
+        "Status: 5.1.1\r\nRemote-MTA: dns; 127.0.0.1\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user here\r\n",
+        "Its header section (not the whole message) is attached below.",
         "Message-ID: <doomed@sender.test>",
     ] {
         assert!(dsn.data.contains(needle), "{needle} in\n{}", dsn.data);
@@ -356,4 +359,198 @@ fn a_dead_next_hop_defers_every_queued_message_promptly() {
         relay.queue_cli(&["stats"]).1
     );
     drop(hole);
+}
+
+/// Submit `data` (already dot-stuffed, ending in CRLF) with `mail` as the MAIL command.
+fn submit_raw(relay: &Relay, mail: &str, to: &str, data: &str) {
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    c.expect(mail, 250);
+    c.expect(&format!("RCPT TO:<{to}>"), 250);
+    c.expect("DATA", 354);
+    c.write(format!("{data}.\r\n").as_bytes());
+    let r = c.read_reply().unwrap();
+    assert_eq!(r.code, 250, "{r}");
+    c.expect("QUIT", 221);
+}
+
+/// RFC 6152 / RFC 6531: mail received with BODY=8BITMIME and SMTPUTF8 leaves with both for a
+/// next hop that offers them, and says `with UTF8SMTP` in our Received header.
+#[test]
+fn eight_bit_mail_is_relayed_as_8bitmime_and_utf8_mail_is_marked() {
+    let sink = Sink::start("127.0.0.1:0");
+    sink.behaviour.lock().unwrap().smtputf8 = true;
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    submit_raw(
+        &relay,
+        "MAIL FROM:<alice@sender.test> BODY=8BITMIME SMTPUTF8",
+        "bob@example.test",
+        "Subject: caf\u{e9}\r\n\r\nna\u{ef}ve 8-bit body\r\n",
+    );
+    let got = sink.wait_for(1, 15);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(
+        got[0].mail.contains(" BODY=8BITMIME") && got[0].mail.contains(" SMTPUTF8"),
+        "BODY=8BITMIME and SMTPUTF8 on the next hop: {}",
+        got[0].mail
+    );
+    assert!(
+        got[0].data.contains("na\u{ef}ve 8-bit body"),
+        "{}",
+        got[0].data
+    );
+    assert!(
+        got[0].data.contains(") with UTF8SMTP\r\n") || got[0].data.contains(") with UTF8SMTP "),
+        "RFC 6531 transmission type:\n{}",
+        got[0].data
+    );
+}
+
+/// RFC 6152: 8-bit data is never sent to a next hop that does not offer 8BITMIME; the
+/// message is bounced with 5.6.3 (our documented choice: no downgrade).
+#[test]
+fn eight_bit_mail_to_a_hop_without_8bitmime_is_bounced_with_5_6_3() {
+    let sink = Sink::start("127.0.0.1:0");
+    sink.behaviour.lock().unwrap().no_8bitmime = true;
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    submit_raw(
+        &relay,
+        "MAIL FROM:<alice@example.test> BODY=8BITMIME MPC=per/individual",
+        "bob@example.test",
+        "Subject: eight\r\nMessage-ID: <eight@sender.test>\r\n\r\nna\u{ef}ve\r\n",
+    );
+    let got = sink.wait_for(1, 20);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].from, "", "only the DSN arrives: {:?}", got[0]);
+    for needle in [
+        "Final-Recipient: rfc822; bob@example.test",
+        "Status: 5.6.3\r\nRemote-MTA: dns; 127.0.0.1\r\nDiagnostic-Code: X-AMTP-Relay; ",
+        "8BITMIME",
+        "Message-ID: <eight@sender.test>",
+    ] {
+        assert!(got[0].data.contains(needle), "{needle} in\n{}", got[0].data);
+    }
+    assert!(
+        !got[0].data.contains("na\u{ef}ve"),
+        "the body is not sent back"
+    );
+}
+
+/// A next hop that refuses our EHLO (as an AMTP peer that does not trust us does): we say
+/// QUIT before closing, and the DSN keeps the peer's status (5.7.1, not 5.0.0) with the peer
+/// as Remote-MTA and its reply as an `smtp` diagnostic.
+#[test]
+fn a_refused_ehlo_gets_quit_and_the_dsn_keeps_the_peer_status() {
+    let refusing = Sink::start("127.0.0.1:0");
+    refusing.behaviour.lock().unwrap().ehlo_reply =
+        Some("504 5.7.1 your certificate is not trusted here".into());
+    let home = Sink::start("127.0.0.1:0");
+    let extra = format!(
+        "\n[[delivery.route]]\ndomains = [\"sender.test\"]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"smtp\"\ntls = \"none\"\n",
+        home.addr.port()
+    );
+    let relay = Relay::start_config(&config(refusing.addr.port(), &extra));
+    submit(
+        &relay,
+        "alice@sender.test",
+        "bob@example.test",
+        Some("per/individual"),
+        "refused",
+    );
+    let got = home.wait_for(1, 20);
+    assert_eq!(got.len(), 1, "the DSN reaches the sender's domain");
+    let needle = "Action: failed\r\nStatus: 5.7.1\r\nRemote-MTA: dns; 127.0.0.1\r\nDiagnostic-Code: smtp; 504 5.7.1 your certificate is not trusted here\r\n";
+    assert!(got[0].data.contains(needle), "{needle} in\n{}", got[0].data);
+    assert!(
+        refusing.quits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "QUIT after the refused EHLO"
+    );
+}
+
+/// Connection reuse when mail trickles in: each message is submitted only after the previous
+/// one was delivered, so the destination's queue is empty between them. A connection that
+/// quit as soon as its queue ran dry carried one message each (six connections); lingering
+/// for the next job, one connection carries them all (a slow moment may cost a second one).
+#[test]
+fn a_trickle_of_mail_reuses_one_connection() {
+    let sink = Sink::start("127.0.0.1:0");
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    for i in 0..6 {
+        submit(
+            &relay,
+            "alice@sender.test",
+            "bob@example.test",
+            None,
+            &format!("trickle-{i}"),
+        );
+        assert_eq!(
+            sink.wait_for(i + 1, 15).len(),
+            i + 1,
+            "message {i} delivered"
+        );
+    }
+    let connections = sink.connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(connections <= 2, "{connections} connections for 6 messages");
+}
+
+/// A local configuration error met at delivery time (here a `source_address` this host does
+/// not have) defers the mail with 4.3.5 and logs at error level; it never bounces.
+#[test]
+fn a_local_configuration_error_defers_and_logs_an_error() {
+    let sink = Sink::start("127.0.0.1:0");
+    let text = config(sink.addr.port(), "source_address = \"192.0.2.1\"")
+        .replace("first_retry = \"1s\"", "first_retry = \"1h\"");
+    let relay = Relay::start_config(&text);
+    let id = submit(
+        &relay,
+        "alice@example.test",
+        "bob@example.test",
+        Some("per/individual"),
+        "misconfigured",
+    );
+    assert!(
+        wait_until(15, || relay
+            .queue_cli(&["show", &id])
+            .1
+            .contains("attempts:     1")),
+        "attempted once"
+    );
+    let (_, show, _) = relay.queue_cli(&["show", &id]);
+    assert!(
+        show.contains("pending 4.3.5")
+            && show.contains("local configuration error: cannot bind source address 192.0.2.1"),
+        "{show}"
+    );
+    assert!(
+        relay.logged(&["ERROR", "local configuration error", "bob@example.test"]),
+        "logged at error level"
+    );
+    assert!(
+        sink.messages.lock().unwrap().is_empty(),
+        "no DSN, nothing sent"
+    );
+}
+
+/// RFC 6531: a message received with SMTPUTF8 whose header fields are UTF-8 needs a next hop
+/// with SMTPUTF8; without it the message is bounced with 5.6.7, not sent raw.
+#[test]
+fn utf8_headers_to_a_hop_without_smtputf8_are_bounced_with_5_6_7() {
+    let sink = Sink::start("127.0.0.1:0");
+    let relay = Relay::start_config(&config(sink.addr.port(), ""));
+    submit_raw(
+        &relay,
+        "MAIL FROM:<alice@example.test> BODY=8BITMIME SMTPUTF8",
+        "bob@example.test",
+        "Subject: caf\u{e9}\r\n\r\nbody\r\n",
+    );
+    let got = sink.wait_for(1, 20);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].from, "", "only the DSN arrives: {:?}", got[0]);
+    assert!(
+        got[0]
+            .data
+            .contains("Status: 5.6.7\r\nRemote-MTA: dns; 127.0.0.1\r\n"),
+        "{}",
+        got[0].data
+    );
 }

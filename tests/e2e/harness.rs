@@ -53,6 +53,19 @@ address = "127.0.0.1:0"
 cram_md5 = true
 "#;
 
+/// A CA bundle file for `[delivery] server_ca` in relays whose tests never verify a next hop
+/// (check-config refuses delivery without trust anchors). One per test process.
+pub fn unused_roots() -> &'static Path {
+    static ROOTS: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, path) = ROOTS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let path =
+            crate::pki::TestCa::new("unused test roots").write(&dir.path().join("roots.pem"));
+        (dir, path)
+    });
+    path
+}
+
 /// The default test relay: accept and queue only.
 fn base() -> String {
     format!("{SERVER}\n[delivery]\nenabled = false\n")

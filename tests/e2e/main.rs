@@ -10,6 +10,7 @@ mod bad_input;
 mod chain;
 mod cli;
 mod delivery;
+mod disk_full;
 mod dns;
 mod harness;
 mod loadtest;

@@ -256,6 +256,8 @@ tls = "none"
         v(r#"amtp_connections_accepted_total{listener="amtp"}"#),
         2.0
     );
+    assert_eq!(v(r#"amtp_replies_total{code="220",listener="mx"}"#), 1.0); // greeting
+    assert_eq!(v(r#"amtp_replies_total{code="220",listener="amtp"}"#), 2.0);
     assert_eq!(v(r#"amtp_replies_total{code="550",listener="mx"}"#), 1.0);
     assert_eq!(v(r#"amtp_replies_total{code="504",listener="amtp"}"#), 1.0);
     assert_eq!(

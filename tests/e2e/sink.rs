@@ -1,5 +1,6 @@
-//! A small SMTP sink on 127.0.0.1 for delivery tests: records each message, and can reject a
-//! recipient or stall in DATA. Runs on threads; stops when dropped.
+//! A small SMTP sink on 127.0.0.1 for delivery tests: records each message (with its MAIL
+//! command line), and can reject a recipient, stall in DATA, leave 8BITMIME out of its EHLO
+//! reply, offer SMTPUTF8, or refuse EHLO altogether. Counts QUITs. Runs on threads; stops when dropped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -9,6 +10,9 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct SinkMessage {
+    /// The MAIL command as received (parameters included).
+    #[allow(dead_code)]
+    pub mail: String,
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: String,
@@ -20,6 +24,12 @@ pub struct Behaviour {
     pub reject: Vec<String>,
     /// Sleep this long before answering the end of DATA.
     pub stall: Option<Duration>,
+    /// Do not offer 8BITMIME.
+    pub no_8bitmime: bool,
+    /// Offer SMTPUTF8.
+    pub smtputf8: bool,
+    /// Answer EHLO with this reply (e.g. `504 5.7.1 …`) instead of the keyword list.
+    pub ehlo_reply: Option<String>,
 }
 
 pub struct Sink {
@@ -31,6 +41,9 @@ pub struct Sink {
     /// Connections accepted (read by benches/delivery.rs for the reuse ratio).
     #[allow(dead_code)]
     pub connections: Arc<AtomicUsize>,
+    /// QUIT commands received.
+    #[allow(dead_code)]
+    pub quits: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -45,21 +58,23 @@ impl Sink {
         let data_started = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (m, b, d, s, c) = (
+        let quits = Arc::new(AtomicUsize::new(0));
+        let (m, b, d, s, c, q) = (
             messages.clone(),
             behaviour.clone(),
             data_started.clone(),
             stop.clone(),
             connections.clone(),
+            quits.clone(),
         );
         std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         c.fetch_add(1, Ordering::SeqCst);
-                        let (m, b, d) = (m.clone(), b.clone(), d.clone());
+                        let (m, b, d, q) = (m.clone(), b.clone(), d.clone(), q.clone());
                         std::thread::spawn(move || {
-                            let _ = session(stream, &m, &b, &d);
+                            let _ = session(stream, &m, &b, &d, &q);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -72,6 +87,7 @@ impl Sink {
             behaviour,
             data_started,
             connections,
+            quits,
             stop,
         }
     }
@@ -100,6 +116,7 @@ fn session(
     messages: &Mutex<Vec<SinkMessage>>,
     behaviour: &Mutex<Behaviour>,
     data_started: &AtomicUsize,
+    quits: &AtomicUsize,
 ) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     // Small replies must not wait for delayed ACKs (Nagle), or every message costs ~40 ms.
@@ -107,7 +124,7 @@ fn session(
     let mut out = stream.try_clone()?;
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 sink.test ESMTP\r\n")?;
-    let (mut from, mut rcpts) = (String::new(), Vec::new());
+    let (mut mail, mut from, mut rcpts) = (String::new(), String::new(), Vec::new());
     let mut line = String::new();
     loop {
         line.clear();
@@ -117,8 +134,27 @@ fn session(
         let cmd = line.trim_end().to_string();
         let upper = cmd.to_ascii_uppercase();
         let reply: String = if upper.starts_with("EHLO") {
-            "250-sink.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n".into()
+            let b = behaviour.lock().unwrap();
+            match &b.ehlo_reply {
+                Some(r) => format!("{r}\r\n"),
+                None => {
+                    let mut keywords = vec!["sink.test", "PIPELINING"];
+                    if !b.no_8bitmime {
+                        keywords.push("8BITMIME");
+                    }
+                    if b.smtputf8 {
+                        keywords.push("SMTPUTF8");
+                    }
+                    let last = keywords.len() - 1;
+                    keywords
+                        .iter()
+                        .enumerate()
+                        .map(|(i, k)| format!("250{}{k}\r\n", if i == last { ' ' } else { '-' }))
+                        .collect()
+                }
+            }
         } else if upper.starts_with("MAIL FROM:") {
+            mail = cmd.clone();
             from = cmd[10..]
                 .trim()
                 .trim_start_matches('<')
@@ -167,6 +203,7 @@ fn session(
                     std::thread::sleep(d);
                 }
                 messages.lock().unwrap().push(SinkMessage {
+                    mail: mail.clone(),
                     from: from.clone(),
                     rcpts: std::mem::take(&mut rcpts),
                     data,
@@ -177,6 +214,7 @@ fn session(
             rcpts.clear();
             "250 2.0.0 ok\r\n".into()
         } else if upper == "QUIT" {
+            quits.fetch_add(1, Ordering::SeqCst);
             out.write_all(b"221 2.0.0 bye\r\n")?;
             return Ok(());
         } else {

@@ -85,6 +85,23 @@ fn unauthenticated_relay_is_denied() {
     assert_eq!(relay.queued(), 0);
 }
 
+/// RFC 6531 §3.4: non-ASCII addresses need the SMTPUTF8 parameter (553 5.6.7 otherwise).
+#[test]
+fn non_ascii_addresses_without_smtputf8_get_553() {
+    let relay = Relay::start("");
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    let r = c.expect("MAIL FROM:<j\u{f6}rg@sender.test>", 553);
+    assert_eq!(r.status.unwrap().to_string(), "5.6.7");
+    c.expect("MAIL FROM:<alice@sender.test>", 250);
+    let r = c.expect("RCPT TO:<j\u{f6}rg@example.test>", 553);
+    assert_eq!(r.status.unwrap().to_string(), "5.6.7");
+    c.expect("RSET", 250);
+    c.expect("MAIL FROM:<j\u{f6}rg@sender.test> SMTPUTF8", 250);
+    c.expect("RCPT TO:<j\u{f6}rg@example.test>", 250);
+    c.expect("QUIT", 221);
+}
+
 #[test]
 fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     let relay = Relay::start("");
@@ -111,6 +128,10 @@ fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     let r = c.expect("MAIL FROM:<dev@example.test>", 530);
     assert_eq!(r.text(), "Authentication required");
     c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 235);
+    // Undefined and malformed MPCs are refused as on AMTP listeners.
+    let r = c.expect("MAIL FROM:<dev@example.test> MPC=foo/bar", 550);
+    assert_eq!(r.status.unwrap().to_string(), "5.7.1");
+    c.expect("MAIL FROM:<dev@example.test> MPC=foo", 501);
     let r = c.send_mail(
         "dev@example.test",
         &["someone@remote.test"],
@@ -118,6 +139,11 @@ fn submission_requires_starttls_then_auth_and_each_mechanism_relays() {
     );
     assert_eq!(r.code, 250, "{r}");
     c.expect("QUIT", 221);
+    // Without MPC= (as from every mail client) it gets the listener's default MPC.
+    let id = r.text().rsplit(' ').next().unwrap().to_string();
+    let (ok, show, err) = relay.queue_cli(&["show", &id]);
+    assert!(ok, "{err}");
+    assert!(show.contains("mpc:          per/individual"), "{show}");
 
     // LOGIN.
     let mut c = Client::connect(relay.addr("submission")).starttls(&relay.ca());
@@ -248,17 +274,37 @@ fn brute_force_is_locked_out_per_ip() {
     relay.assert_serving();
 }
 
+/// Knowing a user name is no lock-out switch: failures lock out the (user, address) pair that
+/// made them and slow the name down everywhere, but its owner still logs in from elsewhere.
 #[test]
-fn brute_force_is_locked_out_per_user_across_addresses() {
+fn a_user_name_is_no_lockout_switch() {
     let relay = Relay::start(
-        "[auth]\nmax_failures_per_ip = 100\nmax_failures_per_user = 2\nlockout = \"60s\"\n",
+        "[auth]\nmax_failures_per_ip = 100\nmax_failures_per_user = 2\nlockout = \"60s\"\nuser_delay_max = \"1s\"\n",
     );
-    for (i, expected) in [(1, 535), (2, 454)] {
-        // A different loopback source address each time: a distributed attack on one user.
-        let sock =
-            crate::harness::socket_from(&format!("127.0.0.{}", 10 + i), relay.addr("submission"));
+    let connect = |source: &str| {
+        let sock = crate::harness::socket_from(source, relay.addr("submission"));
         let mut c = crate::harness::Client::from_tcp(sock).starttls(&relay.ca());
-        c.expect("EHLO attacker.test", 250);
-        c.expect(&format!("AUTH PLAIN {}", plain("dev", "wrong")), expected);
+        c.expect("EHLO client.test", 250);
+        c
+    };
+    // One attacker address guesses until it is locked out for this user.
+    let mut c = connect("127.0.0.11");
+    c.expect(&format!("AUTH PLAIN {}", plain("dev", "wrong1")), 535);
+    let r = c.expect(&format!("AUTH PLAIN {}", plain("dev", "wrong2")), 454);
+    assert_eq!(r.status.unwrap().to_string(), "4.7.0");
+    assert!(c.is_closed(), "disconnected on lock-out");
+    // More addresses keep guessing the same name: slowed down, not locking anybody out.
+    for source in ["127.0.0.12", "127.0.0.13"] {
+        let mut c = connect(source);
+        c.expect(&format!("AUTH PLAIN {}", plain("dev", "wrong")), 535);
     }
+    // The owner, from its own address, still gets in (after the delay).
+    let pw = relay.dev_password();
+    let mut c = connect("127.0.0.20");
+    c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 235);
+    // The attacker's address stays locked for this name, even with the right password.
+    let mut c = connect("127.0.0.11");
+    c.expect(&format!("AUTH PLAIN {}", plain("dev", &pw)), 454);
+    assert!(relay.logged(&["AUTH slowed down for this user", "\"user\":\"dev\""]));
+    relay.assert_serving();
 }

@@ -13,9 +13,24 @@
 //! PLAIN after EHLO (a private AMTP connection's AUTH bound to its certificate,
 //! [`Client::with_auth_plain`]; only over TLS), and a transaction that stops after the RCPT
 //! replies without DATA ([`Client::stop_before_data`]).
+//!
+//! 8-bit and internationalised mail (RFC 6152, RFC 6531): `BODY=8BITMIME` goes out when the
+//! message has 8-bit content and the peer offers 8BITMIME. A message declared 8BITMIME whose
+//! content really is 8-bit is refused (`5.6.3`, bounced) for a peer without 8BITMIME — it is
+//! never sent as 8-bit data to a 7-bit server and never rewritten; declared 8BITMIME but
+//! 7-bit clean, it is sent without the parameter. `SMTPUTF8` goes out when the message was
+//! received with it (or has non-ASCII addresses) and the peer offers it. A message that needs
+//! it — non-ASCII addresses, or received with SMTPUTF8 and carrying UTF-8 headers — is refused
+//! (`5.6.7`) for a peer without SMTPUTF8; one received with SMTPUTF8 but all ASCII is sent
+//! without the parameter (as Postfix does).
+//!
+//! Every outcome carries its [`Cause`] (see [`crate::outcome`]). A peer that refuses the
+//! greeting, EHLO/HELO, STARTTLS or RSET still gets a QUIT before the connection closes.
 
 use crate::mpc::{Mpc, MpcPolicy, Verdict};
-use crate::reply::Reply;
+use crate::reply::{EnhancedStatus, Reply};
+
+pub use crate::outcome::{Cause, Disposition, PeerReply, Stage};
 
 /// How TLS is handled on this connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +54,20 @@ pub struct ClientConfig {
     pub tls: TlsPolicy,
     /// AMTP hop: send `MPC=` on MAIL, honour the peer's MPC line, never fall back to HELO.
     pub amtp: bool,
+    /// The peer's host name, for outcomes (`Remote-MTA`).
+    pub peer: String,
+}
+
+/// The message's body type as received (RFC 6152 `BODY=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BodyType {
+    /// No `BODY=` was given (or the record predates body types).
+    #[default]
+    Unspecified,
+    /// `BODY=7BIT`.
+    SevenBit,
+    /// `BODY=8BITMIME`.
+    EightBitMime,
 }
 
 /// One message to send.
@@ -52,17 +81,19 @@ pub struct Envelope {
     pub mpc: Option<Mpc>,
     /// Body size in octets (for `SIZE=`).
     pub size: u64,
+    /// The body type declared when the message was received.
+    pub body: BodyType,
+    /// Whether the content has octets above 127 (see [`has_8bit`]).
+    pub eight_bit: bool,
+    /// Received with the SMTPUTF8 parameter.
+    pub smtputf8: bool,
+    /// Whether the header section has non-ASCII text (UTF-8 headers, RFC 6532).
+    pub utf8_headers: bool,
 }
 
-/// The fate of one recipient.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Disposition {
-    /// The next hop said 2xx after DATA.
-    Delivered(Reply),
-    /// Try again later (4xx, or the connection failed).
-    Deferred(String),
-    /// Give up and bounce (5xx, or refused before sending).
-    Failed(String),
+/// Whether `body` has any octet above 127.
+pub fn has_8bit(body: &[u8]) -> bool {
+    !body.is_ascii()
 }
 
 /// What the driver must do.
@@ -78,13 +109,9 @@ pub enum Output {
     MessageDone(Vec<(String, Disposition)>),
     /// The connection is ready for a message ([`Client::send`]) or [`Client::quit`].
     Ready,
-    /// The connection failed before or between messages; nothing is in flight.
-    Failed {
-        /// Whether a later attempt may succeed.
-        temporary: bool,
-        /// Why.
-        reason: String,
-    },
+    /// The connection failed before or between messages; nothing is in flight. Temporary
+    /// when the cause's status is 4.x.x.
+    Failed(Cause),
     /// Close the connection (after QUIT or a failure).
     Close,
 }
@@ -126,6 +153,8 @@ pub struct PeerCapabilities {
     pub size: Option<u64>,
     /// SMTPUTF8.
     pub smtputf8: bool,
+    /// 8BITMIME.
+    pub eight_bit_mime: bool,
     /// The peer's published MPC policy (AMTP), `None` when it published none.
     pub mpc: Option<MpcPolicy>,
 }
@@ -152,8 +181,8 @@ fn line(s: &str) -> Output {
     Output::Send(format!("{s}\r\n").into_bytes())
 }
 
-fn reply_text(r: &Reply) -> String {
-    r.to_string()
+fn status(s: &str) -> EnhancedStatus {
+    EnhancedStatus::parse(s).unwrap_or(EnhancedStatus::new(5, 0, 0))
 }
 
 impl Client {
@@ -201,9 +230,33 @@ impl Client {
         self.tls_active
     }
 
-    fn fail(&mut self, temporary: bool, reason: String) -> Vec<Output> {
+    fn fail(&mut self, cause: Cause) -> Vec<Output> {
         self.step = Step::Closed;
-        vec![Output::Failed { temporary, reason }, Output::Close]
+        vec![Output::Failed(cause), Output::Close]
+    }
+
+    fn peer(&self, reply: Reply, stage: Stage) -> Cause {
+        Cause::PeerReply(PeerReply {
+            host: self.config.peer.clone(),
+            reply,
+            stage,
+        })
+    }
+
+    /// The peer refused to go on: say QUIT (RFC 5321 §4.1.1.10), then fail.
+    fn refused(&mut self, reply: Reply, stage: Stage) -> Vec<Output> {
+        let cause = self.peer(reply, stage);
+        let mut out = vec![line("QUIT")];
+        out.extend(self.fail(cause));
+        out
+    }
+
+    fn disposition(&self, reply: Reply, stage: Stage) -> Disposition {
+        if reply.is_permanent() {
+            Disposition::Failed(self.peer(reply, stage))
+        } else {
+            Disposition::Deferred(self.peer(reply, stage))
+        }
     }
 
     /// Feed the next complete reply from the server.
@@ -211,7 +264,7 @@ impl Client {
         match self.step {
             Step::Greeting => {
                 if r.code != 220 {
-                    return self.fail(!r.is_permanent(), format!("greeting: {}", reply_text(&r)));
+                    return self.refused(r, Stage::Greeting);
                 }
                 self.step = Step::Ehlo;
                 vec![line(&format!("EHLO {}", self.config.ehlo_name))]
@@ -219,7 +272,7 @@ impl Client {
             Step::Ehlo => self.on_ehlo(r),
             Step::Helo => {
                 if r.code != 250 {
-                    return self.fail(!r.is_permanent(), format!("HELO: {}", reply_text(&r)));
+                    return self.refused(r, Stage::Helo);
                 }
                 self.ready()
             }
@@ -228,30 +281,39 @@ impl Client {
                     return vec![Output::StartTls];
                 }
                 if self.config.tls == TlsPolicy::Required {
-                    return self.fail(true, format!("STARTTLS refused: {}", reply_text(&r)));
+                    // Required TLS refused is never permanent: the peer may fix it.
+                    let mut out = self.refused(r, Stage::StartTls);
+                    for o in &mut out {
+                        if let Output::Failed(c) = o {
+                            *c = Cause::Tls(format!("STARTTLS refused by the peer: {c}"));
+                        }
+                    }
+                    return out;
                 }
                 self.ready()
             }
             Step::Auth => {
                 if r.code != 235 {
-                    return self.fail(!r.is_permanent(), format!("AUTH: {}", reply_text(&r)));
+                    return self.refused(r, Stage::Auth);
                 }
                 self.ready()
             }
             Step::Transaction => self.on_transaction_reply(r),
             Step::Body => {
                 let outcome = if r.code / 100 == 2 {
-                    Disposition::Delivered(r.clone())
-                } else if r.is_permanent() {
-                    Disposition::Failed(reply_text(&r))
+                    Disposition::Delivered(PeerReply {
+                        host: self.config.peer.clone(),
+                        reply: r,
+                        stage: Stage::EndOfData,
+                    })
                 } else {
-                    Disposition::Deferred(reply_text(&r))
+                    self.disposition(r, Stage::EndOfData)
                 };
                 self.finish_message(Some(outcome))
             }
             Step::Rset => {
                 if r.code / 100 != 2 {
-                    return self.fail(!r.is_permanent(), format!("RSET: {}", reply_text(&r)));
+                    return self.refused(r, Stage::Rset);
                 }
                 self.ready()
             }
@@ -259,9 +321,10 @@ impl Client {
                 self.step = Step::Closed;
                 vec![Output::Close]
             }
-            Step::Ready | Step::Closed => {
-                self.fail(true, format!("unexpected reply: {}", reply_text(&r)))
-            }
+            Step::Ready | Step::Closed => self.fail(Cause::Connection(format!(
+                "{}: unexpected reply: {r}",
+                self.config.peer
+            ))),
         }
     }
 
@@ -271,7 +334,7 @@ impl Client {
                 self.step = Step::Helo;
                 return vec![line(&format!("HELO {}", self.config.ehlo_name))];
             }
-            return self.fail(!r.is_permanent(), format!("EHLO: {}", reply_text(&r)));
+            return self.refused(r, Stage::Ehlo);
         }
         let keywords = &r.lines[1.min(r.lines.len())..];
         let mut caps = PeerCapabilities::default();
@@ -281,6 +344,7 @@ impl Client {
                 Some("PIPELINING") => caps.pipelining = true,
                 Some("STARTTLS") => caps.starttls = true,
                 Some("SMTPUTF8") => caps.smtputf8 = true,
+                Some("8BITMIME") => caps.eight_bit_mime = true,
                 Some("SIZE") => {
                     caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0))
                 }
@@ -290,7 +354,15 @@ impl Client {
         if self.config.amtp {
             match MpcPolicy::from_ehlo_lines(keywords) {
                 Ok(policy) => caps.mpc = policy,
-                Err(e) => return self.fail(true, format!("unparseable MPC line from peer: {e}")),
+                Err(e) => {
+                    let cause = Cause::Connection(format!(
+                        "{}: unparseable MPC line: {e}",
+                        self.config.peer
+                    ));
+                    let mut out = vec![line("QUIT")];
+                    out.extend(self.fail(cause));
+                    return out;
+                }
             }
         }
         self.caps = caps;
@@ -303,17 +375,20 @@ impl Client {
             return vec![line("STARTTLS")];
         }
         if wants_tls && self.config.tls == TlsPolicy::Required {
-            return self.fail(
-                true,
-                "TLS is required, but the peer does not offer STARTTLS".into(),
-            );
+            let cause = Cause::Tls(format!(
+                "TLS is required, but {} does not offer STARTTLS",
+                self.config.peer
+            ));
+            let mut out = vec![line("QUIT")];
+            out.extend(self.fail(cause));
+            return out;
         }
         if let Some(response) = self.auth_plain.take() {
             if !self.tls_active {
-                return self.fail(
-                    false,
-                    "AUTH refused: credentials are only sent over TLS".into(),
-                );
+                return self.fail(Cause::LocalPolicy {
+                    status: EnhancedStatus::new(5, 7, 0),
+                    detail: "AUTH refused: credentials are only sent over TLS".into(),
+                });
             }
             self.step = Step::Auth;
             return vec![line(&format!("AUTH PLAIN {response}"))];
@@ -330,7 +405,11 @@ impl Client {
 
     /// The TLS handshake failed.
     pub fn on_tls_failed(&mut self, reason: &str) -> Vec<Output> {
-        self.fail(true, format!("TLS handshake failed: {reason}"))
+        let cause = Cause::Tls(format!(
+            "handshake with {} failed: {reason}",
+            self.config.peer
+        ));
+        self.fail(cause)
     }
 
     fn ready(&mut self) -> Vec<Output> {
@@ -339,55 +418,78 @@ impl Client {
     }
 
     /// Send a message on a ready connection. Refusals that need no round trip (MPC denied by the
-    /// peer, too big, SMTPUTF8 not offered) finish at once.
+    /// peer, too big, SMTPUTF8 or 8BITMIME needed but not offered) finish at once.
     pub fn send(&mut self, env: Envelope) -> Vec<Output> {
         if self.step != Step::Ready {
-            let reason = "connection not ready".to_string();
+            let cause = Cause::Connection(format!("{}: connection not ready", self.config.peer));
             return vec![Output::MessageDone(
                 env.recipients
                     .iter()
-                    .map(|r| (r.clone(), Disposition::Deferred(reason.clone())))
+                    .map(|r| (r.clone(), Disposition::Deferred(cause.clone())))
                     .collect(),
             )];
         }
-        let refuse = |why: String| -> Vec<Output> {
+        let refuse = |cause: Cause| -> Vec<Output> {
             vec![
                 Output::MessageDone(
                     env.recipients
                         .iter()
-                        .map(|r| (r.clone(), Disposition::Failed(why.clone())))
+                        .map(|r| (r.clone(), Disposition::from_cause(cause.clone())))
                         .collect(),
                 ),
                 Output::Ready,
             ]
         };
+        let host = self.config.peer.clone();
         if self.config.amtp {
             let Some(mpc) = env.mpc else {
-                return refuse("no MPC for an AMTP hop".into());
+                return refuse(Cause::MissingMpc);
             };
             if let Some(policy) = &self.caps.mpc
                 && policy.evaluate(&mpc) == Verdict::Deny
             {
-                return refuse(format!(
-                    "550 5.7.1 MPC {mpc} denied by the peer's published policy"
-                ));
+                return refuse(Cause::PeerPolicy {
+                    host,
+                    mpc: mpc.to_string(),
+                });
             }
         }
         if let Some(limit) = self.caps.size.filter(|&l| l > 0 && env.size > l) {
-            return refuse(format!(
-                "552 5.3.4 message size {} exceeds the peer's limit {limit}",
-                env.size
-            ));
+            return refuse(Cause::Unsupported {
+                host,
+                status: status("5.3.4"),
+                detail: format!("message size {} exceeds the peer's limit {limit}", env.size),
+            });
         }
-        let utf8 = !env.from.is_ascii() || env.recipients.iter().any(|r| !r.is_ascii());
-        if utf8 && !self.caps.smtputf8 {
-            return refuse("553 5.6.7 the peer does not support SMTPUTF8 addresses".into());
+        let utf8_addresses = !env.from.is_ascii() || env.recipients.iter().any(|r| !r.is_ascii());
+        let needs_smtputf8 = utf8_addresses || (env.smtputf8 && env.utf8_headers);
+        if needs_smtputf8 && !self.caps.smtputf8 {
+            return refuse(Cause::Unsupported {
+                host,
+                status: status("5.6.7"),
+                detail: if utf8_addresses {
+                    "non-ASCII addresses, and the peer does not offer SMTPUTF8".into()
+                } else {
+                    "UTF-8 header fields, and the peer does not offer SMTPUTF8".into()
+                },
+            });
+        }
+        let eight_bit_mime = env.eight_bit && self.caps.eight_bit_mime;
+        if env.eight_bit && env.body == BodyType::EightBitMime && !self.caps.eight_bit_mime {
+            return refuse(Cause::Unsupported {
+                host,
+                status: status("5.6.3"),
+                detail: "8-bit message, and the peer does not offer 8BITMIME".into(),
+            });
         }
         let mut mail = format!("MAIL FROM:<{}>", env.from);
         if self.caps.size.is_some() {
             mail.push_str(&format!(" SIZE={}", env.size));
         }
-        if utf8 {
+        if eight_bit_mime {
+            mail.push_str(" BODY=8BITMIME");
+        }
+        if (utf8_addresses || env.smtputf8) && self.caps.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
         if self.config.amtp
@@ -437,18 +539,16 @@ impl Client {
 
     fn on_transaction_reply(&mut self, r: Reply) -> Vec<Output> {
         let Some(p) = self.pending.pop_front() else {
-            return self.fail(true, format!("unexpected reply: {}", reply_text(&r)));
+            return self.fail(Cause::Connection(format!(
+                "{}: unexpected reply: {r}",
+                self.config.peer
+            )));
         };
         let pipelined = self.caps.pipelining;
         match p {
             Pending::Mail => {
                 if r.code / 100 != 2 {
-                    let d = if r.is_permanent() {
-                        Disposition::Failed(reply_text(&r))
-                    } else {
-                        Disposition::Deferred(reply_text(&r))
-                    };
-                    self.mail_refused = Some(d);
+                    self.mail_refused = Some(self.disposition(r, Stage::Mail));
                     if !pipelined {
                         // Nothing else was sent: reset and report.
                         self.pending.clear();
@@ -465,14 +565,14 @@ impl Client {
                 if r.code / 100 == 2 {
                     self.accepted += 1;
                     if self.stop_before_data {
-                        self.rcpt[i] = Some(Disposition::Delivered(r.clone()));
+                        self.rcpt[i] = Some(Disposition::Delivered(PeerReply {
+                            host: self.config.peer.clone(),
+                            reply: r.clone(),
+                            stage: Stage::Rcpt,
+                        }));
                     }
                 } else {
-                    self.rcpt[i] = Some(if r.is_permanent() {
-                        Disposition::Failed(reply_text(&r))
-                    } else {
-                        Disposition::Deferred(reply_text(&r))
-                    });
+                    self.rcpt[i] = Some(self.disposition(r, Stage::Rcpt));
                 }
                 if self.pending.is_empty() {
                     // The last RCPT of a transaction that stops before DATA.
@@ -498,11 +598,7 @@ impl Client {
                     self.step = Step::Body;
                     return vec![Output::SendBody];
                 }
-                let d = if r.is_permanent() {
-                    Disposition::Failed(reply_text(&r))
-                } else {
-                    Disposition::Deferred(reply_text(&r))
-                };
+                let d = self.disposition(r, Stage::Data);
                 if self.mail_refused.is_none() && self.accepted > 0 {
                     self.mail_refused = Some(d);
                 }
@@ -532,7 +628,10 @@ impl Client {
                 (Some(m), _, _) => m.clone(),
                 (None, Some(rcpt), _) => rcpt.clone(),
                 (None, None, Some(final_reply)) => final_reply.clone(),
-                (None, None, None) => Disposition::Deferred("no reply to DATA".into()),
+                (None, None, None) => Disposition::Deferred(Cause::Connection(format!(
+                    "{}: no reply to DATA",
+                    self.config.peer
+                ))),
             };
             result.push((r.clone(), d));
         }
@@ -547,14 +646,14 @@ impl Client {
         vec![line("QUIT")]
     }
 
-    /// The connection dropped or timed out: everything in flight is deferred.
-    pub fn on_connection_lost(&mut self, reason: &str) -> Vec<Output> {
+    /// The connection dropped or timed out: everything in flight is deferred with `cause`.
+    pub fn on_connection_lost(&mut self, cause: &Cause) -> Vec<Output> {
         let mut out = Vec::new();
         if let Some(env) = self.envelope.take() {
             out.push(Output::MessageDone(
                 env.recipients
                     .iter()
-                    .map(|r| (r.clone(), Disposition::Deferred(reason.to_string())))
+                    .map(|r| (r.clone(), Disposition::Deferred(cause.clone())))
                     .collect(),
             ));
         }
@@ -649,7 +748,20 @@ mod tests {
             recipients: rcpts.iter().map(|s| s.to_string()).collect(),
             mpc: mpc.map(|m| m.parse().unwrap()),
             size: 100,
+            body: BodyType::Unspecified,
+            eight_bit: false,
+            smtputf8: false,
+            utf8_headers: false,
         }
+    }
+
+    fn failed(out: &[Output]) -> Cause {
+        out.iter()
+            .find_map(|o| match o {
+                Output::Failed(c) => Some(c.clone()),
+                _ => None,
+            })
+            .expect("a connection failure")
     }
 
     fn amtp() -> Client {
@@ -657,6 +769,7 @@ mod tests {
             ehlo_name: "relay.test".into(),
             tls: TlsPolicy::Implicit,
             amtp: true,
+            peer: "peer.test".into(),
         })
     }
 
@@ -665,6 +778,7 @@ mod tests {
             ehlo_name: "relay.test".into(),
             tls,
             amtp: false,
+            peer: "peer.test".into(),
         })
     }
 
@@ -692,7 +806,7 @@ mod tests {
         let d = done(&out);
         assert!(matches!(&d[0], (a, Disposition::Delivered(_)) if a == "x@peer.test"));
         assert!(
-            matches!(&d[1], (a, Disposition::Failed(t)) if a == "y@peer.test" && t.contains("550 5.1.1"))
+            matches!(&d[1], (a, Disposition::Failed(Cause::PeerReply(p))) if a == "y@peer.test" && p.reply.code == 550 && p.stage == Stage::Rcpt && p.status().to_string() == "5.1.1")
         );
         assert_eq!(out.last(), Some(&Output::Ready));
         // Reuse: a second message on the same connection.
@@ -718,7 +832,7 @@ mod tests {
             let out = c.send(env(Some("com/optin"), &["x@peer.test"]));
             assert!(sent(&out).is_empty(), "{line}: nothing sent");
             assert!(
-                matches!(&done(&out)[0].1, Disposition::Failed(t) if t.contains("denied by the peer")),
+                matches!(&done(&out)[0].1, Disposition::Failed(Cause::PeerPolicy { mpc, .. }) if mpc == "com/optin"),
                 "{line}"
             );
             // mpc/individual is always accepted.
@@ -770,25 +884,23 @@ mod tests {
     fn connection_level_failures() {
         let mut c = smtp(TlsPolicy::Required);
         c.on_reply(r(220, "", "hi"));
+        let out = c.on_reply(ehlo(&["SIZE 10"]));
         assert!(
-            matches!(&c.on_reply(ehlo(&["SIZE 10"]))[0], Output::Failed { temporary: true, reason } if reason.contains("TLS is required"))
+            matches!(failed(&out), Cause::Tls(t) if t.contains("TLS is required")),
+            "{out:?}"
+        );
+        assert_eq!(sent(&out), "QUIT\r\n");
+        let mut c = smtp(TlsPolicy::Never);
+        let cause = failed(&c.on_reply(r(554, "5.7.1", "go away")));
+        assert!(
+            matches!(&cause, Cause::PeerReply(p) if p.stage == Stage::Greeting)
+                && cause.status().to_string() == "5.7.1"
         );
         let mut c = smtp(TlsPolicy::Never);
-        assert!(matches!(
-            &c.on_reply(r(554, "5.7.1", "go away"))[0],
-            Output::Failed {
-                temporary: false,
-                ..
-            }
-        ));
-        let mut c = smtp(TlsPolicy::Never);
-        assert!(matches!(
-            &c.on_reply(r(421, "4.3.2", "busy"))[0],
-            Output::Failed {
-                temporary: true,
-                ..
-            }
-        ));
+        assert_eq!(
+            failed(&c.on_reply(r(421, "4.3.2", "busy"))).status().class,
+            4
+        );
         // EHLO refused: SMTP falls back to HELO, AMTP does not.
         let mut c = smtp(TlsPolicy::Never);
         c.on_reply(r(220, "", "hi"));
@@ -799,13 +911,141 @@ mod tests {
         assert_eq!(c.on_reply(r(250, "", "hello")), vec![Output::Ready]);
         let mut c = amtp();
         c.on_reply(r(220, "", "hi"));
-        assert!(matches!(
-            &c.on_reply(r(502, "5.5.1", "no EHLO"))[0],
-            Output::Failed {
-                temporary: false,
-                ..
+        let out = c.on_reply(r(502, "5.5.1", "no EHLO"));
+        assert_eq!(failed(&out).status().to_string(), "5.5.1");
+    }
+
+    /// A peer that refuses our EHLO (an AMTP peer that does not trust us says 504 5.7.1): the
+    /// outcome carries the peer's own status and host, and we say QUIT before closing.
+    #[test]
+    fn ehlo_refusal_keeps_the_peer_status_and_says_quit() {
+        let mut c = amtp();
+        c.on_reply(r(220, "", "hi"));
+        let out = c.on_reply(r(504, "5.7.1", "not authorised"));
+        assert_eq!(
+            out.first(),
+            Some(&Output::Send(b"QUIT\r\n".to_vec())),
+            "{out:?}"
+        );
+        assert_eq!(out.last(), Some(&Output::Close));
+        let cause = failed(&out);
+        assert_eq!(cause.status().to_string(), "5.7.1");
+        assert_eq!(cause.remote_mta(), Some("peer.test"));
+        assert!(
+            matches!(&cause, Cause::PeerReply(p) if p.stage == Stage::Ehlo && p.reply.code == 504)
+        );
+    }
+
+    /// RFC 6152: BODY=8BITMIME when the peer offers it; an 8-bit message declared 8BITMIME is
+    /// refused with 5.6.3 for a peer without 8BITMIME, sent plain when its content is 7-bit.
+    /// RFC 6531: SMTPUTF8 is passed on when the peer offers it.
+    #[test]
+    fn eight_bit_and_smtputf8_table() {
+        struct Case {
+            offer: &'static [&'static str],
+            body: BodyType,
+            eight_bit: bool,
+            smtputf8: bool,
+            expect: Result<&'static str, &'static str>,
+        }
+        let cases = [
+            Case {
+                offer: &["8BITMIME"],
+                body: BodyType::EightBitMime,
+                eight_bit: true,
+                smtputf8: false,
+                expect: Ok("MAIL FROM:<a@src.test> BODY=8BITMIME\r\n"),
+            },
+            Case {
+                offer: &[],
+                body: BodyType::EightBitMime,
+                eight_bit: true,
+                smtputf8: false,
+                expect: Err("5.6.3"),
+            },
+            Case {
+                offer: &[],
+                body: BodyType::EightBitMime,
+                eight_bit: false,
+                smtputf8: false,
+                expect: Ok("MAIL FROM:<a@src.test>\r\n"),
+            },
+            Case {
+                offer: &["8BITMIME"],
+                body: BodyType::EightBitMime,
+                eight_bit: false,
+                smtputf8: false,
+                expect: Ok("MAIL FROM:<a@src.test>\r\n"),
+            },
+            Case {
+                offer: &["8BITMIME"],
+                body: BodyType::Unspecified,
+                eight_bit: true,
+                smtputf8: false,
+                expect: Ok("MAIL FROM:<a@src.test> BODY=8BITMIME\r\n"),
+            },
+            Case {
+                offer: &["8BITMIME", "SMTPUTF8"],
+                body: BodyType::EightBitMime,
+                eight_bit: true,
+                smtputf8: true,
+                expect: Ok("MAIL FROM:<a@src.test> BODY=8BITMIME SMTPUTF8\r\n"),
+            },
+            Case {
+                offer: &["8BITMIME"],
+                body: BodyType::SevenBit,
+                eight_bit: false,
+                smtputf8: true,
+                expect: Ok("MAIL FROM:<a@src.test>\r\n"),
+            },
+        ];
+        // SMTPUTF8 with UTF-8 headers needs a peer that offers it.
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["8BITMIME"]));
+        let out = c.send(Envelope {
+            smtputf8: true,
+            utf8_headers: true,
+            eight_bit: true,
+            ..env(None, &["x@p.test"])
+        });
+        assert_eq!(done(&out)[0].1.status().to_string(), "5.6.7");
+        let mut c = smtp(TlsPolicy::Never);
+        c.on_reply(r(220, "", "hi"));
+        c.on_reply(ehlo(&["8BITMIME", "SMTPUTF8"]));
+        let out = c.send(Envelope {
+            smtputf8: true,
+            utf8_headers: true,
+            eight_bit: true,
+            ..env(None, &["x@p.test"])
+        });
+        assert_eq!(
+            sent(&out),
+            "MAIL FROM:<a@src.test> BODY=8BITMIME SMTPUTF8\r\n"
+        );
+        for (i, case) in cases.iter().enumerate() {
+            let mut c = smtp(TlsPolicy::Never);
+            c.on_reply(r(220, "", "hi"));
+            c.on_reply(ehlo(case.offer));
+            let out = c.send(Envelope {
+                body: case.body,
+                eight_bit: case.eight_bit,
+                smtputf8: case.smtputf8,
+                ..env(None, &["x@p.test"])
+            });
+            match case.expect {
+                Ok(mail) => assert_eq!(sent(&out), mail, "case {i}"),
+                Err(status) => {
+                    assert!(sent(&out).is_empty(), "case {i}: nothing sent");
+                    let d = &done(&out)[0].1;
+                    assert!(
+                        matches!(d, Disposition::Failed(Cause::Unsupported { .. })),
+                        "case {i}"
+                    );
+                    assert_eq!(d.status().to_string(), status, "case {i}");
+                }
             }
-        ));
+        }
     }
 
     #[test]
@@ -822,6 +1062,7 @@ mod tests {
         assert!(
             matches!(d[0].1, Disposition::Failed(_)) && matches!(d[1].1, Disposition::Deferred(_))
         );
+        assert_eq!(d[1].1.status().to_string(), "4.2.0");
         assert_eq!(sent(&out), "RSET\r\n");
         assert_eq!(c.on_reply(r(250, "", "reset")), vec![Output::Ready]);
         // Pipelined, MAIL refused temporarily: everything deferred with MAIL's reason.
@@ -832,7 +1073,9 @@ mod tests {
         c.on_reply(r(451, "4.3.0", "queue full"));
         c.on_reply(r(503, "5.5.1", "need MAIL"));
         let out = c.on_reply(r(503, "5.5.1", "need RCPT"));
-        assert!(matches!(&done(&out)[0].1, Disposition::Deferred(t) if t.contains("queue full")));
+        assert!(
+            matches!(&done(&out)[0].1, Disposition::Deferred(Cause::PeerReply(p)) if p.stage == Stage::Mail && p.reply.text() == "queue full")
+        );
         assert_eq!(sent(&out), "RSET\r\n");
         // Pipelined, all RCPTs refused but the server still says 354: an empty body ends DATA.
         let mut c = smtp(TlsPolicy::Never);
@@ -843,7 +1086,7 @@ mod tests {
         c.on_reply(r(550, "5.1.1", "unknown"));
         assert_eq!(sent(&c.on_reply(r(354, "", "go"))), ".\r\n");
         assert!(
-            matches!(&done(&c.on_reply(r(554, "5.5.1", "no recipients")))[0].1, Disposition::Failed(t) if t.contains("5.1.1"))
+            matches!(&done(&c.on_reply(r(554, "5.5.1", "no recipients")))[0].1, Disposition::Failed(c) if c.status().to_string() == "5.1.1")
         );
     }
 
@@ -853,21 +1096,23 @@ mod tests {
         c.on_reply(r(220, "", "hi"));
         c.on_reply(ehlo(&["SIZE 50"]));
         assert!(
-            matches!(&done(&c.send(env(None, &["x@p.test"])))[0].1, Disposition::Failed(t) if t.contains("552 5.3.4"))
+            matches!(&done(&c.send(env(None, &["x@p.test"])))[0].1, Disposition::Failed(c) if c.status().to_string() == "5.3.4")
         );
         let out = c.send(Envelope {
             from: "ü@src.test".into(),
-            recipients: vec!["x@p.test".into()],
-            mpc: None,
             size: 10,
+            ..env(None, &["x@p.test"])
         });
-        assert!(matches!(&done(&out)[0].1, Disposition::Failed(t) if t.contains("SMTPUTF8")));
+        assert!(
+            matches!(&done(&out)[0].1, Disposition::Failed(c) if c.status().to_string() == "5.6.7")
+        );
         let mut a = amtp();
         a.on_reply(r(220, "", "hi"));
         a.on_reply(ehlo(&[]));
-        assert!(
-            matches!(&done(&a.send(env(None, &["x@p.test"])))[0].1, Disposition::Failed(t) if t.contains("no MPC"))
-        );
+        assert!(matches!(
+            &done(&a.send(env(None, &["x@p.test"])))[0].1,
+            Disposition::Failed(Cause::MissingMpc)
+        ));
         let mut c = smtp(TlsPolicy::Never);
         c.on_reply(r(220, "", "hi"));
         c.on_reply(ehlo(&[]));
@@ -875,8 +1120,10 @@ mod tests {
             size: 10,
             ..env(None, &["x@p.test"])
         });
-        let out = c.on_connection_lost("connection reset");
-        assert!(matches!(&done(&out)[0].1, Disposition::Deferred(t) if t == "connection reset"));
+        let out = c.on_connection_lost(&Cause::Connection("connection reset".into()));
+        assert!(
+            matches!(&done(&out)[0].1, Disposition::Deferred(Cause::Connection(t)) if t == "connection reset")
+        );
     }
 
     #[test]
@@ -938,6 +1185,7 @@ mod tests {
                 ehlo_name: "laptop.test".into(),
                 tls: case.tls,
                 amtp: case.tls == TlsPolicy::Implicit,
+                peer: "peer.test".into(),
             })
             .with_auth_plain("dev", "secret");
             c.on_reply(r(220, "", "hi"));
@@ -953,7 +1201,7 @@ mod tests {
             };
             assert_eq!(out == vec![Output::Ready], case.ready, "case {i}: {out:?}");
             let failed = out.iter().find_map(|o| match o {
-                Output::Failed { temporary, .. } => Some(*temporary),
+                Output::Failed(cause) => Some(cause.status().class == 4),
                 _ => None,
             });
             assert_eq!(failed, case.temporary, "case {i}: {out:?}");
@@ -1006,9 +1254,12 @@ mod tests {
             let got: Vec<String> = done(&all)
                 .iter()
                 .map(|(_, d)| match d {
-                    Disposition::Delivered(r) => format!("delivered {}", r.code),
-                    Disposition::Failed(t) => format!("failed {}", &t[..3]),
-                    Disposition::Deferred(t) => format!("deferred {}", &t[..3]),
+                    Disposition::Delivered(p) => format!("delivered {}", p.reply.code),
+                    Disposition::Failed(Cause::PeerReply(p)) => format!("failed {}", p.reply.code),
+                    Disposition::Deferred(Cause::PeerReply(p)) => {
+                        format!("deferred {}", p.reply.code)
+                    }
+                    other => panic!("case {i}: not a peer reply: {other:?}"),
                 })
                 .collect();
             assert_eq!(got, *outcomes, "case {i}");

@@ -6,6 +6,7 @@
 //! it with the null sender (so it can never bounce) and MPC `net/autoresponse` (spec §6), and
 //! never sends one to the null sender.
 
+use crate::outcome::DiagnosticType;
 use crate::received::rfc5322_date;
 
 /// What happened to one recipient.
@@ -28,8 +29,9 @@ pub struct DsnRecipient {
     pub status: String,
     /// The next hop that answered, if any.
     pub remote_mta: Option<String>,
-    /// Its reply, e.g. `550 5.1.1 no such user`.
-    pub diagnostic: Option<String>,
+    /// The `Diagnostic-Code`: a server's reply (`smtp; 550 5.1.1 no such user`) or the relay's
+    /// own finding (`X-AMTP-Relay; …`).
+    pub diagnostic: Option<(DiagnosticType, String)>,
 }
 
 /// Everything a DSN says.
@@ -92,15 +94,15 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
         d.reporting_mta
     ));
     if failed {
-        m.push_str("Your message could not be delivered to one or more recipients.\r\nIt is attached below.\r\n\r\n");
+        m.push_str("Your message could not be delivered to one or more recipients.\r\nIts header section (not the whole message) is attached below.\r\n\r\n");
     } else {
         m.push_str("Your message has not been delivered yet to one or more recipients.\r\nThe mail system will keep trying; you do not need to resend it.\r\n\r\n");
     }
     for r in d.recipients {
         let why = r
             .diagnostic
-            .as_deref()
-            .map(clean)
+            .as_ref()
+            .map(|(_, text)| clean(text))
             .unwrap_or_else(|| format!("status {}", r.status));
         m.push_str(&format!("<{}>: {why}\r\n", clean(&r.address)));
     }
@@ -127,8 +129,12 @@ pub fn build(d: &Dsn<'_>) -> Vec<u8> {
         if let Some(mta) = &r.remote_mta {
             m.push_str(&format!("Remote-MTA: dns; {}\r\n", clean(mta)));
         }
-        if let Some(diag) = &r.diagnostic {
-            m.push_str(&format!("Diagnostic-Code: smtp; {}\r\n", clean(diag)));
+        if let Some((kind, diag)) = &r.diagnostic {
+            m.push_str(&format!(
+                "Diagnostic-Code: {}; {}\r\n",
+                kind.as_str(),
+                clean(diag)
+            ));
         }
     }
     m.push_str("\r\n");
@@ -169,16 +175,20 @@ mod tests {
                 action: DsnAction::Failed,
                 status: "5.1.1".into(),
                 remote_mta: Some("mx.remote.test".into()),
-                diagnostic: Some(
+                diagnostic: Some((
+                    DiagnosticType::Smtp,
                     "550 5.1.1 <bob@remote.test>: no such user\r\nInjected: header".into(),
-                ),
+                )),
             },
             DsnRecipient {
                 address: "carol@gone.test".into(),
                 action: DsnAction::Failed,
                 status: "4.4.7".into(),
                 remote_mta: None,
-                diagnostic: None,
+                diagnostic: Some((
+                    DiagnosticType::Relay,
+                    "gone.test has no _amtp._tcp SRV record".into(),
+                )),
             },
         ];
         let m = sample(&r);
@@ -188,7 +198,8 @@ mod tests {
             "Content-Type: multipart/report; report-type=delivery-status;",
             "Reporting-MTA: dns; relay.test\r\nArrival-Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n",
             "\r\nFinal-Recipient: rfc822; bob@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\nRemote-MTA: dns; mx.remote.test\r\nDiagnostic-Code: smtp; 550 5.1.1 <bob@remote.test>: no such user  Injected: header\r\n",
-            "\r\nFinal-Recipient: rfc822; carol@gone.test\r\nAction: failed\r\nStatus: 4.4.7\r\n",
+            "\r\nFinal-Recipient: rfc822; carol@gone.test\r\nAction: failed\r\nStatus: 4.4.7\r\nDiagnostic-Code: X-AMTP-Relay; gone.test has no _amtp._tcp SRV record\r\n",
+            "Its header section (not the whole message) is attached below.",
             "Content-Type: text/rfc822-headers",
             "Subject: hello\r\nMessage-ID: <m1@sender.test>\r\n",
         ] {
@@ -216,7 +227,7 @@ mod tests {
             action: DsnAction::Delayed,
             status: "4.4.1".into(),
             remote_mta: None,
-            diagnostic: Some("421 4.4.1 try later".into()),
+            diagnostic: Some((DiagnosticType::Smtp, "421 4.4.1 try later".into())),
         }];
         let m = sample(&r);
         assert!(

@@ -16,6 +16,7 @@
 //! - [`headers`] — header lookup (Message-ID, MPC) without a full message parser.
 //! - [`data`] — the DATA receiver — dot-unstuffing, end-of-data detection, SMTP-smuggling defence.
 //! - [`mpc`] — Mail Policy Codes, the EHLO `MPC` policy line and its evaluation.
+//! - [`outcome`] — delivery outcomes with their cause (status, remote MTA, diagnostic).
 //! - [`received`] — the `Received:` trace header and RFC 5322 dates.
 //! - [`limits`] — the RFC 5321 §4.5.3.1 size limits.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod headers;
 pub mod limits;
 pub mod line;
 pub mod mpc;
+pub mod outcome;
 pub mod received;
 pub mod reply;
 

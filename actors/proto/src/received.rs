@@ -1,37 +1,39 @@
 //! The `Received:` trace header (RFC 5321 §4.4) with the RFC 3848 transmission type, and
 //! the RFC 5322 date it needs — computed here from a Unix timestamp, no clock access.
 
-/// How the message arrived: the `with` clause (RFC 3848).
+/// How the message arrived: the `with` clause (RFC 3848; the `UTF8SMTP` family from RFC 6531
+/// §3.7.3 for mail received with the SMTPUTF8 parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transmission {
-    /// Plain ESMTP.
-    Esmtp,
-    /// ESMTP over TLS.
-    Esmtps,
-    /// ESMTP with SMTP AUTH.
-    Esmtpa,
-    /// ESMTP with SMTP AUTH over TLS.
-    Esmtpsa,
+pub struct Transmission {
+    /// Over TLS (`S`).
+    pub tls: bool,
+    /// With SMTP AUTH (`A`).
+    pub authenticated: bool,
+    /// With the SMTPUTF8 parameter (`UTF8SMTP…` instead of `ESMTP…`).
+    pub utf8: bool,
 }
 
 impl Transmission {
-    /// From the two facts it encodes.
-    pub fn new(tls: bool, authenticated: bool) -> Self {
-        match (tls, authenticated) {
-            (false, false) => Self::Esmtp,
-            (true, false) => Self::Esmtps,
-            (false, true) => Self::Esmtpa,
-            (true, true) => Self::Esmtpsa,
+    /// From the three facts it encodes.
+    pub fn new(tls: bool, authenticated: bool, utf8: bool) -> Self {
+        Self {
+            tls,
+            authenticated,
+            utf8,
         }
     }
 
     /// The keyword.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Esmtp => "ESMTP",
-            Self::Esmtps => "ESMTPS",
-            Self::Esmtpa => "ESMTPA",
-            Self::Esmtpsa => "ESMTPSA",
+        match (self.utf8, self.tls, self.authenticated) {
+            (false, false, false) => "ESMTP",
+            (false, true, false) => "ESMTPS",
+            (false, false, true) => "ESMTPA",
+            (false, true, true) => "ESMTPSA",
+            (true, false, false) => "UTF8SMTP",
+            (true, true, false) => "UTF8SMTPS",
+            (true, false, true) => "UTF8SMTPA",
+            (true, true, true) => "UTF8SMTPSA",
         }
     }
 }
@@ -157,7 +159,7 @@ mod tests {
             helo: "client.test",
             client_ip: "127.0.0.9".parse().unwrap(),
             by: "relay.test",
-            with: Transmission::new(true, true),
+            with: Transmission::new(true, true, false),
             tls: Some("version=TLSv1.3 cipher=TLS13_AES_128_GCM_SHA256".into()),
             auth_user: None,
             id: "00000000000000ab",
@@ -179,8 +181,27 @@ mod tests {
         let h = evil.header();
         assert!(!h.contains("\r\nBcc"), "{h}");
         assert!(h.contains("(authenticated as u?ser?)"));
-        assert_eq!(Transmission::new(false, false).as_str(), "ESMTP");
-        assert_eq!(Transmission::new(true, false).as_str(), "ESMTPS");
-        assert_eq!(Transmission::new(false, true).as_str(), "ESMTPA");
+    }
+
+    /// RFC 3848 and RFC 6531 §3.7.3: the `with` keyword for every combination.
+    #[test]
+    fn transmission_table() {
+        let cases = [
+            ((false, false, false), "ESMTP"),
+            ((true, false, false), "ESMTPS"),
+            ((false, true, false), "ESMTPA"),
+            ((true, true, false), "ESMTPSA"),
+            ((false, false, true), "UTF8SMTP"),
+            ((true, false, true), "UTF8SMTPS"),
+            ((false, true, true), "UTF8SMTPA"),
+            ((true, true, true), "UTF8SMTPSA"),
+        ];
+        for ((tls, auth, utf8), keyword) in cases {
+            assert_eq!(
+                Transmission::new(tls, auth, utf8).as_str(),
+                keyword,
+                "tls={tls} auth={auth} utf8={utf8}"
+            );
+        }
     }
 }

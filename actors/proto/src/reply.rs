@@ -18,6 +18,15 @@ pub struct EnhancedStatus {
 }
 
 impl EnhancedStatus {
+    /// `class.subject.detail`.
+    pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
+        Self {
+            class,
+            subject,
+            detail,
+        }
+    }
+
     /// Parse `c.s.d`.
     pub fn parse(s: &str) -> Option<Self> {
         let mut it = s.split('.');

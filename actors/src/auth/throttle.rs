@@ -1,4 +1,5 @@
-//! Counting failures per key (client IP, user name) over a sliding window, with lock-outs.
+//! Counting failures per key (client IP, user name and IP, user name) over a sliding window,
+//! with lock-outs, and the growing delay for a user name under attack ([`user_delay`]).
 //!
 //! Pure: the caller passes the time. The table is bounded: past `capacity` keys, expired
 //! entries are purged and then the stalest key is dropped, so a flood of distinct keys costs
@@ -43,6 +44,16 @@ impl<K: Hash + Eq + Clone> FailureTracker<K> {
             .get(key)
             .and_then(|e| e.locked_until)
             .is_some_and(|until| now < until)
+    }
+
+    /// Failures recorded for `key` within the window before `now`.
+    pub fn recent_failures(&self, key: &K, now: Instant) -> usize {
+        self.entries.get(key).map_or(0, |e| {
+            e.failures
+                .iter()
+                .filter(|&&t| now.duration_since(t) < self.window)
+                .count()
+        })
     }
 
     /// Record a failure; returns true when the key is (now) locked out.
@@ -113,9 +124,62 @@ impl<K: Hash + Eq + Clone> FailureTracker<K> {
     }
 }
 
+/// How long to hold an AUTH attempt for a user name that has drawn `failures` failures
+/// (from any address) within the window: nothing for the first `free`, then 1 s, doubling
+/// with each further failure, capped at `max`. A slowed name still authenticates with the
+/// right password — an attacker who knows a user name can make that user's log-in slower,
+/// never impossible — while guessing one name from many addresses costs ever longer waits.
+pub fn user_delay(failures: usize, free: u32, max: Duration) -> Duration {
+    let free = usize::try_from(free).unwrap_or(usize::MAX);
+    if failures < free {
+        return Duration::ZERO;
+    }
+    let doublings = u32::try_from(failures - free).unwrap_or(u32::MAX).min(16);
+    Duration::from_secs(1u64 << doublings).min(max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_delay_grows_with_failures_up_to_the_cap() {
+        let max = Duration::from_secs(15);
+        let table: &[(usize, u64)] = &[
+            (0, 0),
+            (4, 0),
+            (5, 1),
+            (6, 2),
+            (7, 4),
+            (8, 8),
+            (9, 15),
+            (40, 15),
+            (usize::MAX, 15),
+        ];
+        for &(failures, secs) in table {
+            assert_eq!(
+                user_delay(failures, 5, max),
+                Duration::from_secs(secs),
+                "{failures} failures"
+            );
+        }
+    }
+
+    #[test]
+    fn recent_failures_slide_out_of_the_window() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut t = FailureTracker::new(s(60), u32::MAX, s(300), 100);
+        t.record_failure("u", t0);
+        t.record_failure("u", t0 + s(30));
+        assert_eq!(t.recent_failures(&"u", t0 + s(31)), 2);
+        assert_eq!(t.recent_failures(&"u", t0 + s(61)), 1);
+        assert_eq!(t.recent_failures(&"v", t0), 0);
+        assert!(
+            !t.is_locked(&"u", t0 + s(31)),
+            "u32::MAX failures never lock"
+        );
+    }
 
     #[test]
     fn locks_after_max_failures_within_window_and_unlocks_after_lockout() {

@@ -5,6 +5,7 @@
 //! name = "alice"
 //! password = "$argon2id$v=19$m=19456,t=2,p=1$…"   # PHC string, `amtp-relay hash-password`
 //! cram_md5 = "…64 hex digits…"                      # optional, only for CRAM-MD5 listeners
+//! mpc = "com/customer"                              # optional: MPC for this user's mail
 //! ```
 //! PLAIN and LOGIN verify against the argon2 hash (slow by design). A user without
 //! `cram_md5` simply cannot use CRAM-MD5. Unknown users cost the same argon2 verification as
@@ -12,6 +13,7 @@
 
 use super::Credentials;
 use super::cram::CramSecret;
+use amtp_proto::mpc::Mpc;
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::Deserialize;
@@ -62,12 +64,15 @@ struct UserEntry {
     name: String,
     password: String,
     cram_md5: Option<String>,
+    mpc: Option<String>,
 }
 
 #[derive(Debug)]
 struct User {
     password_hash: String,
     cram: Option<CramSecret>,
+    /// The Mail Policy Code for this user's mail when MAIL carries none.
+    mpc: Option<Mpc>,
 }
 
 /// The loaded users.
@@ -126,12 +131,21 @@ impl UserDb {
                 Some(hex) => Some(CramSecret::from_hex(hex).ok_or_else(|| err("cram_md5 must be 64 hex digits (use `amtp-relay hash-password --cram-md5`)"))?),
                 None => None,
             };
+            let mpc = match &entry.mpc {
+                Some(text) => Some(text.parse::<Mpc>().map_err(|e| {
+                    err(&format!(
+                        "mpc: {e} (a defined Mail Policy Code such as per/individual or com/customer)"
+                    ))
+                })?),
+                None => None,
+            };
             if users
                 .insert(
                     entry.name.clone(),
                     User {
                         password_hash: entry.password,
                         cram,
+                        mpc,
                     },
                 )
                 .is_some()
@@ -143,6 +157,14 @@ impl UserDb {
             users,
             dummy_hash: hash_password("not a real password"),
         })
+    }
+
+    /// Each user's configured Mail Policy Code (users without one are left out).
+    pub fn mpcs(&self) -> HashMap<String, Mpc> {
+        self.users
+            .iter()
+            .filter_map(|(name, u)| u.mpc.map(|m| (name.clone(), m)))
+            .collect()
     }
 
     /// Number of users.
@@ -244,6 +266,24 @@ mod tests {
         assert_eq!(db.verify(&cram("alice")).as_deref(), Some("alice"));
         assert_eq!(db.verify(&cram("bob")), None, "bob has no CRAM-MD5 secret");
         assert!(!format!("{:?}", pw("a", "topsecret")).contains("topsecret"));
+    }
+
+    #[test]
+    fn a_user_can_carry_its_own_mpc() {
+        let hash = hash_password("pw");
+        let text = format!(
+            "[[user]]\nname = \"shop\"\npassword = \"{hash}\"\nmpc = \"COM/Customer\"\n\n[[user]]\nname = \"plain\"\npassword = \"{hash}\"\n"
+        );
+        let db = UserDb::parse(&text, "test").unwrap();
+        let mpcs = db.mpcs();
+        assert_eq!(mpcs.len(), 1);
+        assert_eq!(mpcs["shop"].to_string(), "com/customer");
+        for bad in ["foo/bar", "com", "mpc/optin"] {
+            let text =
+                format!("[[user]]\nname = \"shop\"\npassword = \"{hash}\"\nmpc = \"{bad}\"\n");
+            let e = UserDb::parse(&text, "test").unwrap_err().to_string();
+            assert!(e.contains("user \"shop\": mpc:"), "{bad}: {e}");
+        }
     }
 
     #[test]

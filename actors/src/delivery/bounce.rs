@@ -1,40 +1,24 @@
 //! Turning permanent failures into a DSN message for the queue: one per message per failure
 //! batch, from the null sender (so it can never bounce), with MPC `net/autoresponse` (spec §6),
 //! never to the null sender and never for a message that is itself a DSN.
+//!
+//! Each recipient's `Status`, `Remote-MTA` and `Diagnostic-Code` come from its typed
+//! [`Cause`]: a server's reply is reported as `smtp; <reply>`, a decision of the relay itself
+//! (no SRV record, the peer's published MPC policy, an expired lifetime after a connection
+//! failure) as `X-AMTP-Relay; <why>` — never as an invented SMTP reply.
 
+use amtp_proto::client::Cause;
 use amtp_proto::dsn::{Dsn, DsnAction, DsnRecipient, build};
-use amtp_storage::{Envelope, MessageRecord, NewMessage, Origin, QueueId};
+use amtp_storage::{BodyType, Envelope, MessageRecord, NewMessage, Origin, QueueId};
 
-/// The RFC 3463 status in a reply text like `550 5.1.1 …`, or one derived from its code.
-fn status_of(text: &str) -> String {
-    let mut words = text.split_whitespace();
-    let first = words.next().unwrap_or("");
-    let second = words.next().unwrap_or("");
-    let looks = |s: &str| {
-        s.split('.').count() == 3
-            && s.split('.')
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    };
-    if looks(first) {
-        return first.to_string();
-    }
-    if looks(second) {
-        return second.to_string();
-    }
-    match first.as_bytes().first() {
-        Some(b'4') => "4.0.0".into(),
-        _ => "5.0.0".into(),
-    }
-}
-
-/// The DSN for `failed` recipients (address, reason), or `None` when none may be sent.
+/// The DSN for `failed` recipients (address, cause), or `None` when none may be sent.
 /// `original` is the start of the original message (its header section is attached); when it
 /// is unavailable, a minimal header section is made from the envelope.
 pub fn dsn(
     hostname: &str,
     id: QueueId,
     record: &MessageRecord,
-    failed: &[(String, String)],
+    failed: &[(String, Cause)],
     original: &[u8],
     now: u64,
 ) -> Option<NewMessage> {
@@ -46,12 +30,12 @@ pub fn dsn(
     }
     let recipients: Vec<DsnRecipient> = failed
         .iter()
-        .map(|(address, why)| DsnRecipient {
+        .map(|(address, cause)| DsnRecipient {
             address: address.clone(),
             action: DsnAction::Failed,
-            status: status_of(why),
-            remote_mta: None,
-            diagnostic: Some(why.clone()),
+            status: cause.status().to_string(),
+            remote_mta: cause.remote_mta().map(str::to_string),
+            diagnostic: Some(cause.diagnostic()),
         })
         .collect();
     let token = format!("{id}.{now}");
@@ -84,6 +68,8 @@ pub fn dsn(
             client_ip: "127.0.0.1".into(),
             auth_user: None,
             message_id: Some(format!("<{token}@{hostname}>")),
+            body: BodyType::Unspecified,
+            smtputf8: false,
         },
         recipients: vec![record.envelope.sender.clone()],
         body,
@@ -93,6 +79,8 @@ pub fn dsn(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amtp_proto::Reply;
+    use amtp_proto::client::{PeerReply, Stage};
     use amtp_storage::{RecipientState, RecipientStatus};
 
     fn record(sender: &str, origin: Origin) -> MessageRecord {
@@ -106,11 +94,14 @@ mod tests {
                 client_ip: "127.0.0.9".into(),
                 auth_user: None,
                 message_id: Some("<m@x.test>".into()),
+                body: BodyType::Unspecified,
+                smtputf8: false,
             },
             recipients: vec![RecipientStatus {
                 address: "bob@remote.test".into(),
                 state: RecipientState::Pending,
                 last_reply: None,
+                status: None,
             }],
             size: 10,
             attempts: 0,
@@ -123,7 +114,11 @@ mod tests {
     fn dsn_envelope_and_rules() {
         let failed = vec![(
             "bob@remote.test".to_string(),
-            "550 5.1.1 no such user".to_string(),
+            Cause::PeerReply(PeerReply {
+                host: "mx.remote.test".into(),
+                reply: Reply::new(550, "5.1.1", "no such user"),
+                stage: Stage::Rcpt,
+            }),
         )];
         let m = dsn(
             "relay.test",
@@ -149,8 +144,9 @@ mod tests {
         assert_eq!(m.envelope.origin, Origin::Local);
         let text = String::from_utf8(m.body).unwrap();
         assert!(
-            text.contains("Status: 5.1.1")
-                && text.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user"),
+            text.contains(
+                "Status: 5.1.1\r\nRemote-MTA: dns; mx.remote.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n"
+            ),
             "{text}"
         );
         assert!(
@@ -182,8 +178,63 @@ mod tests {
             .is_none(),
             "never for a DSN"
         );
-        assert_eq!(status_of("4.4.7 delivery time expired"), "4.4.7");
-        assert_eq!(status_of("421 try later"), "4.0.0");
-        assert_eq!(status_of("something odd"), "5.0.0");
+    }
+
+    /// Per cause: the DSN's Status, Remote-MTA and Diagnostic-Code. A peer's refusal at EHLO
+    /// keeps its 5.7.1; decisions of the relay itself are never reported as `smtp; 550`.
+    #[test]
+    fn dsn_fields_per_cause() {
+        let st = |s: &str| amtp_proto::EnhancedStatus::parse(s).unwrap();
+        let ehlo = Cause::PeerReply(PeerReply {
+            host: "amtp.peer.test".into(),
+            reply: Reply::new(504, "5.7.1", "client certificate not trusted"),
+            stage: Stage::Ehlo,
+        });
+        let cases: Vec<(Cause, &str)> = vec![
+            (
+                ehlo.clone(),
+                "Status: 5.7.1\r\nRemote-MTA: dns; amtp.peer.test\r\nDiagnostic-Code: smtp; 504 5.7.1 client certificate not trusted\r\n",
+            ),
+            (
+                Cause::NoRoute {
+                    status: st("5.4.4"),
+                    detail: "gone.test has no _amtp._tcp SRV record (SMTP fallback disabled)"
+                        .into(),
+                },
+                "Status: 5.4.4\r\nDiagnostic-Code: X-AMTP-Relay; gone.test has no _amtp._tcp SRV record (SMTP fallback disabled)\r\n",
+            ),
+            (
+                Cause::PeerPolicy {
+                    host: "amtp.peer.test".into(),
+                    mpc: "com/optin".into(),
+                },
+                "Status: 5.7.1\r\nRemote-MTA: dns; amtp.peer.test\r\nDiagnostic-Code: X-AMTP-Relay; MPC com/optin is denied by the published policy of amtp.peer.test\r\n",
+            ),
+            (
+                Cause::MissingMpc,
+                "Status: 5.7.1\r\nDiagnostic-Code: X-AMTP-Relay; the next hop is AMTP and the message has no MPC\r\n",
+            ),
+            (
+                Cause::Expired(Box::new(Cause::Connect("mx (127.0.0.1:9): refused".into()))),
+                "Status: 4.4.7\r\nDiagnostic-Code: X-AMTP-Relay; delivery time expired; last error: cannot connect: mx (127.0.0.1:9): refused\r\n",
+            ),
+        ];
+        for (cause, fields) in cases {
+            let m = dsn(
+                "relay.test",
+                QueueId(7),
+                &record("alice@src.test", Origin::Submission),
+                &[("bob@remote.test".to_string(), cause.clone())],
+                b"Subject: x\r\n\r\nbody\r\n",
+                100,
+            )
+            .unwrap();
+            let text = String::from_utf8(m.body).unwrap();
+            assert!(
+                text.contains(&format!("Action: failed\r\n{fields}")),
+                "{cause:?}:\n{text}"
+            );
+            assert!(!text.contains("smtp; 550"), "{text}");
+        }
     }
 }

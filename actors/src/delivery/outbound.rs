@@ -7,9 +7,14 @@
 //! client (adding AUTH, or stopping before DATA) and see each step (TCP, TLS, commands,
 //! replies). `amtp-relay probe` reports a peer through them, so the probe and delivery share
 //! one client.
+//!
+//! Failures carry a typed [`Cause`]: `Connect`, `Tls`, `Connection`, a peer's reply, or
+//! `LocalConfig` when this relay lacks what the hop needs (no AMTP client certificate or trust
+//! anchors, no `server_ca` for required TLS, an unbindable source address) — temporary, so the
+//! mail waits for the operator instead of bouncing.
 
 use amtp_proto::client::{
-    Client, ClientConfig, Disposition, Envelope, Output, TlsPolicy, dot_stuff,
+    Cause, Client, ClientConfig, Disposition, Envelope, Output, TlsPolicy, dot_stuff,
 };
 use amtp_proto::reply::{Reply, parse_reply};
 use amtp_storage::QueueId;
@@ -68,15 +73,6 @@ pub struct Job {
     pub body: Arc<Vec<u8>>,
 }
 
-/// Why a connection failed before (or between) messages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConnectionFailure {
-    /// A later attempt may succeed.
-    pub temporary: bool,
-    /// For logs, DSNs and `queue show`.
-    pub reason: String,
-}
-
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
@@ -101,13 +97,6 @@ impl Stream {
             Self::Tls(s) => s.read(b).await,
             Self::Gone => Err(std::io::ErrorKind::NotConnected.into()),
         }
-    }
-}
-
-fn failure(temporary: bool, reason: impl Into<String>) -> ConnectionFailure {
-    ConnectionFailure {
-        temporary,
-        reason: reason.into(),
     }
 }
 
@@ -136,40 +125,37 @@ pub struct NoHooks;
 
 impl ConnectionHooks for NoHooks {}
 
-async fn connect(
-    target: &HopTarget,
-    ctx: &OutboundContext,
-) -> Result<TcpStream, ConnectionFailure> {
+async fn connect(target: &HopTarget, ctx: &OutboundContext) -> Result<TcpStream, Cause> {
     let socket = if target.addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
         TcpSocket::new_v6()
     }
-    .map_err(|e| failure(true, format!("socket: {e}")))?;
+    .map_err(|e| Cause::Connect(format!("socket: {e}")))?;
     if let Some(src) = ctx.source {
         socket
             .bind(SocketAddr::new(src, 0))
-            .map_err(|e| failure(true, format!("cannot bind source address {src}: {e}")))?;
+            .map_err(|e| Cause::LocalConfig(format!("cannot bind source address {src}: {e}")))?;
     }
     match tokio::time::timeout(ctx.connect_timeout, socket.connect(target.addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)
         }
-        Ok(Err(e)) => Err(failure(
-            true,
-            format!("connect to {} ({}): {e}", target.host, target.addr),
-        )),
-        Err(_) => Err(failure(
-            true,
-            format!("connect to {} ({}): timed out", target.host, target.addr),
-        )),
+        Ok(Err(e)) => Err(Cause::Connect(format!(
+            "{} ({}): {e}",
+            target.host, target.addr
+        ))),
+        Err(_) => Err(Cause::Connect(format!(
+            "{} ({}): timed out",
+            target.host, target.addr
+        ))),
     }
 }
 
-fn server_name(host: &str) -> Result<ServerName<'static>, ConnectionFailure> {
+fn server_name(host: &str) -> Result<ServerName<'static>, String> {
     ServerName::try_from(host.to_string())
-        .map_err(|e| failure(false, format!("invalid TLS server name {host}: {e}")))
+        .map_err(|e| format!("invalid TLS server name {host}: {e}"))
 }
 
 async fn tls(
@@ -180,7 +166,7 @@ async fn tls(
 ) -> Result<TlsStream<TcpStream>, String> {
     match tokio::time::timeout(
         timeout,
-        TlsConnector::from(config).connect(server_name(host).map_err(|f| f.reason)?, tcp),
+        TlsConnector::from(config).connect(server_name(host)?, tcp),
     )
     .await
     {
@@ -202,25 +188,38 @@ impl Drop for OpenConnection {
 /// Deliver messages over one connection. `next_job` is asked for the next message whenever the
 /// connection is ready (until it returns `None` or `max_messages` were sent); `report` gets each
 /// message's dispositions. `Err` means the connection failed with no message in flight.
-pub async fn run_connection(
+pub async fn run_connection<F: Future<Output = Option<Job>>>(
     target: &HopTarget,
     ctx: &OutboundContext,
     max_messages: usize,
-    next_job: impl FnMut() -> Option<Job>,
+    next_job: impl FnMut() -> F,
     report: impl FnMut(QueueId, Vec<(String, Disposition)>),
-) -> Result<(), ConnectionFailure> {
+) -> Result<(), Cause> {
     run_connection_with(target, ctx, max_messages, next_job, report, &mut NoHooks).await
 }
 
 /// [`run_connection`] with hooks that build the client and see every step.
-pub async fn run_connection_with(
+pub async fn run_connection_with<F: Future<Output = Option<Job>>>(
     target: &HopTarget,
     ctx: &OutboundContext,
     max_messages: usize,
-    mut next_job: impl FnMut() -> Option<Job>,
+    mut next_job: impl FnMut() -> F,
     mut report: impl FnMut(QueueId, Vec<(String, Disposition)>),
     hooks: &mut dyn ConnectionHooks,
-) -> Result<(), ConnectionFailure> {
+) -> Result<(), Cause> {
+    // A local configuration error is found before connecting: the peer need not see us.
+    if target.amtp && ctx.amtp_tls.is_none() {
+        return Err(Cause::LocalConfig(
+            "AMTP next hop, but no AMTP client certificate and trust anchors are configured \
+             ([tls] certificate and private_key; [delivery] server_ca or [amtp] public_ca)"
+                .into(),
+        ));
+    }
+    if !target.amtp && target.tls == TlsPolicy::Required && ctx.smtp_verified_tls.is_none() {
+        return Err(Cause::LocalConfig(
+            "TLS is required for this hop, but no server_ca is configured to verify it".into(),
+        ));
+    }
     let tcp = connect(target, ctx).await;
     crate::metrics::outbound_connect(tcp.is_ok());
     let tcp = tcp?;
@@ -232,10 +231,10 @@ pub async fn run_connection_with(
         let config = ctx
             .amtp_tls
             .clone()
-            .ok_or_else(|| failure(false, "AMTP hop without an AMTP client TLS configuration"))?;
+            .ok_or_else(|| Cause::LocalConfig("no AMTP client TLS configuration".into()))?;
         let s = tls(tcp, &target.host, config, ctx.command_timeout)
             .await
-            .map_err(|e| failure(true, format!("TLS with {}: {e}", target.host)))?;
+            .map_err(|e| Cause::Tls(format!("with {}: {e}", target.host)))?;
         hooks.tls_established(s.get_ref().1);
         Stream::Tls(Box::new(s))
     } else {
@@ -250,6 +249,7 @@ pub async fn run_connection_with(
         ehlo_name: ctx.ehlo_name.clone(),
         tls: policy,
         amtp: target.amtp,
+        peer: target.host.clone(),
     });
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut current: Option<Job> = None;
@@ -283,17 +283,13 @@ pub async fn run_connection_with(
                 r
             }
             Err(reason) => {
-                let reason = format!("{}: {reason}", target.host);
-                for o in client.on_connection_lost(&reason) {
+                let cause = Cause::Connection(format!("{}: {reason}", target.host));
+                for o in client.on_connection_lost(&cause) {
                     if let (Output::MessageDone(d), Some(job)) = (o, current.take()) {
                         report(job.id, d);
                     }
                 }
-                return if sent == 0 {
-                    Err(failure(true, reason))
-                } else {
-                    Ok(())
-                };
+                return if sent == 0 { Err(cause) } else { Ok(()) };
             }
         };
         todo.extend(client.on_reply(reply));
@@ -307,20 +303,37 @@ pub async fn run_connection_with(
                             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
                             .and_then(|r| r)
                     {
-                        todo.clear();
-                        todo.extend(
-                            client
-                                .on_connection_lost(&format!("{}: write failed: {e}", target.host)),
-                        );
+                        // The QUIT after a refusal may meet a peer that already closed: the
+                        // refusal stays the cause.
+                        if let Some(refusal) = todo.iter().find_map(|o| match o {
+                            Output::Failed(c) => Some(c.clone()),
+                            _ => None,
+                        }) {
+                            return Err(refusal);
+                        }
+                        let cause =
+                            Cause::Connection(format!("{}: write failed: {e}", target.host));
+                        for o in client.on_connection_lost(&cause) {
+                            if let (Output::MessageDone(d), Some(job)) = (o, current.take()) {
+                                report(job.id, d);
+                            }
+                        }
+                        return if sent == 0 { Err(cause) } else { Ok(()) };
                     }
                 }
                 Output::StartTls => {
                     let Stream::Plain(tcp) = std::mem::replace(&mut stream, Stream::Gone) else {
-                        return Err(failure(true, "STARTTLS on a TLS connection"));
+                        return Err(Cause::Connection(format!(
+                            "{}: STARTTLS on a TLS connection",
+                            target.host
+                        )));
                     };
                     let config = match target.tls {
                         TlsPolicy::Required => ctx.smtp_verified_tls.clone().ok_or_else(|| {
-                            failure(false, "TLS required but no server_ca configured")
+                            Cause::LocalConfig(
+                                "TLS is required for this hop, but no server_ca is configured"
+                                    .into(),
+                            )
                         })?,
                         _ => ctx.smtp_opportunistic_tls.clone(),
                     };
@@ -344,10 +357,10 @@ pub async fn run_connection_with(
                     .await;
                     if !matches!(write, Ok(Ok(()))) {
                         todo.clear();
-                        todo.extend(client.on_connection_lost(&format!(
+                        todo.extend(client.on_connection_lost(&Cause::Connection(format!(
                             "{}: writing the message failed",
                             target.host
-                        )));
+                        ))));
                     }
                 }
                 Output::MessageDone(d) => {
@@ -357,7 +370,7 @@ pub async fn run_connection_with(
                 }
                 Output::Ready => {
                     let job = if sent < max_messages {
-                        next_job()
+                        next_job().await
                     } else {
                         None
                     };
@@ -370,9 +383,7 @@ pub async fn run_connection_with(
                         None => todo.extend(client.quit()),
                     }
                 }
-                Output::Failed { temporary, reason } => {
-                    return Err(failure(temporary, format!("{}: {reason}", target.host)));
-                }
+                Output::Failed(cause) => return Err(cause),
                 Output::Close => return Ok(()),
             }
         }
@@ -536,4 +547,59 @@ pub fn amtp_client_tls_verified_by(
         .with_client_auth_cert(chain, key)
         .map_err(|e| e.to_string())?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> OutboundContext {
+        OutboundContext {
+            ehlo_name: "relay.test".into(),
+            source: None,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            amtp_tls: None,
+            smtp_verified_tls: None,
+            smtp_opportunistic_tls: tls_configs(None, None, None).unwrap().opportunistic,
+        }
+    }
+
+    /// A hop this relay is not configured to serve — AMTP without our client certificate and
+    /// trust anchors, SMTP with required TLS but no `server_ca` — is a local configuration
+    /// error: temporary (the mail is deferred, not bounced), found before connecting.
+    #[actix_rt::test]
+    async fn a_hop_we_cannot_serve_is_a_temporary_local_configuration_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        for (amtp, tls) in [(true, TlsPolicy::Implicit), (false, TlsPolicy::Required)] {
+            let target = HopTarget {
+                host: "peer.test".into(),
+                addr,
+                amtp,
+                tls,
+            };
+            let err = run_connection(
+                &target,
+                &context(),
+                10,
+                || std::future::ready(None),
+                |_, _| {},
+            )
+            .await
+            .unwrap_err();
+            assert!(err.is_local_config(), "{err:?}");
+            assert_eq!(err.status().to_string(), "4.3.5");
+            assert!(matches!(
+                Disposition::from_cause(err),
+                Disposition::Deferred(_)
+            ));
+        }
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err(),
+            "the peer never saw a connection"
+        );
+    }
 }

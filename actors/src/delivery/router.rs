@@ -4,27 +4,31 @@
 //! failures produce one DSN per message per batch, and the rest is rescheduled by the retry
 //! policy or, past the message's lifetime, bounced.
 //!
-//! Next hops per recipient domain: a configured route (`[[delivery.route]]`, e.g. local domains
-//! to the mailbox store); otherwise, for mail that did not arrive over a public connection,
-//! `_amtp._tcp.<domain>` SRV (RFC 2782); without an SRV record, MX and SMTP when the fallback is
-//! enabled. Mail received over public AMTP (or unauthenticated SMTP) is never sent to a public hop.
+//! This module is the actor and its I/O (leasing, destinations, queue writes; the DNS lookups
+//! are in [`super::lookup`]). The decisions are pure and tested as tables elsewhere:
+//! [`super::plan`] decides each recipient's
+//! next hop (configured route; otherwise, for mail that did not arrive over a public
+//! connection, `_amtp._tcp.<domain>` SRV, then MX when the SMTP fallback is enabled — never a
+//! public hop for mail received publicly) and the MPC header rule; [`super::finalize`] decides
+//! what the outcomes mean (states, DSN, retry). Every recipient's outcome passes through
+//! [`log_outcomes`], the one place that knows it with its hop, cause, delay and attempt.
 
 use super::bounce;
 use super::destination::Destination;
-use super::outbound::{HopTarget, Job, OutboundContext};
-use super::route::{Hop, Route, order_mx, order_srv};
-use super::schedule::{Next, RetryPolicy};
-use crate::config::{HopProtocol, HopTls, RouteConfig};
-use crate::messages::NextHop;
+use super::finalize::{self, Attempted, Decision, Verdict};
+use super::lookup;
+use super::outbound::{HopTarget, OutboundContext};
+use super::plan::Plan;
+use super::schedule::RetryPolicy;
+use crate::config::{HopTls, RouteConfig};
 use crate::messages::{DeliverJob, JobResult, WakeRouter};
 use crate::metrics::{self, pool::Meter};
-use crate::resolver::{DnsQuery, LookupError, Records, ResolverHandle};
+use crate::resolver::ResolverHandle;
 use actix::dev::SendError;
 use actix::prelude::*;
-use amtp_proto::client::{Disposition, Envelope, TlsPolicy};
-use amtp_storage::{Completion, MessageRecord, Origin, Queue, QueueId, RecipientState};
+use amtp_proto::client::{Cause, Disposition};
+use amtp_storage::{Completion, MessageRecord, Queue, QueueId};
 use std::collections::{HashMap, HashSet};
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,42 +74,7 @@ pub struct RouterShared {
 struct InFlight {
     record: MessageRecord,
     outstanding: usize,
-    outcomes: Vec<(String, Disposition)>,
-    trail: Trail,
-}
-
-/// Per recipient, how it was routed and which next hop answered: for the per-message log
-/// and the delivery metrics.
-#[derive(Default)]
-struct Trail {
-    /// Recipient → route kind (`route`, `amtp_srv`, `smtp_mx`; absent: `none`).
-    routes: HashMap<String, &'static str>,
-    /// Recipient → the next hop that gave its outcome.
-    hops: HashMap<String, NextHop>,
-}
-
-/// The route kind of a destination key (as made by `route_domain`).
-fn route_kind(key: &str) -> &'static str {
-    match key.split(':').next() {
-        Some("route") => "route",
-        Some("amtp") => "amtp_srv",
-        Some("smtp") => "smtp_mx",
-        _ => "none",
-    }
-}
-
-/// One destination's share of a message.
-struct Group {
-    key: String,
-    targets: Vec<HopTarget>,
-    job: Job,
-}
-
-struct Plan {
-    id: QueueId,
-    record: MessageRecord,
-    groups: Vec<Group>,
-    immediate: Vec<(String, Disposition)>,
+    outcomes: Vec<Attempted>,
 }
 
 /// See the module docs.
@@ -157,7 +126,7 @@ impl Router {
                 .unwrap_or_default();
             let mut plans = Vec::with_capacity(leased.len());
             for (id, record, body) in leased {
-                plans.push(plan(&shared, id, record, Arc::new(body)).await);
+                plans.push(lookup::plan_message(&shared, id, record, Arc::new(body)).await);
             }
             plans
         };
@@ -196,27 +165,21 @@ impl Router {
 
     fn dispatch(&mut self, plan: Plan, ctx: &mut Context<Self>) {
         let outstanding = plan.groups.len() + usize::from(!plan.immediate.is_empty());
-        let mut trail = Trail::default();
-        for g in &plan.groups {
-            for r in &g.job.envelope.recipients {
-                trail.routes.insert(r.clone(), route_kind(&g.key));
-            }
-        }
         self.in_flight.insert(
             plan.id,
             InFlight {
                 record: plan.record,
                 outstanding,
                 outcomes: Vec::new(),
-                trail,
             },
         );
         if !plan.immediate.is_empty() {
             self.record_result(
                 JobResult {
                     id: plan.id,
+                    destination: "-".into(),
+                    next_hop: None,
                     outcomes: plan.immediate,
-                    hop: None,
                 },
                 ctx,
             );
@@ -232,23 +195,19 @@ impl Router {
                         msg = m;
                     }
                     Err(SendError::Full(m)) => {
-                        let outcomes = m
-                            .0
-                            .envelope
-                            .recipients
-                            .iter()
-                            .map(|r| {
-                                (
-                                    r.clone(),
-                                    Disposition::Deferred(format!("{}: destination busy", g.key)),
-                                )
-                            })
-                            .collect();
+                        let busy = Cause::Busy(format!("{}: destination busy", g.key));
+                        let outcomes =
+                            m.0.envelope
+                                .recipients
+                                .iter()
+                                .map(|r| (r.clone(), Disposition::Deferred(busy.clone())))
+                                .collect();
                         self.record_result(
                             JobResult {
                                 id: m.0.id,
+                                destination: g.key.clone(),
+                                next_hop: None,
                                 outcomes,
-                                hop: None,
                             },
                             ctx,
                         );
@@ -263,12 +222,20 @@ impl Router {
         let Some(entry) = self.in_flight.get_mut(&result.id) else {
             return;
         };
-        if let Some(hop) = &result.hop {
-            for (r, _) in &result.outcomes {
-                entry.trail.hops.insert(r.clone(), hop.clone());
-            }
-        }
-        entry.outcomes.extend(result.outcomes);
+        let (destination, next_hop) = (result.destination, result.next_hop);
+        entry
+            .outcomes
+            .extend(
+                result
+                    .outcomes
+                    .into_iter()
+                    .map(|(address, disposition)| Attempted {
+                        address,
+                        hop: destination.clone(),
+                        next_hop: next_hop.clone(),
+                        disposition,
+                    }),
+            );
         entry.outstanding = entry.outstanding.saturating_sub(1);
         if entry.outstanding > 0 {
             return;
@@ -285,7 +252,7 @@ impl Router {
             // this actor's task list, not in a thread.
             let _permit = finalizers.acquire_owned().await;
             if let Err(e) = tokio::task::spawn_blocking(move || {
-                finalize(&s, id, &done.record, &done.outcomes, &done.trail)
+                write_results(&s, id, &done.record, done.outcomes)
             })
             .await
             .unwrap_or_else(|e| Err(e.to_string()))
@@ -360,365 +327,94 @@ fn lease_due(
     out
 }
 
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or(address, |(_, d)| d)
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
-}
-
-fn xorshift(seed: u64) -> impl FnMut(u32) -> u32 {
-    let mut x = seed | 1;
-    move |max| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        u32::try_from(x % (u64::from(max) + 1)).unwrap_or(0)
-    }
-}
-
-async fn addresses(
-    s: &RouterShared,
-    host: &str,
-    port: u16,
-) -> Result<Vec<SocketAddr>, Disposition> {
-    if let Ok(ip) = host.parse::<IpAddr>() {
-        return Ok(vec![SocketAddr::new(ip, port)]);
-    }
-    let Some(resolver) = &s.resolver else {
-        return Err(Disposition::Deferred(format!(
-            "cannot resolve {host}: no resolver configured"
-        )));
-    };
-    let mut addrs = Vec::new();
-    let mut temporary = None;
-    for q in [
-        DnsQuery::A(host.to_string()),
-        DnsQuery::Aaaa(host.to_string()),
-    ] {
-        match resolver.resolve(q).await {
-            Ok(Records::Addrs(a)) => {
-                addrs.extend(a.into_iter().map(|ip| SocketAddr::new(ip, port)))
-            }
-            Err(LookupError::Temporary(e)) => temporary = Some(e),
-            _ => {}
-        }
-    }
-    match (addrs.is_empty(), temporary) {
-        (false, _) => Ok(addrs),
-        (true, Some(e)) => Err(Disposition::Deferred(format!(
-            "DNS lookup of {host} failed: {e}"
-        ))),
-        (true, None) => Err(Disposition::Failed(format!(
-            "550 5.1.2 {host} has no address"
-        ))),
-    }
-}
-
-async fn targets(
-    s: &RouterShared,
-    hops: &[Hop],
-    amtp: bool,
-    tls: TlsPolicy,
-) -> Result<Vec<HopTarget>, Disposition> {
-    let mut out = Vec::new();
-    let mut last = None;
-    for h in hops {
-        match addresses(s, &h.host, h.port).await {
-            Ok(addrs) => out.extend(addrs.into_iter().map(|addr| HopTarget {
-                host: h.host.clone(),
-                addr,
-                amtp,
-                tls,
-            })),
-            Err(d) => last = Some(d),
-        }
-    }
-    if out.is_empty() {
-        Err(last.unwrap_or_else(|| Disposition::Failed("550 5.4.4 no next hop".into())))
-    } else {
-        Ok(out)
-    }
-}
-
-fn tls_policy(t: HopTls) -> TlsPolicy {
-    match t {
-        HopTls::None => TlsPolicy::Never,
-        HopTls::Opportunistic => TlsPolicy::Opportunistic,
-        HopTls::Required => TlsPolicy::Required,
-    }
-}
-
-/// Key, targets and protocol (true = AMTP) for a recipient domain.
-async fn route_domain(
-    s: &RouterShared,
-    domain: &str,
-    origin: Origin,
-) -> Result<(String, Vec<HopTarget>, bool), Disposition> {
-    if let Some(r) = s.routes.get(domain) {
-        let amtp = r.protocol == HopProtocol::Amtp;
-        let hop = Hop {
-            host: r.host.clone(),
-            port: r.port,
-        };
-        let t = targets(s, &[hop], amtp, tls_policy(r.tls)).await?;
-        return Ok((format!("route:{}:{}", r.host, r.port), t, amtp));
-    }
-    if matches!(origin, Origin::AmtpPublic | Origin::Smtp) {
-        return Err(Disposition::Failed(
-            "550 5.7.1 mail received over a public connection is not relayed to a public next hop"
-                .into(),
-        ));
-    }
-    let Some(resolver) = &s.resolver else {
-        return Err(Disposition::Deferred(format!(
-            "no route for {domain} and no resolver configured"
-        )));
-    };
-    let seed = amtp_storage::now_ms() ^ (domain.len() as u64).rotate_left(32);
-    let mut rng = xorshift(seed);
-    match resolver
-        .resolve(DnsQuery::Srv(format!("_amtp._tcp.{domain}")))
-        .await
-    {
-        Ok(Records::Srv(records)) => match order_srv(&records, &mut rng) {
-            Route::NoService => Err(Disposition::Failed(format!(
-                "550 5.1.10 {domain} offers no AMTP service"
-            ))),
-            Route::Hops(h) => Ok((
-                format!("amtp:{domain}"),
-                targets(s, &h, true, TlsPolicy::Implicit).await?,
-                true,
-            )),
-        },
-        Err(LookupError::Temporary(e)) => Err(Disposition::Deferred(format!(
-            "DNS SRV lookup for {domain} failed: {e}"
-        ))),
-        Ok(_) | Err(LookupError::NxDomain | LookupError::NoData) if s.smtp_fallback => {
-            let mx = match resolver.resolve(DnsQuery::Mx(domain.to_string())).await {
-                Ok(Records::Mx(m)) => Some(m),
-                Err(LookupError::NoData) => None,
-                Err(LookupError::NxDomain) => {
-                    return Err(Disposition::Failed(format!(
-                        "550 5.1.2 {domain} does not exist"
-                    )));
-                }
-                Err(LookupError::Temporary(e)) => {
-                    return Err(Disposition::Deferred(format!(
-                        "DNS MX lookup for {domain} failed: {e}"
-                    )));
-                }
-                Ok(_) => None,
-            };
-            match order_mx(domain, mx.as_deref(), s.smtp_fallback_port, &mut rng) {
-                Route::NoService => Err(Disposition::Failed(format!(
-                    "556 5.1.10 {domain} accepts no mail (null MX)"
-                ))),
-                Route::Hops(h) => Ok((
-                    format!("smtp:{domain}"),
-                    targets(s, &h, false, tls_policy(s.smtp_fallback_tls)).await?,
-                    false,
-                )),
-            }
-        }
-        Ok(_) | Err(_) => Err(Disposition::Failed(format!(
-            "550 5.4.4 {domain} has no _amtp._tcp SRV record (SMTP fallback disabled)"
-        ))),
-    }
-}
-
-/// Decide where each pending recipient goes.
-async fn plan(s: &RouterShared, id: QueueId, record: MessageRecord, body: Arc<Vec<u8>>) -> Plan {
-    let mut by_domain: HashMap<String, Vec<String>> = HashMap::new();
-    for r in record.pending() {
-        by_domain
-            .entry(domain_of(&r.address))
-            .or_default()
-            .push(r.address.clone());
-    }
-    let mpc = record.envelope.mpc.as_deref().and_then(|m| m.parse().ok());
-    // Leaving AMTP (SMTP hops): a message that already has an MPC header is refused (spec §6);
-    // otherwise the header is prepended. Both are decided once per message, and the body with
-    // the header is made once, when the first SMTP hop needs it.
-    let smtp_header = record
-        .envelope
-        .mpc
-        .as_ref()
-        .map(|m| (m, amtp_proto::headers::find(&body, "MPC").is_some()));
-    let mut smtp_body: Option<Arc<Vec<u8>>> = None;
-    let mut groups: Vec<Group> = Vec::new();
-    let mut immediate = Vec::new();
-    for (domain, rcpts) in by_domain {
-        match route_domain(s, &domain, record.envelope.origin).await {
-            Ok((key, targets, amtp)) => {
-                if !amtp && matches!(smtp_header, Some((_, true))) {
-                    let why = Disposition::Failed("550 5.7.1 message already carries an MPC header; not delivered outside AMTP".into());
-                    immediate.extend(rcpts.into_iter().map(|r| (r, why.clone())));
-                    continue;
-                }
-                if let Some(g) = groups.iter_mut().find(|g| g.key == key) {
-                    g.job.envelope.recipients.extend(rcpts);
-                } else {
-                    // AMTP hops carry the code as MPC= on MAIL, never as a header.
-                    let wire = match (amtp, smtp_header) {
-                        (false, Some((m, _))) => smtp_body
-                            .get_or_insert_with(|| {
-                                let mut b = format!("MPC: {m}\r\n").into_bytes();
-                                b.extend_from_slice(&body);
-                                Arc::new(b)
-                            })
-                            .clone(),
-                        _ => body.clone(),
-                    };
-                    let envelope = Envelope {
-                        from: record.envelope.sender.clone(),
-                        recipients: rcpts,
-                        mpc,
-                        size: u64::try_from(wire.len()).unwrap_or(u64::MAX),
-                    };
-                    groups.push(Group {
-                        key,
-                        targets,
-                        job: Job {
-                            id,
-                            envelope,
-                            body: wire,
-                        },
-                    });
-                }
-            }
-            Err(d) => immediate.extend(rcpts.into_iter().map(|r| (r, d.clone()))),
-        }
-    }
-    Plan {
-        id,
-        record,
-        groups,
-        immediate,
-    }
-}
-
-/// Write the outcomes of one attempt: DSN first (durable), then complete; reschedule or expire
-/// what is deferred.
-fn finalize(
+/// Write the outcomes of one attempt as [`finalize::decide`] says: DSN first (durable), then
+/// the recipient states; reschedule what is deferred.
+fn write_results(
     s: &RouterShared,
     id: QueueId,
     record: &MessageRecord,
-    outcomes: &[(String, Disposition)],
-    trail: &Trail,
+    attempted: Vec<Attempted>,
 ) -> Result<(), String> {
     let now = amtp_storage::now_ms();
-    let deferred: Vec<&(String, Disposition)> = outcomes
-        .iter()
-        .filter(|(_, d)| matches!(d, Disposition::Deferred(_)))
-        .collect();
-    let next =
-        (!deferred.is_empty()).then(|| s.retry.next(record.received_at, record.attempts + 1, now));
-    let expired = next == Some(Next::Expire);
-    let mut failed: Vec<(String, String)> = outcomes
-        .iter()
-        .filter_map(|(r, d)| {
-            if let Disposition::Failed(t) = d {
-                Some((r.clone(), t.clone()))
-            } else {
-                None
-            }
-        })
-        .collect();
-    if expired {
-        failed.extend(deferred.iter().map(|(r, d)| {
-            (
-                r.clone(),
-                format!("4.4.7 delivery time expired; last error: {}", text(d)),
-            )
-        }));
-    }
-    let original = if failed.is_empty() {
-        Vec::new()
-    } else {
-        s.queue.body_prefix(id, 64 * 1024).unwrap_or_default()
-    };
-    if !failed.is_empty()
-        && let Some(dsn) = bounce::dsn(&s.hostname, id, record, &failed, &original, now / 1000)
-    {
-        let dsn_id = s
-            .queue
-            .enqueue_batch(&[dsn])
-            .map_err(|e| format!("cannot queue the DSN: {e}"))?;
-        metrics::dsn_generated();
-        tracing::info!(queue_id = %id, dsn_queue_id = %dsn_id.first().map(ToString::to_string).unwrap_or_default(), recipients = failed.len(), to = %record.envelope.sender, "bounce queued");
-    }
-    let states: Vec<(String, RecipientState, Option<String>)> = outcomes
-        .iter()
-        .map(|(r, d)| {
-            let state = match d {
-                Disposition::Delivered(_) => RecipientState::Delivered,
-                Disposition::Failed(_) => RecipientState::Failed,
-                Disposition::Deferred(_) if expired => RecipientState::Failed,
-                Disposition::Deferred(_) => RecipientState::Pending,
-            };
-            (r.clone(), state, Some(text(d)))
-        })
-        .collect();
-    log_outcomes(id, record, outcomes, trail, expired, now);
-    match s.queue.complete(id, &states).map_err(|e| e.to_string())? {
-        Completion::Removed => Ok(()),
-        Completion::Pending => {
-            let at = match next {
-                Some(Next::RetryAt(t)) => t,
-                _ => now,
-            };
-            s.queue
-                .reschedule(id, at)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
+    let decision = finalize::decide(record, attempted, &s.retry, now);
+    log_outcomes(id, record, &decision, now);
+    if !decision.bounce.is_empty() {
+        let original = s.queue.body_prefix(id, 64 * 1024).unwrap_or_default();
+        if let Some(dsn) = bounce::dsn(
+            &s.hostname,
+            id,
+            record,
+            &decision.bounce,
+            &original,
+            now / 1000,
+        ) {
+            let dsn_id = s
+                .queue
+                .enqueue_batch(&[dsn])
+                .map_err(|e| format!("cannot queue the DSN: {e}"))?;
+            metrics::dsn_generated();
+            tracing::info!(queue_id = %id, dsn_queue_id = %dsn_id.first().map(ToString::to_string).unwrap_or_default(), recipients = decision.bounce.len(), to = %record.envelope.sender, "bounce queued");
         }
+    }
+    match s
+        .queue
+        .complete(id, &decision.states)
+        .map_err(|e| e.to_string())?
+    {
+        Completion::Removed => Ok(()),
+        Completion::Pending => s
+            .queue
+            .reschedule(id, decision.retry_at)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
     }
 }
 
-/// The per-message trail's delivery milestones (one line per recipient, keyed by the queue id:
-/// `delivered`, `deferred`, `bounced`, `expired`) and the delivery metrics.
-fn log_outcomes(
-    id: QueueId,
-    record: &MessageRecord,
-    outcomes: &[(String, Disposition)],
-    trail: &Trail,
-    expired: bool,
-    now: u64,
-) {
+/// The route kind of a destination key (as `lookup`/`plan` make them: `route:…`, `amtp:…`,
+/// `smtp:…`; `-` when the relay decided without a destination).
+fn route_kind(key: &str) -> &'static str {
+    match key.split(':').next() {
+        Some("route") => "route",
+        Some("amtp") => "amtp_srv",
+        Some("smtp") => "smtp_mx",
+        _ => "none",
+    }
+}
+
+/// The one place every recipient's outcome of an attempt is known: the per-message trail's
+/// delivery milestone (one line per recipient keyed by the queue id — `delivered`,
+/// `deferred`, `bounced`, `expired` — with the route, destination, next hop and address,
+/// status, reply or cause, delay since arrival and attempt number) and the delivery metrics.
+/// Local configuration errors are logged at error level: they need the operator, and the
+/// mail waits for them.
+fn log_outcomes(id: QueueId, record: &MessageRecord, decision: &Decision, now: u64) {
+    let attempt = record.attempts + 1;
     let delay = Duration::from_millis(now.saturating_sub(record.received_at));
-    for (r, d) in outcomes {
-        let (event, result) = match d {
-            Disposition::Delivered(_) => ("delivered", "delivered"),
-            Disposition::Failed(_) => ("bounced", "failed"),
-            Disposition::Deferred(_) if expired => ("expired", "failed"),
-            Disposition::Deferred(_) => ("deferred", "deferred"),
+    // Seconds with millisecond precision, like Postfix's delay=.
+    #[allow(clippy::cast_precision_loss)]
+    let delay_s = delay.as_millis() as f64 / 1000.0;
+    for o in &decision.outcomes {
+        let a = &o.attempted;
+        let status = a.disposition.status();
+        let route = route_kind(&a.hop);
+        let (result, is_final) = match o.verdict {
+            Verdict::Delivered => ("delivered", true),
+            Verdict::Deferred => ("deferred", false),
+            Verdict::Bounced | Verdict::Expired => ("failed", true),
         };
-        let route = trail.routes.get(r).copied().unwrap_or("none");
-        let is_final = result != "deferred";
         metrics::delivery_outcome(result, route, is_final.then_some(delay));
-        if expired && matches!(d, Disposition::Deferred(_)) {
+        if o.verdict == Verdict::Expired {
             metrics::expired();
         }
-        let hop = trail.hops.get(r);
-        tracing::info!(
-            queue_id = %id,
-            rcpt = %r,
-            route,
-            next_hop = hop.map_or("-", |h| h.name.as_str()),
-            address = %hop.map_or_else(|| "-".to_string(), |h| h.addr.to_string()),
-            reply = %text(d),
-            delay_s = delay.as_secs(),
-            attempt = record.attempts + 1,
-            "{event}"
-        );
-    }
-}
-
-fn text(d: &Disposition) -> String {
-    match d {
-        Disposition::Delivered(r) => r.to_string(),
-        Disposition::Deferred(t) | Disposition::Failed(t) => t.clone(),
+        let next_hop = a.next_hop.as_ref().map_or("-", |h| h.name.as_str());
+        let address = a
+            .next_hop
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |h| h.addr.to_string());
+        if a.disposition.cause().is_some_and(Cause::is_local_config) {
+            tracing::error!(queue_id = %id, rcpt = %a.address, route, destination = %a.hop, next_hop, address = %address, status = %status, reply = %a.disposition, delay_s, attempt, "{}", o.verdict.as_str());
+        } else {
+            tracing::info!(queue_id = %id, rcpt = %a.address, route, destination = %a.hop, next_hop, address = %address, status = %status, reply = %a.disposition, delay_s, attempt, "{}", o.verdict.as_str());
+        }
     }
 }

@@ -59,6 +59,7 @@ pub struct Metrics {
     pub sessions: IntCounterVec,
     pub replies: IntCounterVec,
     pub commands_refused: IntCounterVec,
+    pub slow_clients: IntCounterVec,
     // TLS.
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_seconds: HistogramVec,
@@ -70,6 +71,7 @@ pub struct Metrics {
     // AUTH.
     pub auth_attempts: IntCounterVec,
     pub auth_lockouts: IntCounterVec,
+    pub auth_delayed: IntCounter,
     // Queue.
     pub messages_accepted: IntCounterVec,
     pub bytes_accepted: IntCounterVec,
@@ -222,6 +224,12 @@ impl Metrics {
                 "Commands answered with a 4xx or 5xx reply, by listener and command verb.",
                 &["listener", "verb"],
             ),
+            slow_clients: counter_vec(
+                &r,
+                "amtp_slow_clients_total",
+                "Sessions closed with 421 4.4.2 for being too slow, by listener and deadline (idle, command_line, data_idle, data_rate).",
+                &["listener", "deadline"],
+            ),
             tls_handshakes: counter_vec(
                 &r,
                 "amtp_tls_handshakes_total",
@@ -266,8 +274,13 @@ impl Metrics {
             auth_lockouts: counter_vec(
                 &r,
                 "amtp_auth_lockouts_total",
-                "AUTH lock-outs started, by kind (ip, user).",
+                "AUTH lock-outs started, by kind (ip: the address; user_ip: that user name from that address).",
                 &["kind"],
+            ),
+            auth_delayed: counter(
+                &r,
+                "amtp_auth_delayed_total",
+                "AUTH attempts slowed down because their user name failed repeatedly (from any address).",
             ),
             messages_accepted: counter_vec(
                 &r,
@@ -495,6 +508,17 @@ pub fn command_refused(listener: &str, verb: &str) {
     }
 }
 
+/// A session was closed for being too slow: `deadline` is `idle` (no command within
+/// `command_timeout`), `command_line` (a line begun but not finished in time), `data_idle` (no
+/// DATA bytes within `data_timeout`) or `data_rate` (DATA slower than `min_data_rate`).
+pub fn client_too_slow(listener: &str, deadline: &str) {
+    if let Some(m) = get() {
+        m.slow_clients
+            .with_label_values(&[listener, deadline])
+            .inc();
+    }
+}
+
 /// A connection was accepted by a listener.
 #[inline]
 pub fn connection_accepted(listener: &str) {
@@ -585,7 +609,14 @@ pub fn auth_attempt(mechanism: &str, outcome: &str) {
     }
 }
 
-/// A lock-out started (`kind`: ip or user).
+/// An AUTH attempt was delayed: its user name failed repeatedly (from any address).
+pub fn auth_delayed() {
+    if let Some(m) = get() {
+        m.auth_delayed.inc();
+    }
+}
+
+/// A lock-out started (`kind`: `ip` or `user_ip`).
 pub fn auth_lockout(kind: &str) {
     if let Some(m) = get() {
         m.auth_lockouts.with_label_values(&[kind]).inc();

@@ -180,6 +180,18 @@ where
     M: actix::Message + Send,
     M::Result: Send,
 {
+    /// `send`, counting the message in the receiver's depth. actix queues the message when
+    /// `send` is called (a full mailbox parks the sender, it does not drop the message), so
+    /// it is counted out by the handler even if the caller stops waiting for the answer.
+    pub async fn send(&self, msg: M) -> Result<M::Result, actix::MailboxError> {
+        self.meter.queued();
+        let answer = self.to.send(msg).await;
+        if matches!(answer, Err(actix::MailboxError::Closed)) {
+            self.meter.not_queued();
+        }
+        answer
+    }
+
     /// `try_send`, counting the message in the receiver's depth when it was queued.
     pub fn try_send(&self, msg: M) -> Result<(), actix::dev::SendError<M>> {
         self.meter.queued();

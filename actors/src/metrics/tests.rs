@@ -1,6 +1,7 @@
 //! Tests of the catalog, the recording functions and the process parser. The exposition is
 //! also linted by the real `promtool` in the end-to-end test (tests/e2e/metrics.rs).
 
+use super::pool::Metered;
 use super::process::{parse_boot_time, parse_max_fds, parse_stat};
 use super::*;
 
@@ -124,5 +125,49 @@ fn proc_stat_is_parsed_after_the_last_parenthesis() {
     assert_eq!(
         parse_boot_time("cpu 1 2 3\nbtime 1764547200\n"),
         Some(1_764_547_200.0)
+    );
+}
+
+#[actix_rt::test]
+async fn metered_sends_count_depth_in_and_the_handler_counts_it_out() {
+    use actix::prelude::*;
+    struct Slow(pool::Meter);
+    impl Actor for Slow {
+        type Context = Context<Self>;
+    }
+    #[derive(Message)]
+    #[rtype(result = "u32")]
+    struct Ping(u32);
+    impl Handler<Ping> for Slow {
+        type Result = u32;
+        fn handle(&mut self, p: Ping, _: &mut Context<Self>) -> u32 {
+            let _busy = self.0.handled();
+            p.0
+        }
+    }
+    enable();
+    let meter = pool::Meter::new("test_metered", 0);
+    let to = Metered {
+        to: Slow(meter.clone()).start().recipient(),
+        meter,
+    };
+    assert_eq!(to.send(Ping(7)).await.unwrap(), 7);
+    to.try_send(Ping(8)).unwrap();
+    assert_eq!(to.send(Ping(9)).await.unwrap(), 9); // after 8 was handled (mailbox order)
+    let text = get().unwrap().render();
+    assert_eq!(
+        sample(
+            &text,
+            r#"amtp_pool_mailbox_depth{member="0",pool="test_metered"}"#
+        ),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"amtp_pool_messages_handled_total{member="0",pool="test_metered"}"#
+        ),
+        Some(3.0)
     );
 }

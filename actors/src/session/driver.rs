@@ -10,24 +10,23 @@ use super::{Action, Session};
 use crate::amtp_tls::TrustClass;
 use crate::identity::{IdentityChecker, IdentityError, check_ehlo, normalize};
 use crate::messages::{AuthOutcome, Authenticate, Enqueue, EnqueueError};
-use crate::metrics;
-use actix::Recipient;
+use crate::metrics::{self, pool::Metered};
 use amtp_proto::{Command, DataReceiver, LineBuffer, LineError, Progress, limits};
 use amtp_storage::QueueId;
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_rustls::TlsAcceptor;
 
 /// What a session needs from the rest of the relay.
 #[derive(Clone)]
 pub struct SessionDeps {
-    /// The policy actor (AUTH).
-    pub policy: Recipient<Authenticate>,
-    /// The queue actor.
-    pub queue: Recipient<Enqueue>,
+    /// The policy actor (AUTH), its mailbox depth metered.
+    pub policy: Metered<Authenticate>,
+    /// The queue actor, its mailbox depth metered.
+    pub queue: Metered<Enqueue>,
     /// For STARTTLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
     /// How long to wait for the queue to make a message durable.
@@ -72,12 +71,24 @@ impl Outcome {
 
 const READ_CHUNK: usize = 16 * 1024;
 
-/// Run `session` on `io` until it ends.
+/// Run `session` on `io` until it ends, then close lingeringly (see [`Closing`]).
 pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: MaybeTls<S>,
     session: &mut Session,
     deps: &SessionDeps,
 ) -> Outcome {
+    let (outcome, closing) = serve(io, session, deps).await;
+    closing.linger().await;
+    outcome
+}
+
+/// Run `session` on `io` until it ends and send our end of the stream; the caller can log
+/// the session, then must await [`Closing::linger`] before the socket is dropped.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    io: MaybeTls<S>,
+    session: &mut Session,
+    deps: &SessionDeps,
+) -> (Outcome, Closing<S>) {
     let mut d = Driver {
         io,
         session,
@@ -89,9 +100,60 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
         auth_mechanism: "-",
     };
     let outcome = d.serve().await;
-    let _ = timeout(Duration::from_secs(5), d.io.shutdown()).await;
-    outcome
+    let closing = Closing::start(d.io, d.buf, outcome).await;
+    (outcome, closing)
 }
+
+/// A session's connection on its way out, so that our last reply (`221`, or a `421`)
+/// reaches the client.
+///
+/// Closing a socket that still holds unread input makes the kernel answer with a reset, and
+/// a reset discards whatever we wrote that the client has not yet received: a client that
+/// pipelined more than we read (or kept sending past a timeout) would see the connection
+/// reset instead of our reply. So: our FIN goes out after the reply (TLS: close_notify
+/// first), then [`Closing::linger`] reads and discards input until the client closes too,
+/// for at most [`LINGER`] and [`LINGER_BYTES`], and only then is the socket closed.
+pub struct Closing<S> {
+    io: MaybeTls<S>,
+    buf: Vec<u8>,
+    /// `None` when there is nothing to wait for (the client is gone, the socket broke).
+    deadline: Option<Instant>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Closing<S> {
+    async fn start(mut io: MaybeTls<S>, buf: Vec<u8>, outcome: Outcome) -> Self {
+        let deadline = Instant::now() + LINGER;
+        let client_gone = matches!(
+            outcome,
+            Outcome::Disconnected | Outcome::DisconnectedInData | Outcome::IoError
+        );
+        let sent = timeout_at(deadline, io.shutdown()).await.is_ok();
+        Self {
+            io,
+            buf,
+            deadline: (sent && !client_gone).then_some(deadline),
+        }
+    }
+
+    /// Discard what the client still sends until it closes (bounded), then drop the socket.
+    pub async fn linger(mut self) {
+        let Some(deadline) = self.deadline else {
+            return;
+        };
+        let mut discarded = 0usize;
+        while discarded < LINGER_BYTES {
+            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
+                _ => break,
+            }
+        }
+    }
+}
+
+/// How long a closing session keeps reading (and discarding) what the client still sends.
+const LINGER: Duration = Duration::from_secs(3);
+/// Most bytes discarded while lingering; a client that sends more is cut off.
+const LINGER_BYTES: usize = 256 * 1024;
 
 struct Driver<'a, S> {
     io: MaybeTls<S>,
@@ -134,8 +196,14 @@ fn mechanism_label(name: &str) -> &'static str {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
     async fn serve(&mut self) -> Outcome {
-        self.session.greeting().write_to(&mut self.out);
+        let greeting = self.session.greeting();
+        self.record_reply(&greeting);
+        greeting.write_to(&mut self.out);
         let command_timeout = self.session.ctx.limits.command_timeout.0;
+        // The deadline for the command line being received: it starts when we begin waiting
+        // for a line and does not move while bytes trickle in (a per-read timeout alone lets
+        // one byte every few minutes hold the session for good).
+        let mut line_deadline: Option<Instant> = None;
         loop {
             while let Some(item) = self.lines.next_line() {
                 let actions = match item {
@@ -159,13 +227,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 if let Some(end) = self.perform(actions).await {
                     return end;
                 }
+                line_deadline = None;
             }
             if self.flush().await.is_err() {
                 return Outcome::IoError;
             }
-            match timeout(command_timeout, self.io.read(&mut self.buf)).await {
+            let deadline = *line_deadline.get_or_insert_with(|| Instant::now() + command_timeout);
+            match timeout_at(deadline, self.io.read(&mut self.buf)).await {
                 Err(_) => {
                     self.verb = "-";
+                    if self.lines.has_partial() {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "command_line");
+                        tracing::info!(peer = %self.session.ctx.peer, "command line not completed within command_timeout; closing");
+                    } else {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "idle");
+                    }
                     let actions = self.session.on_timeout();
                     self.perform(actions).await;
                     return Outcome::Timeout;
@@ -406,13 +482,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
             self.lines.push(&pending[consumed..]);
             return Ok(rx.finish());
         }
+        let started = Instant::now();
+        let mut received = u64::try_from(pending.len()).unwrap_or(u64::MAX);
         loop {
-            let n = match timeout(limits.data_timeout.0, self.io.read(&mut self.buf)).await {
-                Err(_) => return Err(Outcome::Timeout),
+            let idle = Instant::now() + limits.data_timeout.0;
+            let total = data_deadline(
+                started,
+                limits.data_timeout.0,
+                received,
+                limits.min_data_rate,
+            );
+            let read = timeout_at(idle.min(total), self.io.read(&mut self.buf)).await;
+            let n = match read {
+                Err(_) => {
+                    if total <= idle {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "data_rate");
+                        tracing::info!(peer = %self.session.ctx.peer, received, min_data_rate = limits.min_data_rate, "DATA slower than min_data_rate; closing");
+                    } else {
+                        metrics::client_too_slow(&self.session.ctx.listener.name, "data_idle");
+                    }
+                    return Err(Outcome::Timeout);
+                }
                 Ok(Ok(0)) => return Err(Outcome::DisconnectedInData),
                 Ok(Ok(n)) => n,
                 Ok(Err(_)) => return Err(Outcome::IoError),
             };
+            received = received.saturating_add(u64::try_from(n).unwrap_or(u64::MAX));
             if let Progress::Done { consumed } = rx.feed(&self.buf[..n]) {
                 self.lines.push(&self.buf[consumed..n]);
                 return Ok(rx.finish());
@@ -461,4 +556,23 @@ impl Received {
             "received"
         );
     }
+}
+
+/// When a DATA transfer that started at `started` and has delivered `received` bytes so far
+/// must be complete: `data_timeout`, plus one second per `min_rate` bytes (never, when
+/// `min_rate` is 0). A client that keeps the per-read timeout alive with a byte now and then
+/// still runs out of time.
+fn data_deadline(
+    started: Instant,
+    data_timeout: Duration,
+    received: u64,
+    min_rate: u64,
+) -> Instant {
+    /// Far enough to mean "no deadline" without overflowing `Instant`.
+    const NEVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    if min_rate == 0 {
+        return started + NEVER;
+    }
+    let credit_ms = received.saturating_mul(1000) / min_rate;
+    started + (data_timeout + Duration::from_millis(credit_ms)).min(NEVER)
 }

@@ -18,12 +18,13 @@ pub mod stream;
 use crate::auth::Credentials;
 use crate::config::{ListenerConfig, SessionConfig};
 use crate::messages::{AuthOutcome, EnqueueError};
-use amtp_proto::command::{ForwardPath, MailFrom};
+use amtp_proto::command::{Body, ForwardPath, MailFrom};
 use amtp_proto::ehlo::EhloKeywords;
+use amtp_proto::mpc::Mpc;
 use amtp_proto::received::{Received, Transmission};
 use amtp_proto::{Command, CommandError, DataError, Reply, ReversePath};
-use amtp_storage::{Envelope, NewMessage, Origin, QueueId};
-use std::collections::HashSet;
+use amtp_storage::{BodyType, Envelope, NewMessage, Origin, QueueId};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub struct SessionContext {
     pub nonce: String,
     /// Set on AMTP listeners: the peer's certificate, its trust class and the policy.
     pub amtp: Option<amtp::AmtpContext>,
+    /// Users with their own Mail Policy Code (users file `mpc`), used when MAIL has none.
+    pub user_mpcs: Arc<HashMap<String, Mpc>>,
 }
 
 /// The negotiated TLS parameters, for the Received header and logs.
@@ -138,6 +141,10 @@ pub struct Session {
     /// AMTP: EHLOs refused so far.
     failed_ehlos: u32,
     consecutive_errors: u32,
+    /// Recipients refused with `452` for being over `max_recipients` in this transaction.
+    rcpt_overshoot: usize,
+    /// The replies being counted are a tolerated recipient overshoot, not an error.
+    overshoot_tolerated: bool,
     /// Counter for unique CRAM challenges.
     serial: u32,
     /// Messages accepted / refused (for the session log line).
@@ -145,6 +152,10 @@ pub struct Session {
     /// Messages refused after DATA or by the queue.
     pub rejected: u32,
 }
+
+/// Recipients over `max_recipients` answered `452` before each further one counts toward
+/// `max_errors` (Postfix's `smtpd_recipient_overshoot_limit` has the same default).
+pub const RECIPIENT_OVERSHOOT: usize = 1000;
 
 fn reply(code: u16, status: &str, text: impl Into<String>) -> Vec<Action> {
     vec![Action::Reply(Reply::new(code, status, text))]
@@ -162,6 +173,8 @@ impl Session {
             identity: None,
             failed_ehlos: 0,
             consecutive_errors: 0,
+            rcpt_overshoot: 0,
+            overshoot_tolerated: false,
             serial: 0,
             accepted: 0,
             rejected: 0,
@@ -258,10 +271,14 @@ impl Session {
         self.count_errors(actions)
     }
 
+    /// Count consecutive error replies — permanent (5xx) and temporary (4xx) alike: a client
+    /// that keeps drawing `452` or `454` is as stuck as one drawing `500` — and close the
+    /// session with `421 4.7.0` at `max_errors`.
     fn count_errors(&mut self, mut actions: Vec<Action>) -> Vec<Action> {
+        let tolerated = std::mem::take(&mut self.overshoot_tolerated);
         for a in &actions {
             if let Action::Reply(r) = a {
-                if r.is_permanent() {
+                if (r.is_permanent() || r.is_transient()) && !tolerated {
                     self.consecutive_errors += 1;
                 } else if r.is_positive() {
                     self.consecutive_errors = 0;
@@ -493,6 +510,8 @@ impl Session {
         let greeting = match &self.phase {
             Phase::Ready(g) => g.clone(),
             Phase::Mail(..) => return reply(503, "5.5.1", "Sender already specified"),
+            // AMTP never accepts HELO (spec §4), so it never suggests it.
+            _ if self.ctx.amtp.is_some() => return reply(503, "5.5.1", "Send EHLO first"),
             _ => return reply(503, "5.5.1", "Send EHLO/HELO first"),
         };
         let listener = &self.ctx.listener;
@@ -514,10 +533,21 @@ impl Session {
                 "Message size exceeds fixed maximum message size",
             );
         }
+        // RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter.
+        if !mail.smtputf8
+            && matches!(&mail.from, ReversePath::Mailbox(m) if !m.to_string().is_ascii())
+        {
+            return reply(553, "5.6.7", "Non-ASCII sender address requires SMTPUTF8");
+        }
         let mpc = match self.amtp_mail(&mail) {
-            Ok(mpc) => mpc,
+            Ok(Some(mpc)) => Some(mpc),
+            Ok(None) => match self.smtp_mpc(&mail) {
+                Ok(mpc) => mpc,
+                Err(refusal) => return refusal,
+            },
             Err(refusal) => return refusal,
         };
+        self.rcpt_overshoot = 0;
         self.phase = Phase::Mail(
             greeting,
             Transaction {
@@ -527,6 +557,24 @@ impl Session {
             },
         );
         reply(250, "2.1.0", "Sender OK")
+    }
+
+    /// The Mail Policy Code of mail on an SMTP (not AMTP) listener: `MPC=` if MAIL carries
+    /// one — a defined code, or `550 5.7.1` as on AMTP listeners (the parser already answered
+    /// `501 5.5.4` to a malformed one) — else the user's `mpc` from the users file, else the
+    /// listener's `default_mpc` (`per/individual` on submission listeners).
+    fn smtp_mpc(&self, mail: &MailFrom) -> Result<Option<Mpc>, Vec<Action>> {
+        if let Some(text) = &mail.mpc {
+            return text.parse::<Mpc>().map(Some).map_err(|e| {
+                tracing::debug!(peer = %self.ctx.peer, error = %e, "MPC refused");
+                reply(550, "5.7.1", format!("MPC policy violation: {e}"))
+            });
+        }
+        let user_mpc = self
+            .user
+            .as_ref()
+            .and_then(|u| self.ctx.user_mpcs.get(u).copied());
+        Ok(user_mpc.or_else(|| self.ctx.listener.default_mpc()))
     }
 
     fn rcpt(&mut self, to: ForwardPath) -> Vec<Action> {
@@ -539,7 +587,20 @@ impl Session {
         let Phase::Mail(_, tx) = &self.phase else {
             return reply(503, "5.5.1", "Need MAIL command first");
         };
+        if !tx.mail.smtputf8 && matches!(&to, ForwardPath::Mailbox(m) if !m.to_string().is_ascii())
+        {
+            return reply(
+                553,
+                "5.6.7",
+                "Non-ASCII recipient address requires SMTPUTF8",
+            );
+        }
         if tx.recipients.len() >= max {
+            // RFC 5321 §4.5.3.1.10: the client sends the extra recipients again later. A
+            // pipelining client learns of the limit only from these replies, so the first
+            // RECIPIENT_OVERSHOOT of them do not count toward max_errors.
+            self.rcpt_overshoot += 1;
+            self.overshoot_tolerated = self.rcpt_overshoot <= RECIPIENT_OVERSHOOT;
             return reply(452, "4.5.3", "Too many recipients");
         }
         let domain = match &to {
@@ -631,7 +692,7 @@ impl Session {
             helo: &greeting.name,
             client_ip: self.ctx.peer.ip(),
             by: &self.ctx.hostname,
-            with: Transmission::new(self.tls.is_some(), self.user.is_some()),
+            with: Transmission::new(self.tls.is_some(), self.user.is_some(), tx.mail.smtputf8),
             tls,
             auth_user: self
                 .user
@@ -651,7 +712,8 @@ impl Session {
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.to_string(),
             },
-            mpc: tx.mail.mpc,
+            // The validated code (the client's, the user's or the listener's default).
+            mpc: tx.mpc.map(|m| m.to_string()),
             origin: self.amtp_origin().unwrap_or(if self.user.is_some() {
                 Origin::Submission
             } else {
@@ -661,6 +723,12 @@ impl Session {
             client_ip: self.ctx.peer.ip().to_string(),
             auth_user: self.user.clone(),
             message_id,
+            body: match tx.mail.body {
+                None => BodyType::Unspecified,
+                Some(Body::SevenBit) => BodyType::SevenBit,
+                Some(Body::EightBitMime) => BodyType::EightBitMime,
+            },
+            smtputf8: tx.mail.smtputf8,
         };
         let new = NewMessage {
             id: Some(queue_id),

@@ -24,6 +24,7 @@ fn listener(role: ListenerRole) -> Arc<ListenerConfig> {
         auth: None,
         cram_md5: true,
         allow_insecure_auth: false,
+        default_mpc: None,
     })
 }
 
@@ -38,6 +39,11 @@ fn ctx(role: ListenerRole, limits: SessionConfig) -> SessionContext {
         cram_md5: true,
         nonce: "abc".into(),
         amtp: None,
+        user_mpcs: Arc::new(
+            [("bob".to_string(), "com/customer".parse().unwrap())]
+                .into_iter()
+                .collect(),
+        ),
     }
 }
 
@@ -346,6 +352,220 @@ fn consecutive_errors_close_the_session() {
     assert!(s.is_closed());
 }
 
+/// Submitted mail gets an MPC: the client's (validated like on AMTP listeners), else the
+/// user's, else the listener's default; mx validates a given MPC but adds none.
+#[test]
+fn submitted_mail_gets_its_mpc() {
+    let login = |role: ListenerRole, default_mpc: Option<&str>, user: &str| {
+        let mut c = ctx(role, SessionConfig::default());
+        let mut l = (*c.listener).clone();
+        l.default_mpc = default_mpc.map(Into::into);
+        l.auth = Some(true);
+        c.listener = Arc::new(l);
+        let mut s = Session::new(c, Some(tls()));
+        assert_eq!(codes(&mut s, &["EHLO c.test"]), vec![250]);
+        let auth = format!(
+            "AUTH PLAIN {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0pw"))
+        );
+        let verify = s.on_command(parse(auth.as_bytes()));
+        assert!(matches!(verify[..], [Action::Verify(_)]), "{verify:?}");
+        let done = s.on_auth_outcome(AuthOutcome::Success(user.into()));
+        assert!(matches!(&done[..], [Action::Reply(r)] if r.code == 235));
+        s
+    };
+    let mpc_after = |s: &mut Session, mail: &str| -> (u16, Option<String>) {
+        let code = codes(s, &[mail])[0];
+        let mpc = match s.phase() {
+            Phase::Mail(_, tx) => tx.mpc.map(|m| m.to_string()),
+            _ => None,
+        };
+        codes(s, &["RSET"]);
+        (code, mpc)
+    };
+    let per = Some("per/individual".to_string());
+    // (listener, its default_mpc, user, MAIL line, (reply, the transaction's MPC))
+    type Case<'a> = (
+        ListenerRole,
+        Option<&'a str>,
+        &'a str,
+        &'a str,
+        (u16, Option<String>),
+    );
+    let cases: &[Case] = &[
+        // No MPC= from the client: the listener's natural default.
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, per.clone()),
+        ),
+        (
+            ListenerRole::Submissions,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, per.clone()),
+        ),
+        // A configured default, and a user's own code before it.
+        (
+            ListenerRole::Submission,
+            Some("com/customer"),
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, Some("com/customer".into())),
+        ),
+        (
+            ListenerRole::Submission,
+            None,
+            "bob",
+            "MAIL FROM:<a@b.test>",
+            (250, Some("com/customer".into())),
+        ),
+        // The client's own, if defined.
+        (
+            ListenerRole::Submission,
+            None,
+            "bob",
+            "MAIL FROM:<a@b.test> MPC=com/optin",
+            (250, Some("com/optin".into())),
+        ),
+        // Undefined and malformed codes are refused, as on AMTP listeners.
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=foo/bar",
+            (550, None),
+        ),
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=per/bogus",
+            (550, None),
+        ),
+        (
+            ListenerRole::Submission,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=foo",
+            (501, None),
+        ),
+        // mx: no default, but the same validation.
+        (
+            ListenerRole::Mx,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, None),
+        ),
+        (
+            ListenerRole::Mx,
+            None,
+            "alice",
+            "MAIL FROM:<a@b.test> MPC=foo/bar",
+            (550, None),
+        ),
+        (
+            ListenerRole::Mx,
+            Some("net/autoresponse"),
+            "alice",
+            "MAIL FROM:<a@b.test>",
+            (250, Some("net/autoresponse".into())),
+        ),
+    ];
+    for (role, default_mpc, user, mail, expected) in cases {
+        let mut s = login(*role, *default_mpc, user);
+        assert_eq!(
+            &mpc_after(&mut s, mail),
+            expected,
+            "{role:?} default {default_mpc:?} user {user}: {mail}"
+        );
+    }
+    // The code chosen is what the queue stores (and delivery uses).
+    let mut s = login(ListenerRole::Submission, None, "alice");
+    assert_eq!(
+        codes(
+            &mut s,
+            &["MAIL FROM:<a@b.test>", "RCPT TO:<x@remote.test>", "DATA"]
+        ),
+        vec![250, 250, 354]
+    );
+    let actions = s.on_data(
+        Ok(b"Subject: x\r\n\r\nhi\r\n".to_vec()),
+        0,
+        Some(QueueId(1)),
+    );
+    let Some(Action::Enqueue(message)) = actions.first() else {
+        panic!("{actions:?}")
+    };
+    assert_eq!(message.envelope.mpc.as_deref(), Some("per/individual"));
+}
+
+#[test]
+fn temporary_refusals_count_toward_max_errors() {
+    let mut c = ctx(
+        ListenerRole::Mx,
+        SessionConfig {
+            max_errors: 3,
+            ..SessionConfig::default()
+        },
+    );
+    c.tls_available = false;
+    let mut s = Session::new(c, None);
+    assert_eq!(
+        codes(
+            &mut s,
+            &["EHLO c.test", "STARTTLS", "STARTTLS", "NOOP", "STARTTLS"]
+        ),
+        vec![250, 454, 454, 250, 454]
+    );
+    assert_eq!(
+        codes(&mut s, &["STARTTLS", "STARTTLS"]),
+        vec![454, 454, 421]
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn endless_452_for_recipients_ends_the_session_after_the_overshoot() {
+    let mut s = Session::new(
+        ctx(
+            ListenerRole::Mx,
+            SessionConfig {
+                max_recipients: 1,
+                max_errors: 3,
+                ..SessionConfig::default()
+            },
+        ),
+        None,
+    );
+    assert_eq!(
+        codes(
+            &mut s,
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<u@example.test>"
+            ]
+        ),
+        vec![250, 250, 250]
+    );
+    // A pipelining client that sent more recipients than we take still gets to DATA…
+    let over = vec!["RCPT TO:<v@example.test>"; RECIPIENT_OVERSHOOT];
+    assert!(codes(&mut s, &over).iter().all(|&c| c == 452));
+    assert!(!s.is_closed());
+    // …but one that never stops is an error like any other.
+    assert_eq!(
+        codes(&mut s, &over[..3]),
+        vec![452, 452, 452, 421],
+        "452 after the overshoot counts toward max_errors"
+    );
+    assert!(s.is_closed());
+}
+
 #[test]
 fn received_header_and_envelope() {
     let mut s = Session::new(
@@ -415,6 +635,97 @@ fn received_header_and_envelope() {
     assert!(matches!(&r[0], Action::Reply(r) if r.code == 451));
 }
 
+/// RFC 6531 §3.4: a non-ASCII address in MAIL or RCPT needs the SMTPUTF8 parameter on MAIL;
+/// without it the answer is 553 5.6.7 and the session goes on.
+#[test]
+fn non_ascii_addresses_need_smtputf8() {
+    let cases: &[(&[&str], &[u16])] = &[
+        (
+            &["EHLO c.test", "MAIL FROM:<j\u{f6}rg@b.test>"],
+            &[250, 553],
+        ),
+        (
+            &["EHLO c.test", "MAIL FROM:<j\u{f6}rg@b.test> SMTPUTF8"],
+            &[250, 250],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test>",
+                "RCPT TO:<j\u{f6}rg@example.test>",
+                "RCPT TO:<u@example.test>",
+            ],
+            &[250, 250, 553, 250],
+        ),
+        (
+            &[
+                "EHLO c.test",
+                "MAIL FROM:<a@b.test> SMTPUTF8",
+                "RCPT TO:<j\u{f6}rg@example.test>",
+            ],
+            &[250, 250, 250],
+        ),
+    ];
+    for (lines, expected) in cases {
+        let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), None);
+        assert_eq!(codes(&mut s, lines), *expected, "{lines:?}");
+    }
+    let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), None);
+    codes(&mut s, &["EHLO c.test"]);
+    let r = s.on_command(parse("MAIL FROM:<j\u{f6}rg@b.test>".as_bytes()));
+    assert!(
+        matches!(&r[0], Action::Reply(r) if r.status.map(|s| s.to_string()).as_deref() == Some("5.6.7")),
+        "{r:?}"
+    );
+}
+
+/// The body type and SMTPUTF8 flag reach the queue; SMTPUTF8 mail is `UTF8SMTPS` in our
+/// Received header (RFC 6531 §3.7.3), other mail keeps `ESMTPS`.
+#[test]
+fn body_type_and_smtputf8_are_stored_and_marked() {
+    for (mail, with, body, utf8) in [
+        (
+            "MAIL FROM:<a@b.test> BODY=8BITMIME SMTPUTF8",
+            "with UTF8SMTPS\r\n",
+            BodyType::EightBitMime,
+            true,
+        ),
+        (
+            "MAIL FROM:<a@b.test> BODY=7BIT",
+            "with ESMTPS\r\n",
+            BodyType::SevenBit,
+            false,
+        ),
+        (
+            "MAIL FROM:<a@b.test>",
+            "with ESMTPS\r\n",
+            BodyType::Unspecified,
+            false,
+        ),
+    ] {
+        let mut s = Session::new(ctx(ListenerRole::Mx, SessionConfig::default()), Some(tls()));
+        codes(
+            &mut s,
+            &["EHLO c.test", mail, "RCPT TO:<u@example.test>", "DATA"],
+        );
+        let actions = s.on_data(
+            Ok(b"Subject: t\r\n\r\nhello\r\n".to_vec()),
+            0,
+            Some(QueueId(7)),
+        );
+        let [Action::Enqueue(m)] = &actions[..] else {
+            panic!("{actions:?}")
+        };
+        let text = String::from_utf8_lossy(&m.body);
+        assert!(text.contains(with), "{mail}: {text}");
+        assert_eq!(
+            (m.envelope.body, m.envelope.smtputf8),
+            (body, utf8),
+            "{mail}"
+        );
+    }
+}
+
 // ---- Driver over an in-memory pipe -------------------------------------------------------
 
 struct FakePolicy;
@@ -446,6 +757,29 @@ impl Handler<Enqueue> for FakeQueue {
     }
 }
 
+/// Session dependencies over the stand-in policy and queue actors (ids from 0xabc up).
+fn test_deps(enqueued: Arc<AtomicUsize>) -> SessionDeps {
+    let next = Arc::new(AtomicUsize::new(0xabc));
+    SessionDeps {
+        policy: crate::metrics::pool::Metered {
+            to: FakePolicy.start().recipient(),
+            meter: crate::metrics::pool::Meter::default(),
+        },
+        queue: crate::metrics::pool::Metered {
+            to: FakeQueue(enqueued).start().recipient(),
+            meter: crate::metrics::pool::Meter::default(),
+        },
+        tls: None,
+        enqueue_timeout: Duration::from_secs(5),
+        identity: None,
+        new_id: Arc::new(move || {
+            Some(QueueId(
+                u64::try_from(next.fetch_add(1, Ordering::SeqCst)).unwrap(),
+            ))
+        }),
+    }
+}
+
 /// Run a session over a pipe, send `input` (then close our write side unless `hold_open`),
 /// and return everything the server wrote plus the outcome and the number of enqueues.
 async fn dialogue(
@@ -454,21 +788,7 @@ async fn dialogue(
     hold_open: bool,
 ) -> (String, Outcome, usize) {
     let enqueued = Arc::new(AtomicUsize::new(0));
-    let deps = SessionDeps {
-        policy: FakePolicy.start().recipient(),
-        queue: FakeQueue(enqueued.clone()).start().recipient(),
-        tls: None,
-        enqueue_timeout: Duration::from_secs(5),
-        identity: None,
-        new_id: {
-            let next = Arc::new(AtomicUsize::new(0xabc));
-            Arc::new(move || {
-                Some(QueueId(
-                    u64::try_from(next.fetch_add(1, Ordering::SeqCst)).unwrap(),
-                ))
-            })
-        },
-    };
+    let deps = test_deps(enqueued.clone());
     let (client, server) = tokio::io::duplex(1 << 20);
     let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
     let server_task =
@@ -482,12 +802,149 @@ async fn dialogue(
     }
     let mut out = Vec::new();
     rd.read_to_end(&mut out).await.unwrap();
+    // Close our side too, so the server's lingering close ends at once.
+    drop(wr);
+    drop(rd);
     let outcome = server_task.await.unwrap();
     (
         String::from_utf8_lossy(&out).into_owned(),
         outcome,
         enqueued.load(Ordering::SeqCst),
     )
+}
+
+/// Run a session, send `prefix`, then trickle `trickle` one byte every `every` for at most
+/// `give_up`, reading what the server says meanwhile. Returns the server's output and, if the
+/// server answered `421` while the client was still trickling, its outcome (`None` when the
+/// client gave up first).
+async fn trickle(
+    limits: SessionConfig,
+    prefix: &[u8],
+    trickle: &[u8],
+    every: Duration,
+    give_up: Duration,
+) -> (String, Option<Outcome>) {
+    let deps = test_deps(Arc::new(AtomicUsize::new(0)));
+    let (client, server) = tokio::io::duplex(1 << 20);
+    let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
+    let server_task =
+        actix::spawn(
+            async move { driver::run(MaybeTls::Plain(server), &mut session, &deps).await },
+        );
+    let (mut rd, mut wr) = tokio::io::split(client);
+    wr.write_all(prefix).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let mut cut_off = false;
+    for byte in trickle.iter().cycle() {
+        if String::from_utf8_lossy(&out).contains("421 ") {
+            cut_off = true;
+            break;
+        }
+        if started.elapsed() > give_up {
+            break;
+        }
+        if wr.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        if let Ok(Ok(n)) = tokio::time::timeout(every, rd.read(&mut buf)).await {
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    if !cut_off {
+        server_task.abort();
+        return (String::from_utf8_lossy(&out).into_owned(), None);
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), rd.read_to_end(&mut out)).await;
+    // Both halves gone: the server's lingering close sees the end at once.
+    drop(wr);
+    drop(rd);
+    let outcome = server_task.await.unwrap();
+    (String::from_utf8_lossy(&out).into_owned(), Some(outcome))
+}
+
+/// `amtp_slow_clients_total` for the test listener and `deadline` (metrics on).
+fn slow_clients(deadline: &str) -> u64 {
+    let m = crate::metrics::enable();
+    m.slow_clients
+        .with_label_values(&[
+            ctx(ListenerRole::Mx, SessionConfig::default())
+                .listener
+                .name
+                .as_str(),
+            deadline,
+        ])
+        .get()
+}
+
+#[actix_rt::test]
+async fn a_command_line_trickled_byte_by_byte_meets_its_deadline() {
+    let before = slow_clients("command_line");
+    // Every byte arrives well within any per-read timeout; the line never ends.
+    let limits = SessionConfig {
+        command_timeout: HumanDuration(Duration::from_millis(400)),
+        ..SessionConfig::default()
+    };
+    let (wire, outcome) = trickle(
+        limits,
+        b"EHLO c.test\r\n",
+        b"NOOP ",
+        Duration::from_millis(50),
+        Duration::from_secs(6),
+    )
+    .await;
+    assert_eq!(reply_codes(&wire), ["220", "250", "421"], "{wire}");
+    assert!(wire.contains("421 4.4.2"), "{wire}");
+    assert_eq!(outcome, Some(Outcome::Timeout));
+    assert!(slow_clients("command_line") > before, "counted");
+}
+
+#[actix_rt::test]
+async fn data_below_the_minimum_rate_meets_its_deadline() {
+    let before = slow_clients("data_rate");
+    // 20 bytes a second against a minimum of 100: each read comes far inside data_timeout.
+    let limits = SessionConfig {
+        data_timeout: HumanDuration(Duration::from_millis(500)),
+        min_data_rate: 100,
+        ..SessionConfig::default()
+    };
+    let (wire, outcome) = trickle(
+        limits,
+        b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n",
+        b"x",
+        Duration::from_millis(50),
+        Duration::from_secs(6),
+    )
+    .await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "250", "250", "250", "354", "421"],
+        "{wire}"
+    );
+    assert!(wire.contains("421 4.4.2"), "{wire}");
+    assert_eq!(outcome, Some(Outcome::Timeout));
+    assert!(slow_clients("data_rate") > before, "counted");
+}
+
+#[actix_rt::test]
+async fn data_at_the_minimum_rate_is_not_cut_off() {
+    // A fast transfer with a tiny minimum: the deadline grows with what arrives.
+    let limits = SessionConfig {
+        data_timeout: HumanDuration(Duration::from_millis(300)),
+        min_data_rate: 1,
+        ..SessionConfig::default()
+    };
+    let mut input =
+        b"EHLO c.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<u@example.test>\r\nDATA\r\n".to_vec();
+    input.extend_from_slice(b"Subject: ok\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+    let (wire, outcome, n) = dialogue(limits, input, false).await;
+    assert_eq!(
+        reply_codes(&wire),
+        ["220", "250", "250", "250", "354", "250", "221"],
+        "{wire}"
+    );
+    assert_eq!((outcome, n), (Outcome::Closed, 1));
 }
 
 fn reply_codes(wire: &str) -> Vec<&str> {

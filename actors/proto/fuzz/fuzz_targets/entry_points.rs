@@ -40,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
     }
 
     // The outbound client fed every reply the input parses into; it must never panic.
-    let mut client = amtp_proto::client::Client::new(amtp_proto::client::ClientConfig { ehlo_name: "relay.test".into(), tls: amtp_proto::client::TlsPolicy::Opportunistic, amtp: split % 2 == 0 });
+    let mut client = amtp_proto::client::Client::new(amtp_proto::client::ClientConfig { ehlo_name: "relay.test".into(), tls: amtp_proto::client::TlsPolicy::Opportunistic, amtp: split % 2 == 0, peer: "peer.test".into() });
     let mut rest = input;
     let mut sent_message = false;
     while let Ok(Some((r, used))) = reply::parse_reply(rest, 1024) {
@@ -48,7 +48,7 @@ fuzz_target!(|data: &[u8]| {
             match out {
                 amtp_proto::client::Output::Ready if !sent_message => {
                     sent_message = true;
-                    let _ = client.send(amtp_proto::client::Envelope { from: "a@b.test".into(), recipients: vec!["c@d.test".into(), "e@f.test".into()], mpc: "per/individual".parse().ok(), size: 10 });
+                    let _ = client.send(amtp_proto::client::Envelope { from: "a@b.test".into(), recipients: vec!["c@d.test".into(), "e@f.test".into()], mpc: "per/individual".parse().ok(), size: 10, body: amtp_proto::client::BodyType::EightBitMime, eight_bit: true, smtputf8: false, utf8_headers: false });
                 }
                 amtp_proto::client::Output::StartTls => {
                     let _ = client.on_tls();
@@ -58,7 +58,7 @@ fuzz_target!(|data: &[u8]| {
         }
         rest = &rest[used..];
     }
-    let _ = client.on_connection_lost("end of input");
+    let _ = client.on_connection_lost(&amtp_proto::client::Cause::Connection("end of input".into()));
     let _ = amtp_proto::client::dot_stuff(input);
 
     // Replies (client side), MPC values and policy lines, headers, addresses.
