@@ -286,11 +286,11 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
 /// or taken over a run too short to reach a steady state, cannot size anything.
 pub fn cpu_warning(cpu_s: f64, elapsed_s: f64) -> Option<String> {
     let ticks = (cpu_s * 100.0).round();
-    if ticks < 200.0 {
+    if ticks < 100.0 {
         let error = if ticks > 0.0 { 100.0 / ticks } else { 100.0 };
         Some(format!(
             "the relay's CPU time is counted in 10 ms clock ticks: {ticks:.0} ticks make the CPU \
-             figure uncertain by about ±{error:.1} %; run longer (at least 2 s of relay CPU) \
+             figure uncertain by about ±{error:.1} %; run longer (at least 1 s of relay CPU) \
              before sizing with it"
         ))
     } else if elapsed_s < 5.0 {

@@ -98,12 +98,13 @@ pub fn page(
     if let Some(args) = sizing.filter(|a| !is_sweep || a.target_rate.is_some()) {
         page.push_str(&sizing_section(args, runs));
     }
-    if !is_sweep || layout == Layout::Compare {
+    if runs.len() <= 2 || layout == Layout::Compare {
         page.push_str(&time_series(runs)?);
     } else {
         page.push_str(
-            "<h2 id=\"over-time\">Over time</h2>\n<p class=\"note\">A sweep has many runs: \
-             render one of them alone (or two with <code>--compare</code>) for its time series.</p>\n",
+            "<h2 id=\"over-time\">Over time</h2>\n<p class=\"note\">Several runs on one time \
+             axis cannot be read: render one run alone (or two with <code>--compare</code>) for \
+             its time series.</p>\n",
         );
     }
     page.push_str("<h2 id=\"phases\">Phase breakdown</h2>\n");
