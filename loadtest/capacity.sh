@@ -4,14 +4,22 @@
 #      as messages/s (relay in, queue, deliver to a sink) and as sessions/s (handshakes);
 #   2. sessions/s with 1 and with 2 connection workers (TLS arbiters): scaling across cores;
 #   3. memory per idle connection with HOLD (10000) open sessions, SMTP and AMTP;
-#   4. an HTML report of every blast run.
+#   4. an HTML report of every blast run, with the relay's /metrics scraped during each.
 #
-#   bash loadtest/capacity.sh        results and report.html in ./capacity-results/
+#   bash loadtest/capacity.sh          results and report.html in ./capacity-results/
+#   bash loadtest/capacity.sh sweep    only the pool-size sweep: the same SMTP load against
+#                                      connection_workers 1..cores, three batch_wait values and
+#                                      three concurrency_per_destination values, one setting
+#                                      changed at a time; sweep-report.html says what to set
 #
 # Environment: MESSAGES (default 5000), CONCURRENCY (20), SESSIONS (2000), HOLD (10000),
-# CLIENTS (200 client identities), OUT (capacity-results). Ports 27025/27026/27053/27125/27465.
+# CLIENTS (200 client identities), OUT (capacity-results), SWEEP_MESSAGES (3000 per sweep run),
+# BATCH_WAITS ("0ms 1ms 4ms"), DEST_CONCURRENCY ("1 4 16"), MAX_WORKERS (8).
+# Ports 27025/27026/27053/27125/27465, metrics 27425.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MODE=${1:-all}
+case "$MODE" in all|sweep) ;; *) echo "usage: $0 [sweep]" >&2; exit 2 ;; esac
 MESSAGES=${MESSAGES:-5000}
 CONCURRENCY=${CONCURRENCY:-20}
 SESSIONS=${SESSIONS:-2000}
@@ -19,7 +27,12 @@ HOLD=${HOLD:-10000}
 CLIENTS=${CLIENTS:-200}
 OUT=${OUT:-capacity-results}
 SMTP=127.0.0.1:27025 SINK=127.0.0.1:27026 DNS=127.0.0.1:27053 AMTP=127.0.0.1:27125
-TLS=127.0.0.1:27465
+TLS=127.0.0.1:27465 METRICS=127.0.0.1:27425
+SWEEP_MESSAGES=${SWEEP_MESSAGES:-3000}
+BATCH_WAITS=${BATCH_WAITS:-"0ms 1ms 4ms"}
+DEST_CONCURRENCY=${DEST_CONCURRENCY:-"1 4 16"}
+MAX_WORKERS=${MAX_WORKERS:-8}
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 die() { echo "capacity: $*" >&2; exit 1; }
 echo "== building release binaries"
@@ -46,30 +59,39 @@ wait_port() {
 }
 
 "$LOAD" fixtures --out "$OUT/fixtures" --clients "$CLIENTS" \
-    --relay-smtp "$SMTP" --relay-amtp "$AMTP" --relay-tls "$TLS" --dns "$DNS" --sink "$SINK"
+    --relay-smtp "$SMTP" --relay-amtp "$AMTP" --relay-tls "$TLS" --dns "$DNS" --sink "$SINK" \
+    --relay-metrics "$METRICS"
 "$LOAD" dns --zones "$OUT/fixtures/zones" --listen "$DNS" --duration 1h 2> "$OUT/dns.log" &
 PIDS+=($!)
 "$LOAD" sink --listen "$SINK" --duration 1h 2> "$OUT/sink.log" > "$OUT/sink.txt" &
 PIDS+=($!)
 wait_port "$SINK"
 
-# start_relay WORKERS: (re)starts the relay with that many connection workers (0 = per core).
+# start_relay WORKERS [BATCH_WAIT [DEST_CONCURRENCY]]: (re)starts the relay with that many
+# connection workers (0 = per core), that [queue] batch_wait and that
+# [delivery] concurrency_per_destination, on an empty queue.
 start_relay() {
+    local workers=$1 batch_wait=${2:-1ms} per_dest=${3:-8}
     if [ -n "$RELAY_PID" ]; then kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; fi
-    sed "/^\[pools\]/,\$d" "$OUT/fixtures/relay.toml" > "$OUT/fixtures/relay-run.toml"
-    printf '\n[pools]\nconnection_workers = %s\n' "$1" >> "$OUT/fixtures/relay-run.toml"
-    (cd "$OUT/fixtures" && exec "$RELAY_BIN" serve --config relay-run.toml) > "$OUT/relay-$1.log" 2>&1 &
+    rm -rf "$OUT/fixtures/relay-data"
+    sed "s/^concurrency_per_destination = .*/concurrency_per_destination = $per_dest/" \
+        "$OUT/fixtures/relay.toml" > "$OUT/fixtures/relay-run.toml"
+    printf '\n[pools]\nconnection_workers = %s\n\n[queue]\nbatch_wait = "%s"\n' \
+        "$workers" "$batch_wait" >> "$OUT/fixtures/relay-run.toml"
+    local log="$OUT/relay-w$workers-b$batch_wait-d$per_dest.log"
+    (cd "$OUT/fixtures" && exec "$RELAY_BIN" serve --config relay-run.toml) > "$log" 2>&1 &
     RELAY_PID=$!
     wait_port "$AMTP"
     wait_port "$SMTP"
     wait_port "$TLS"
+    wait_port "$METRICS"
 }
 
 blast() { # blast NAME ARGS...: one JSON result per run, a one-line summary on stdout
     local name=$1; shift
-    "$LOAD" blast --label "$name" --json --duration 300s --identities "$OUT/fixtures/identities.json" \
-        --pid "$RELAY_PID" "$@" \
-        > "$OUT/$name.json" || die "$name failed"
+    "$LOAD" blast --label "${name##*/}" --json --duration 300s --identities "$OUT/fixtures/identities.json" \
+        --pid "$RELAY_PID" --metrics-url "http://$METRICS/metrics" --relay-commit "$COMMIT" "$@" \
+        > "$OUT/$name.json" 2> "$OUT/$name.log" || die "$name failed (see $OUT/$name.log)"
     python3 - "$OUT/$name.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -83,6 +105,37 @@ tls = f'TLS {r["tls_full"]} full/{r["tls_resumed"]} resumed' if r["tls_full"] + 
 print(f'{r["label"]:<24} {rate:9.1f} {unit:<11} {cpu} ({r["messages_ok"]} ok, {errs}) {tls} {lat}')
 PY
 }
+
+sweep() {
+    local cores workers
+    cores=$(nproc)
+    [ "$cores" -gt "$MAX_WORKERS" ] && cores=$MAX_WORKERS
+    mkdir -p "$OUT/sweep"
+    local load=(--protocol smtp --target "$SMTP" --connections "$CONCURRENCY"
+        --messages "$SWEEP_MESSAGES" --messages-per-connection 100)
+    echo "== sweep: $SWEEP_MESSAGES SMTP messages x 10 KB per run, $CONCURRENCY connections"
+    for workers in $(seq 1 "$cores"); do
+        start_relay "$workers"
+        blast "sweep/workers-$workers" "${load[@]}" --setting "connection_workers=$workers"
+    done
+    for wait in $BATCH_WAITS; do
+        start_relay 0 "$wait"
+        blast "sweep/batch_wait-$wait" "${load[@]}" --setting "batch_wait=$wait"
+    done
+    for per_dest in $DEST_CONCURRENCY; do
+        start_relay 0 1ms "$per_dest"
+        blast "sweep/per_dest-$per_dest" "${load[@]}" \
+            --setting "concurrency_per_destination=$per_dest"
+    done
+    "$LOAD" report --out "$OUT/sweep-report.html" \
+        --title "amtp-relay pool-size sweep ($(nproc) cores)" "$OUT"/sweep/*.json
+}
+
+if [ "$MODE" = sweep ]; then
+    sweep
+    echo "== results in $OUT (sweep-report.html)"
+    exit 0
+fi
 
 echo "== relay with one connection worker per core"
 start_relay 0
@@ -141,5 +194,7 @@ sleep 1
 summarise_hold "$OUT/hold-amtp.json"
 
 "$LOAD" report --out "$OUT/report.html" --title "amtp-relay capacity ($(nproc) cores)" \
-    "$OUT"/*-c[0-9]*.json "$OUT"/tls-auth-messages.json "$OUT"/*-sessions*.json
-echo "== results in $OUT (report.html)"
+    "$OUT"/*-c[0-9]*.json "$OUT"/tls-auth-messages.json "$OUT"/*-sessions*.json \
+    "$OUT"/smtp-messages.json "$OUT"/amtp-messages.json
+sweep
+echo "== results in $OUT (report.html, sweep-report.html)"

@@ -5,11 +5,16 @@
 //! stops by itself at whichever comes first.
 
 use crate::client::{Connection, ConnectionPlan, Protocol, Transaction};
+use crate::environment::Environment;
 use crate::message::{SizeDistribution, bodies};
-use crate::stats::{Phase, Recorder, RunResult};
+use crate::progress::Snapshot;
+use crate::scrape::Scraper;
+use crate::stats::{Recorder, RunResult};
 use crate::target::ConnectArgs;
+use crate::timeline::Timeline;
 use anyhow::Context;
-use std::io::IsTerminal;
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -61,6 +66,24 @@ pub struct BlastArgs {
     /// The relay's process id: report the CPU time it spent during the run, per message.
     #[arg(long)]
     pub pid: Option<u32>,
+    /// The relay's metrics endpoint (`http://127.0.0.1:9425/metrics`): scraped during the run
+    /// for its CPU, memory, queue and pool figures over time.
+    #[arg(long)]
+    pub metrics_url: Option<String>,
+    /// How often to scrape --metrics-url.
+    #[arg(long, default_value = "1s", value_parser = crate::units::parse_duration)]
+    pub scrape_every: Duration,
+    /// The relay's commit (e.g. `git rev-parse --short HEAD`), recorded with the run.
+    #[arg(long)]
+    pub relay_commit: Option<String>,
+    /// A relay setting this run was made with, KEY=VALUE (repeatable): recorded with the run,
+    /// and what `report` compares in a sweep (`--setting connection_workers=2`).
+    #[arg(long = "setting", value_parser = crate::environment::parse_setting)]
+    pub settings: Vec<(String, String)>,
+    /// Print a progress line this often (default: every second on a terminal, every 5 s
+    /// otherwise; 0 = never).
+    #[arg(long, value_parser = crate::units::parse_duration)]
+    pub progress_every: Option<Duration>,
 }
 
 impl BlastArgs {
@@ -88,7 +111,10 @@ struct Shared {
     next_message: AtomicU64,
     started: Instant,
     deadline: Instant,
-    progress: indicatif::ProgressBar,
+    /// Units finished (messages, or sessions in session-only runs), and errors: for progress.
+    done: AtomicU64,
+    errors: AtomicU64,
+    timeline: Arc<Mutex<Timeline>>,
     totals: Mutex<Recorder>,
 }
 
@@ -124,31 +150,42 @@ pub fn run(args: BlastArgs) -> anyhow::Result<RunResult> {
 }
 
 async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<RunResult> {
-    let progress = if std::io::stderr().is_terminal() {
-        let bar = indicatif::ProgressBar::new(args.messages);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{elapsed_precise} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .expect("valid template")
-            .progress_chars("=> "),
-        );
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut environment = Environment::here();
+    environment.relay_commit = args.relay_commit.clone();
+    environment.settings = args.settings.iter().cloned().collect();
     let cpu_before = args.pid.map(crate::procfs::cpu_seconds).transpose()?;
     let started = Instant::now();
+    let scraper = match &args.metrics_url {
+        Some(url) => {
+            let (scraper, first) = Scraper::start(url, args.scrape_every, started)?;
+            environment.relay_version = crate::scrape::version(&first);
+            environment.relay_pools = first
+                .iter()
+                .filter(|s| s.name == "amtp_pool_members")
+                .map(|s| {
+                    (
+                        s.label("pool").unwrap_or("?").to_string(),
+                        crate::units::to_u64(s.value),
+                    )
+                })
+                .collect::<BTreeMap<_, _>>();
+            Some(scraper)
+        }
+        None => None,
+    };
     let shared = Arc::new(Shared {
         bodies: bodies(&args.size, &args.from),
         plans,
         next_message: AtomicU64::new(0),
         started,
         deadline: started + args.duration,
-        progress,
+        done: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        timeline: Arc::new(Mutex::new(Timeline::new(started))),
         totals: Mutex::new(Recorder::new()),
         args: args.clone(),
     });
+    let progress = tokio::spawn(progress(shared.clone()));
     let tasks: Vec<_> = (0..args.connections)
         .map(|slot| tokio::spawn(connection_loop(shared.clone(), slot)))
         .collect();
@@ -164,15 +201,46 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let relay_cpu_s = match (args.pid, cpu_before) {
+    progress.abort();
+    let mut relay_cpu_s = match (args.pid, cpu_before) {
         (Some(pid), Some(before)) => Some(crate::procfs::cpu_seconds(pid)? - before),
         _ => None,
     };
-    shared.progress.finish_and_clear();
+    let relay_samples = match scraper {
+        Some(s) => tokio::task::spawn_blocking(move || s.finish())
+            .await
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let mut warnings = Vec::new();
+    if relay_cpu_s.is_none() && relay_samples.len() >= 2 {
+        // Without --pid, the relay's own process_cpu_seconds_total over the run.
+        let first = &relay_samples[0];
+        let last = &relay_samples[relay_samples.len() - 1];
+        relay_cpu_s = Some(last.cpu_s - first.cpu_s);
+    }
+    if let Some(w) = relay_cpu_s.and_then(|cpu| cpu_warning(cpu, elapsed)) {
+        eprintln!("blast: warning: {w}");
+        warnings.push(w);
+    }
+    if args.metrics_url.is_some() {
+        let expected = crate::units::to_usize(elapsed / args.scrape_every.as_secs_f64());
+        if relay_samples.len() + 1 < expected {
+            warnings.push(format!(
+                "only {} of about {expected} scrapes of the relay's metrics succeeded",
+                relay_samples.len()
+            ));
+        }
+    }
     let mut totals = std::mem::take(&mut *shared.totals.lock().expect("not poisoned"));
     if aborted > 0 {
         *totals.errors.entry("aborted".into()).or_default() += aborted;
     }
+    let timeline = shared
+        .timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .seconds();
     Ok(RunResult {
         label: args
             .label
@@ -207,24 +275,94 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         }),
         phases: totals.phases(),
         errors: totals.errors,
+        environment,
+        timeline,
+        relay_samples,
+        warnings,
     })
+}
+
+/// /proc counts CPU time in clock ticks of 10 ms (USER_HZ = 100): a figure made of few ticks,
+/// or taken over a run too short to reach a steady state, cannot size anything.
+pub fn cpu_warning(cpu_s: f64, elapsed_s: f64) -> Option<String> {
+    let ticks = (cpu_s * 100.0).round();
+    if ticks < 100.0 {
+        let error = if ticks > 0.0 { 100.0 / ticks } else { 100.0 };
+        Some(format!(
+            "the relay's CPU time is counted in 10 ms clock ticks: {ticks:.0} ticks make the CPU \
+             figure uncertain by about ±{error:.1} %; run longer (at least 1 s of relay CPU) \
+             before sizing with it"
+        ))
+    } else if elapsed_s < 5.0 {
+        Some(format!(
+            "a {elapsed_s:.1} s run is mostly start-up and ramp-down: the CPU figure is not a \
+             steady state; run for at least 10 s before sizing with it"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Prints a progress line every interval until aborted.
+async fn progress(shared: Arc<Shared>) {
+    let terminal = std::io::stderr().is_terminal();
+    let every = shared.args.progress_every.unwrap_or(if terminal {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    });
+    if every.is_zero() {
+        return;
+    }
+    let unit = if shared.args.messages_per_connection == 0 {
+        "sessions"
+    } else {
+        "messages"
+    };
+    let mut last = (Instant::now(), 0u64);
+    loop {
+        tokio::time::sleep(every).await;
+        let now = Instant::now();
+        let done = shared.done.load(Ordering::Relaxed);
+        let snapshot = Snapshot {
+            done,
+            total: shared.args.messages,
+            interval_done: done - last.1,
+            interval: now - last.0,
+            errors: shared.errors.load(Ordering::Relaxed),
+            elapsed: now - shared.started,
+            time_left: shared.deadline.saturating_duration_since(now),
+        };
+        last = (now, done);
+        let line = crate::progress::line(&snapshot, unit);
+        let mut err = std::io::stderr().lock();
+        let _ = if terminal {
+            write!(err, "\r\x1b[K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
+    }
 }
 
 /// One connection slot: opens connections one after another until the run's budget or time
 /// is spent. Identities rotate across slots and reconnections.
 async fn connection_loop(shared: Arc<Shared>, slot: usize) {
-    let mut rec = Recorder::new();
+    let mut rec = Recorder::with_timeline(shared.timeline.clone());
     let args = &shared.args;
     let mut round = 0usize;
     while let Some(mut n) = shared.claim() {
         let plan = &shared.plans[(slot + round * args.connections) % shared.plans.len()];
         round += 1;
+        let session_started = Instant::now();
         let mut conn = match Connection::open(plan, &mut rec).await {
             Ok(conn) => conn,
             Err(failure) => {
                 rec.error(failure.key());
-                rec.messages_failed += u64::from(args.messages_per_connection > 0);
-                shared.progress.inc(1);
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                if args.messages_per_connection > 0 {
+                    rec.failed();
+                }
+                shared.done.fetch_add(1, Ordering::Relaxed);
                 // Do not spin against a relay that refuses connections.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
@@ -232,7 +370,12 @@ async fn connection_loop(shared: Arc<Shared>, slot: usize) {
         };
         rec.sessions += 1;
         if args.messages_per_connection == 0 {
-            shared.progress.inc(1);
+            shared
+                .timeline
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .accepted(session_started.elapsed());
+            shared.done.fetch_add(1, Ordering::Relaxed);
             conn.quit().await;
             continue;
         }
@@ -263,19 +406,19 @@ async fn connection_loop(shared: Arc<Shared>, slot: usize) {
                 mpc: (args.connect.protocol == Protocol::Amtp).then_some(args.mpc.as_str()),
                 body,
             };
+            let errors_before: u64 = rec.errors.values().sum();
             match conn.send(&tx, &mut rec).await {
-                Ok(true) => {
-                    rec.messages_ok += 1;
-                    rec.record(Phase::Message, scheduled.elapsed());
-                }
-                Ok(false) => rec.messages_failed += 1,
+                Ok(true) => rec.accepted(scheduled.elapsed()),
+                Ok(false) => rec.failed(),
                 Err(failure) => {
                     rec.error(failure.key());
-                    rec.messages_failed += 1;
+                    rec.failed();
                     alive = false;
                 }
             }
-            shared.progress.inc(1);
+            let new_errors = rec.errors.values().sum::<u64>() - errors_before;
+            shared.errors.fetch_add(new_errors, Ordering::Relaxed);
+            shared.done.fetch_add(1, Ordering::Relaxed);
             sent += 1;
             if !alive || sent >= args.messages_per_connection {
                 break;
@@ -290,4 +433,19 @@ async fn connection_loop(shared: Arc<Shared>, slot: usize) {
         }
     }
     shared.totals.lock().expect("not poisoned").merge(&rec);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cpu_figure_from_too_few_ticks_or_too_short_a_run_is_flagged() {
+        // 5 ticks of 10 ms: ±20 %.
+        let w = cpu_warning(0.05, 30.0).unwrap();
+        assert!(w.contains("5 ticks") && w.contains("±20.0 %"), "{w}");
+        let w = cpu_warning(3.0, 1.5).unwrap();
+        assert!(w.contains("1.5 s run"), "{w}");
+        assert_eq!(cpu_warning(3.0, 12.0), None);
+    }
 }

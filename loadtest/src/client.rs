@@ -189,6 +189,7 @@ impl Connection {
         }
         let mut accepted = 0;
         let mut last_refusal = None;
+        let t = Instant::now();
         for rcpt in tx.recipients {
             let reply = self.roundtrip(&format!("RCPT TO:<{rcpt}>\r\n")).await?;
             if reply.code == 250 || reply.code == 251 {
@@ -197,11 +198,14 @@ impl Connection {
                 last_refusal = Some(reply);
             }
         }
+        rec.record(Phase::Rcpt, t.elapsed());
         if accepted == 0 {
             let reply = last_refusal.unwrap_or_else(|| Reply::new(554, "", "no recipients"));
             return self.refused(reply, rec).await;
         }
+        let t = Instant::now();
         let reply = self.roundtrip("DATA\r\n").await?;
+        rec.record(Phase::Data, t.elapsed());
         if reply.code != 354 {
             return self.refused(reply, rec).await;
         }

@@ -43,6 +43,9 @@ pub struct FixturesArgs {
     /// Where `amtp-loadtest sink` will listen (the relay's delivery route for sink.<domain>).
     #[arg(long, default_value = "127.0.0.1:2526")]
     pub sink: SocketAddr,
+    /// The relay's metrics endpoint (`[metrics] listen`), for `blast --metrics-url`.
+    #[arg(long, default_value = "127.0.0.1:9425")]
+    pub relay_metrics: SocketAddr,
 }
 
 /// The largest number of identities (one /16 of source addresses).
@@ -65,6 +68,7 @@ pub fn generate(args: &FixturesArgs) -> anyhow::Result<Manifest> {
         args.relay_tls,
         args.dns,
         args.sink,
+        args.relay_metrics,
     ] {
         crate::safety::check("fixture address", addr, false)?;
     }
@@ -192,7 +196,8 @@ fn relay_config(domain: &str, args: &FixturesArgs) -> String {
 #   amtp-loadtest sink --listen {sink}
 #   amtp-relay serve --config relay.toml
 # then drive it, for example:
-#   amtp-loadtest blast --protocol amtp --target {amtp} --identities identities.json --messages 10000
+#   amtp-loadtest blast --protocol amtp --target {amtp} --identities identities.json --messages 10000 \\
+#       --metrics-url http://{metrics}/metrics
 #   amtp-loadtest blast --protocol tls --target {tls} --ca ca.pem --auth {user}:{password}
 
 [server]
@@ -205,7 +210,11 @@ certificate = "server.pem"
 private_key = "server-key.pem"
 
 [logging]
-level = "warn"
+# info: listeners and the metrics endpoint are logged at start-up, refusals as they happen.
+level = "info"
+
+[metrics]
+listen = "{metrics}"
 
 [[listener]]
 name = "mx"
@@ -251,6 +260,7 @@ tls = "none"
 "#,
         dns = args.dns,
         sink = args.sink,
+        metrics = args.relay_metrics,
         amtp = args.relay_amtp,
         smtp = args.relay_smtp,
         tls = args.relay_tls,
@@ -310,5 +320,28 @@ mod tests {
         assert_eq!(source_address(254), Ipv4Addr::new(127, 1, 0, 255));
         assert_eq!(source_address(255), Ipv4Addr::new(127, 1, 1, 0));
         assert_eq!(reverse_label(Ipv4Addr::new(127, 1, 2, 3)), "3.2.1");
+    }
+
+    #[test]
+    fn the_relay_config_logs_at_info_and_serves_metrics() {
+        let args = FixturesArgs {
+            out: "unused".into(),
+            clients: 1,
+            domain: "load.test".into(),
+            relay_amtp: "127.0.0.1:3025".parse().unwrap(),
+            relay_smtp: "127.0.0.1:2525".parse().unwrap(),
+            relay_tls: "127.0.0.1:2465".parse().unwrap(),
+            dns: "127.0.0.1:5353".parse().unwrap(),
+            sink: "127.0.0.1:2526".parse().unwrap(),
+            relay_metrics: "127.0.0.1:9426".parse().unwrap(),
+        };
+        let config = relay_config("load.test", &args);
+        assert!(config.contains("[logging]\n# info"), "{config}");
+        assert!(config.contains("level = \"info\""), "{config}");
+        assert!(
+            config.contains("[metrics]\nlisten = \"127.0.0.1:9426\""),
+            "{config}"
+        );
+        assert!(config.contains("--metrics-url http://127.0.0.1:9426/metrics"));
     }
 }

@@ -18,7 +18,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Drive a relay with SMTP, STARTTLS, implicit TLS or AMTP load and report throughput and latency.
-    Blast(blast::BlastArgs),
+    Blast(Box<blast::BlastArgs>),
     /// Generate a CA, certificates, client identities, DNS zones and a relay config for a run.
     Fixtures(fixtures::FixturesArgs),
     /// Serve fixture zone files on loopback (authoritative DNS for PTR/A/SRV).
@@ -35,7 +35,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Blast(args) => {
             let json = args.json;
-            let result = blast::run(args)?;
+            let result = blast::run(*args)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&result)?);
             } else {

@@ -57,6 +57,26 @@ impl std::str::FromStr for SizeDistribution {
     }
 }
 
+/// The command-line form: `10k`, or `1k:60,10k:30,200k:10`.
+impl std::fmt::Display for SizeDistribution {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (size, weight)) in self.classes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            match size {
+                s if s % (1024 * 1024) == 0 => write!(f, "{}m", s / (1024 * 1024))?,
+                s if s % 1024 == 0 => write!(f, "{}k", s / 1024)?,
+                s => write!(f, "{s}")?,
+            }
+            if self.classes.len() > 1 {
+                write!(f, ":{weight}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl SizeDistribution {
     /// The weighted mean size in bytes.
     pub fn mean(&self) -> f64 {

@@ -51,8 +51,8 @@ pub struct SinkArgs {
     /// Print the final counts as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// Print a progress line on stderr this often (0 = never).
-    #[arg(long, default_value = "0s", value_parser = crate::units::parse_duration)]
+    /// Print a progress line on stderr this often, with the rate over that interval (0 = never).
+    #[arg(long, default_value = "5s", value_parser = crate::units::parse_duration)]
     pub progress_every: Duration,
     /// Permit listening outside loopback.
     #[arg(long)]
@@ -191,13 +191,16 @@ impl BoundSink {
                 if every.is_zero() {
                     return std::future::pending().await;
                 }
+                let mut last = (Instant::now(), 0u64);
                 loop {
                     tokio::time::sleep(every).await;
                     let r = sink.report();
+                    let now = Instant::now();
                     eprintln!(
-                        "sink: {} messages, {} rejected, {} connections, {:.1} messages/s",
-                        r.messages, r.rejected, r.connections, r.messages_per_s
+                        "sink: {}",
+                        interval_line(&r, r.messages - last.1, now - last.0)
                     );
+                    last = (now, r.messages);
                 }
             }
         };
@@ -477,7 +480,38 @@ impl DataEnd {
     }
 }
 
-/// `amtp-loadtest sink` from the command line: runs until done or Ctrl-C, prints the counts.
+/// A progress line: totals so far and the rate over the last interval (not since the start,
+/// which hides a stall behind the average).
+fn interval_line(r: &SinkReport, interval_messages: u64, interval: Duration) -> String {
+    format!(
+        "{} messages, {} rejected, {} connections; {:.1} messages/s over the last {}",
+        r.messages,
+        r.rejected,
+        r.connections,
+        interval_messages as f64 / interval.as_secs_f64().max(1e-3),
+        crate::progress::short(interval)
+    )
+}
+
+/// Resolves on Ctrl-C (SIGINT) or, on Unix, SIGTERM: how scripts and service managers stop
+/// the sink, which then still prints its totals.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `amtp-loadtest sink` from the command line: runs until done, Ctrl-C or SIGTERM, then prints
+/// the counts.
 pub fn main(args: SinkArgs) -> anyhow::Result<()> {
     let json = args.json;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -487,10 +521,7 @@ pub fn main(args: SinkArgs) -> anyhow::Result<()> {
     let report = runtime.block_on(async move {
         let bound = BoundSink::bind(args).await?;
         eprintln!("sink: listening on {}", bound.local_addr());
-        let stop = async {
-            let _ = tokio::signal::ctrl_c().await;
-        };
-        anyhow::Ok(bound.run(stop).await)
+        anyhow::Ok(bound.run(stop_signal()).await)
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -535,6 +566,20 @@ mod tests {
         assert_eq!(DataEnd::default().feed(b".\r\nQUIT\r\n"), Some(3));
         // A bare LF before the dot does not end DATA.
         assert_eq!(DataEnd::default().feed(b"a\n.\r\nb"), None);
+    }
+
+    #[test]
+    fn progress_gives_the_rate_of_the_last_interval_not_the_average() {
+        let report = SinkReport {
+            messages: 10_000,
+            messages_per_s: 1000.0,
+            ..Default::default()
+        };
+        // A stalled next hop: nothing arrived in the last 5 s, though the average is 1000/s.
+        let line = interval_line(&report, 0, Duration::from_secs(5));
+        assert!(line.ends_with("0.0 messages/s over the last 5s"), "{line}");
+        let line = interval_line(&report, 2500, Duration::from_secs(5));
+        assert!(line.contains("500.0 messages/s"), "{line}");
     }
 
     #[test]

@@ -2,9 +2,13 @@
 //! code, counters — recorded per connection task without locks and merged at the end — and
 //! the result a run prints as a table or as JSON (the input of `report`).
 
+use crate::environment::Environment;
+use crate::scrape::RelaySample;
+use crate::timeline::{Second, Timeline};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The phases timed separately.
@@ -20,6 +24,10 @@ pub enum Phase {
     Auth,
     /// MAIL FROM sent → 250.
     Mail,
+    /// Every RCPT TO of a transaction, sent one at a time, until the last reply.
+    Rcpt,
+    /// DATA sent → 354.
+    Data,
     /// End of DATA (`.`) sent → 250: the relay's durable commit.
     DataEnd,
     /// A whole transaction: MAIL → final 250 (from the scheduled start in open-loop runs).
@@ -27,12 +35,14 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 9] = [
         Phase::Connect,
         Phase::Tls,
         Phase::Ehlo,
         Phase::Auth,
         Phase::Mail,
+        Phase::Rcpt,
+        Phase::Data,
         Phase::DataEnd,
         Phase::Message,
     ];
@@ -44,6 +54,8 @@ impl Phase {
             Phase::Ehlo => "ehlo",
             Phase::Auth => "auth",
             Phase::Mail => "mail",
+            Phase::Rcpt => "rcpt",
+            Phase::Data => "data",
             Phase::DataEnd => "data_end",
             Phase::Message => "message",
         }
@@ -60,6 +72,8 @@ pub struct Recorder {
     pub bytes: u64,
     pub tls_full: u64,
     pub tls_resumed: u64,
+    /// The run's shared per-second timeline, when there is one.
+    timeline: Option<Arc<Mutex<Timeline>>>,
 }
 
 impl Default for Recorder {
@@ -83,6 +97,38 @@ impl Recorder {
             bytes: 0,
             tls_full: 0,
             tls_resumed: 0,
+            timeline: None,
+        }
+    }
+
+    /// A recorder that also feeds the run's per-second `timeline`.
+    pub fn with_timeline(timeline: Arc<Mutex<Timeline>>) -> Self {
+        Self {
+            timeline: Some(timeline),
+            ..Self::new()
+        }
+    }
+
+    fn timeline(&self) -> Option<std::sync::MutexGuard<'_, Timeline>> {
+        self.timeline
+            .as_ref()
+            .map(|t| t.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// A message (or, in session-only runs, a session) accepted after `latency`.
+    pub fn accepted(&mut self, latency: Duration) {
+        self.messages_ok += 1;
+        self.record(Phase::Message, latency);
+        if let Some(mut t) = self.timeline() {
+            t.accepted(latency);
+        }
+    }
+
+    /// A message that was not accepted.
+    pub fn failed(&mut self) {
+        self.messages_failed += 1;
+        if let Some(mut t) = self.timeline() {
+            t.failed();
         }
     }
 
@@ -102,7 +148,11 @@ impl Recorder {
 
     /// Counts an error under `key` (a reply code like `451`, or `connect`, `tls`, `timeout`).
     pub fn error(&mut self, key: impl Into<String>) {
-        *self.errors.entry(key.into()).or_default() += 1;
+        let key = key.into();
+        if let Some(mut t) = self.timeline() {
+            t.error(&key);
+        }
+        *self.errors.entry(key).or_default() += 1;
     }
 
     pub fn merge(&mut self, other: &Recorder) {
@@ -186,6 +236,19 @@ pub struct RunResult {
     pub relay_cpu_us_per_unit: Option<f64>,
     pub phases: Vec<PhaseSummary>,
     pub errors: BTreeMap<String, u64>,
+    /// Where the run happened (absent in results from before reports had it).
+    #[serde(default)]
+    pub environment: Environment,
+    /// The generator's view, second by second.
+    #[serde(default)]
+    pub timeline: Vec<Second>,
+    /// The relay's `/metrics`, scraped during the run (`--metrics-url`).
+    #[serde(default)]
+    pub relay_samples: Vec<RelaySample>,
+    /// Why a figure of this run should be read with care (a CPU figure from too few clock
+    /// ticks, scrapes that failed).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 fn ms(us: u64) -> String {
@@ -246,6 +309,9 @@ impl RunResult {
                 ms(p.p999_us),
                 ms(p.max_us)
             ));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("\nwarning: {w}\n"));
         }
         if self.errors.is_empty() {
             out.push_str("\nerrors: none\n");

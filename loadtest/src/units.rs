@@ -24,6 +24,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A non-negative figure rounded down to an integer; NaN and negatives give 0, values too
+/// large give `u64::MAX` (Rust's float-to-integer casts saturate).
+pub fn to_u64(x: f64) -> u64 {
+    #[allow(clippy::cast_possible_truncation)]
+    let n = x as u64;
+    n
+}
+
+/// As [`to_u64`], for counts and indexes.
+pub fn to_usize(x: f64) -> usize {
+    usize::try_from(to_u64(x)).unwrap_or(usize::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

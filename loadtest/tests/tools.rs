@@ -23,6 +23,7 @@ fn fixtures(dir: &Path, clients: u32) -> PathBuf {
         relay_tls: "127.0.0.1:2465".parse().unwrap(),
         dns: "127.0.0.1:5353".parse().unwrap(),
         sink: "127.0.0.1:2526".parse().unwrap(),
+        relay_metrics: "127.0.0.1:9425".parse().unwrap(),
     })
     .unwrap();
     out
@@ -328,10 +329,17 @@ fn report_renders_charts_and_a_table_from_json_results() {
     let runs = report::load(&files).unwrap();
     assert_eq!(runs.len(), 2);
     let page = report::html("capacity <test>", &runs).unwrap();
-    assert_eq!(page.matches("<svg").count(), 3, "three charts");
+    assert!(page.contains("Messages per second against concurrency"));
     assert!(
-        page.contains("No runs of this kind"),
-        "no session-only runs: that chart says so"
+        !page.contains("Sessions per second against concurrency"),
+        "no session-only runs: no empty sessions chart"
+    );
+    assert!(page.contains("Messages per second</h3>"), "a time series");
+    // One run alone: the charts that need several runs are hidden.
+    let one = report::html("one", &runs[..1]).unwrap();
+    assert!(
+        !one.contains("against concurrency"),
+        "a single dot is no chart"
     );
     assert!(page.contains("smtp with 1") && page.contains("smtp with 4"));
     assert!(page.contains("capacity &lt;test&gt;"));
@@ -343,6 +351,103 @@ fn report_renders_charts_and_a_table_from_json_results() {
     std::fs::write(dir.path().join("bad.json"), "{\"x\": 1}").unwrap();
     let err = report::load(&[dir.path().join("bad.json")]).unwrap_err();
     assert!(format!("{err:#}").contains("bad.json"), "{err:#}");
+}
+
+/// Reads a child's stderr lines on a thread until `want` matches one; returns that line.
+fn wait_for_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    want: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(line) if want(&line) => return Some(line),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[test]
+fn without_a_terminal_blast_prints_progress_lines_and_a_terminated_sink_prints_its_totals() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let bin = env!("CARGO_BIN_EXE_amtp-loadtest");
+    let mut sink = Command::new(bin)
+        .args([
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--progress-every",
+            "200ms",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stderr = sink.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let listening = wait_for_line(&lines, |l| l.starts_with("sink: listening on ")).unwrap();
+    let addr = listening
+        .trim_start_matches("sink: listening on ")
+        .to_string();
+    // Progress lines on a pipe (no terminal): one per interval, with the interval's rate.
+    let blast = Command::new(bin)
+        .args([
+            "blast",
+            "--target",
+            &addr,
+            "--messages",
+            "400",
+            "--connections",
+            "2",
+            "--size",
+            "1k",
+            "--rate",
+            "200",
+            "--progress-every",
+            "300ms",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(blast.status.success());
+    let progress = String::from_utf8_lossy(&blast.stderr);
+    let lines_seen: Vec<&str> = progress
+        .lines()
+        .filter(|l| l.starts_with("blast: "))
+        .collect();
+    assert!(lines_seen.len() >= 3, "{progress}");
+    assert!(
+        lines_seen
+            .iter()
+            .all(|l| l.contains("/400 messages") && l.contains(" eta ")),
+        "{progress}"
+    );
+    assert!(
+        wait_for_line(&lines, |l| l.contains("messages/s over the last")).is_some(),
+        "the sink reports the rate of its last interval"
+    );
+    // SIGTERM, as scripts and service managers stop it: the totals are still printed.
+    let killed = Command::new("kill")
+        .args(["-TERM", &sink.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = sink.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("sink: 400 messages accepted"),
+        "totals on SIGTERM: {stdout:?} ({:?})",
+        out.status
+    );
 }
 
 #[test]

@@ -107,6 +107,7 @@ fn fixture_identities_drive_the_real_relay_over_amtp_and_smtp_into_the_sink() {
         relay_tls: "127.0.0.1:0".parse().unwrap(),
         dns: "127.0.0.1:5353".parse().unwrap(),
         sink: sink_addr,
+        relay_metrics: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
 
@@ -130,8 +131,22 @@ fn fixture_identities_drive_the_real_relay_over_amtp_and_smtp_into_the_sink() {
     let relay = Relay::start_config_in(dir, &text);
     let identities = fx.join("identities.json");
 
-    let amtp = blast::run(load(relay.addr("amtp"), Protocol::Amtp, &identities, 30)).unwrap();
+    // The fixture config serves metrics; blast scrapes them during the run.
+    let mut args = load(relay.addr("amtp"), Protocol::Amtp, &identities, 30);
+    args.metrics_url = Some(format!("http://{}/metrics", relay.addr("metrics")));
+    args.scrape_every = Duration::from_millis(100);
+    let amtp = blast::run(args).unwrap();
     assert_eq!(amtp.messages_ok, 30, "{amtp:?}");
+    assert!(amtp.relay_samples.len() >= 2, "{:?}", amtp.relay_samples);
+    let last = amtp.relay_samples.last().unwrap();
+    assert!(last.accepted >= 30.0 && last.rss_bytes > 0.0, "{last:?}");
+    assert!(
+        amtp.relay_cpu_s.is_some(),
+        "CPU from process_cpu_seconds_total"
+    );
+    assert!(amtp.environment.relay_version.is_some());
+    assert!(!amtp.environment.relay_pools.is_empty());
+    assert_eq!(amtp.timeline.iter().map(|s| s.messages).sum::<u64>(), 30);
     assert!(amtp.errors.is_empty(), "{:?}", amtp.errors);
     assert_eq!(amtp.identities, 6);
     assert!(amtp.phases.iter().any(|p| p.phase == "tls"));
