@@ -349,6 +349,9 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 "connection limits must be at least 1".into(),
             ));
         }
+        if let Some((key, why)) = l.proxy_problem() {
+            return Err(err(field(key), at(key), why.into()));
+        }
         if l.cram_md5 && !l.auth_enabled() {
             return Err(err(
                 field("cram_md5"),
@@ -874,6 +877,40 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert_eq!(e.line, line, "{e}");
             assert!(e.message.contains(needle), "{e}");
+        }
+    }
+
+    #[test]
+    fn proxy_settings_are_checked() {
+        let base = "[server]\nhostname = \"relay.test\"\n[delivery]\nenabled = false\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n";
+        let ok = parse(
+            &format!("{base}proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n"),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(ok.file.listeners[0].proxy_trusted.len(), 3);
+        for (extra, wants) in [
+            ("proxy_protocol = true\n", "listener[0].proxy_trusted"),
+            (
+                "proxy_trusted = [\"10.0.0.0/8\"]\n",
+                "listener[0].proxy_trusted",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"10.0.0.1/8\"]\n",
+                "host bits",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/40\"]\n",
+                "prefix length",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"balancer\"]\n",
+                "not an IP address",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
+            assert!(e.to_string().contains(wants), "{extra:?}: {e}");
         }
     }
 

@@ -17,6 +17,7 @@
 //! - [`delivery`] — outbound delivery: retry schedule, next-hop ordering (pure parts so far).
 //! - [`identity`] — AMTP identity: certificate name = PTR name = EHLO, cached per (IP, cert).
 //! - [`limits`] — connection limits and permits.
+//! - [`proxy`] — the PROXY protocol (v1/v2) in front of a listener: trusted balancers, the header.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration.
 //! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
@@ -41,6 +42,7 @@ pub mod listener;
 pub mod messages;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod queue_actor;
 pub mod resolver;
 pub mod session;

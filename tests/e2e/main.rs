@@ -7,11 +7,13 @@
 
 mod amtp;
 mod bad_input;
+mod balancer;
 mod chain;
 mod cli;
 mod delivery;
 mod disk_full;
 mod dns;
+mod fleet;
 mod harness;
 mod loadtest;
 mod metrics;

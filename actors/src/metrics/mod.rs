@@ -55,6 +55,7 @@ pub struct Metrics {
     // Connections and sessions.
     pub connections_accepted: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub proxy_refused: IntCounterVec,
     pub sessions_open: IntGaugeVec,
     pub sessions: IntCounterVec,
     pub replies: IntCounterVec,
@@ -197,6 +198,12 @@ impl Metrics {
                 &r,
                 "amtp_connections_refused_total",
                 "Connections refused at accept, by listener and reason (limit, per_ip_limit, pool_full, draining).",
+                &["listener", "reason"],
+            ),
+            proxy_refused: counter_vec(
+                &r,
+                "amtp_proxy_refused_total",
+                "Connections closed unanswered on a proxy_protocol listener, by listener and reason (untrusted, timeout, bad_header).",
                 &["listener", "reason"],
             ),
             sessions_open: gauge_vec(
@@ -516,6 +523,14 @@ pub fn connection_refused(listener: &str, reason: &str) {
         m.connections_refused
             .with_label_values(&[listener, reason])
             .inc();
+    }
+}
+
+/// A connection on a `proxy_protocol` listener was closed before its session (see
+/// [`crate::proxy::ProxyRefusal`]).
+pub fn proxy_refused(listener: &str, reason: &str) {
+    if let Some(m) = get() {
+        m.proxy_refused.with_label_values(&[listener, reason]).inc();
     }
 }
 

@@ -1,0 +1,263 @@
+//! A fleet of relays end to end: relay nodes (the real binary) behind a real HAProxy that
+//! sends PROXY v2 headers, clients bound to distinct 127.0.0.x sources with their own PTR
+//! records in the in-process DNS server, and (for the shared limits) a real Redis.
+//!
+//! Skipped (with a line saying so) when haproxy or redis-server is not installed, unless
+//! `AMTP_TEST_REQUIRE_FLEET` is set, as in CI.
+
+use crate::balancer::{Haproxy, have};
+use crate::dns::{self, TestDns};
+use crate::harness::{Client, Relay, socket_from, wait_until};
+use crate::pki::TestCa;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What every node of a test fleet shares: one server certificate (so a client behind the
+/// balancer trusts every node), the AMTP CA, the DNS server with PTR records.
+pub struct Shared {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub amtp_ca: TestCa,
+    pub dns: TestDns,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// 127.0.0.{10+i} is hostN.amtp.test; 127.0.0.1 (where HAProxy connects from) is
+/// balancer.amtp.test.
+pub fn host_ip(i: u8) -> String {
+    format!("127.0.0.{}", 10 + i)
+}
+
+pub fn host_name(i: u8) -> String {
+    format!("host{i}.amtp.test")
+}
+
+pub fn shared() -> Shared {
+    let dir = tempfile::tempdir().unwrap();
+    let server_ca = TestCa::new("Fleet server CA");
+    let ca = server_ca.write(&dir.path().join("server-ca.pem"));
+    let (cert, key) = server_ca
+        .host(&["relay.test"], 2020, 2099)
+        .write(dir.path(), "relay");
+    let amtp_ca = TestCa::new("Fleet AMTP CA");
+    let mut ptr: Vec<(u8, String)> = (0..8).map(|i| (10 + i, host_name(i))).collect();
+    ptr.push((1, "balancer.amtp.test".into()));
+    let refs: Vec<(u8, &str)> = ptr.iter().map(|(o, n)| (*o, n.as_str())).collect();
+    let dns = dns::start(&refs);
+    Shared {
+        dir,
+        ca,
+        amtp_ca,
+        dns,
+        cert,
+        key,
+    }
+}
+
+/// A node's config: four listeners, each `proxy_protocol` trusting 127.0.0.1 (HAProxy),
+/// `listener_extra` lines on each listener, `extra` sections appended.
+pub fn node_config(s: &Shared, listener_extra: &str, extra: &str) -> String {
+    let amtp_ca = s.amtp_ca.write(&s.dir.path().join("amtp-ca.pem"));
+    let mut text = format!(
+        r#"
+[server]
+hostname = "relay.test"
+data_dir = "data"
+local_domains = ["example.test"]
+create_dev_user = true
+shutdown_grace = "2s"
+
+[tls]
+certificate = "{}"
+private_key = "{}"
+
+[delivery]
+enabled = false
+
+[amtp]
+public_ca = "{}"
+
+[resolver]
+servers = ["{}"]
+timeout = "1s"
+attempts = 1
+"#,
+        s.cert.display(),
+        s.key.display(),
+        amtp_ca.display(),
+        s.dns.addr,
+    );
+    for (name, role) in [
+        ("mx", "mx"),
+        ("submission", "submission"),
+        ("submissions", "submissions"),
+        ("amtp", "amtp"),
+    ] {
+        text.push_str(&format!(
+            "\n[[listener]]\nname = \"{name}\"\nrole = \"{role}\"\naddress = \"127.0.0.1:0\"\nproxy_protocol = true\nproxy_trusted = [\"127.0.0.1/32\"]\n{listener_extra}\n"
+        ));
+    }
+    text.push_str(extra);
+    text
+}
+
+fn send(c: &mut Client, mail: &str, rcpt: &str, subject: &str) -> amtp_proto::Reply {
+    c.expect(mail, 250);
+    c.expect(rcpt, 250);
+    c.expect("DATA", 354);
+    c.write(format!("Subject: {subject}\r\n\r\nhello\r\n.\r\n").as_bytes());
+    c.read_reply().unwrap()
+}
+
+pub fn plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
+}
+
+/// Whether the server closed `s` without sending anything.
+fn closed_unanswered(mut s: std::net::TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[test]
+fn behind_haproxy_the_client_is_the_address_in_the_proxy_header() {
+    if !have("haproxy") {
+        return;
+    }
+    let s = shared();
+    let nodes: Vec<Relay> = (0..2)
+        .map(|_| Relay::start_config(&node_config(&s, "max_connections_per_ip = 2", "")))
+        .collect();
+    let all = |l: &str| nodes.iter().map(|n| n.addr(l)).collect::<Vec<SocketAddr>>();
+    let lb = Haproxy::start(&[
+        ("amtp", all("amtp")),
+        ("mx0", vec![nodes[0].addr("mx")]),
+        ("submission0", vec![nodes[0].addr("submission")]),
+        ("submissions", all("submissions")),
+    ]);
+
+    // AMTP, implicit TLS after the header: each host's identity is checked against its own
+    // PTR (HAProxy's own address is balancer.amtp.test), on both nodes (round robin).
+    for round in 0..2 {
+        for i in 0..2u8 {
+            let cert = s.amtp_ca.client(&host_name(i), 2020, 2099);
+            let mut c = Client::amtp(
+                lb.addr("amtp"),
+                &host_ip(i),
+                &s.ca,
+                Some((&cert.cert_pem, &cert.key_pem)),
+            )
+            .expect("AMTP handshake through the balancer");
+            c.expect(&format!("EHLO {}", host_name(i)), 250);
+            let r = send(
+                &mut c,
+                "MAIL FROM:<a@amtp.test> MPC=per/individual",
+                "RCPT TO:<bob@example.test>",
+                &format!("round {round} host {i}"),
+            );
+            assert_eq!(r.code, 250, "{r}");
+            c.expect("QUIT", 221);
+        }
+    }
+    // Both nodes got mail, and its Received names the real client.
+    assert_eq!(nodes.iter().map(Relay::queued).sum::<usize>(), 4);
+    for n in &nodes {
+        assert!(n.queued() >= 1, "the balancer spreads connections");
+        let show = n.show_first();
+        assert!(
+            show.contains("127.0.0.10") || show.contains("127.0.0.11"),
+            "Received names the client, not the balancer: {show}"
+        );
+        assert!(!show.contains("[127.0.0.1]"), "{show}");
+    }
+    // Host 0's address presenting host 1's certificate: its own PTR does not match.
+    let cert1 = s.amtp_ca.client(&host_name(1), 2020, 2099);
+    let mut c = Client::amtp(
+        lb.addr("amtp"),
+        &host_ip(0),
+        &s.ca,
+        Some((&cert1.cert_pem, &cert1.key_pem)),
+    )
+    .unwrap();
+    c.expect(&format!("EHLO {}", host_name(1)), 504);
+
+    // The per-IP limit (2) applies per real client, not to the balancer.
+    let mut held: Vec<Client> = (0..2)
+        .map(|_| Client::from_tcp(socket_from("127.0.0.20", lb.addr("mx0"))))
+        .collect();
+    for c in &held {
+        assert_eq!(c.greeting.code, 220, "{}", c.greeting);
+    }
+    let third = Client::from_tcp(socket_from("127.0.0.20", lb.addr("mx0")));
+    assert_eq!(third.greeting.code, 421, "{}", third.greeting);
+    assert!(
+        third.greeting.text().contains("your address"),
+        "{}",
+        third.greeting
+    );
+    let mut other = Client::from_tcp(socket_from("127.0.0.21", lb.addr("mx0")));
+    assert_eq!(other.greeting.code, 220, "another client is not limited");
+    other.expect("QUIT", 221);
+    held.iter_mut().for_each(|c| {
+        c.expect("QUIT", 221);
+    });
+
+    // STARTTLS after the header, then AUTH (counted against the client's address).
+    let mut sub = Client::from_tcp(socket_from("127.0.0.22", lb.addr("submission0")));
+    sub.expect("EHLO client.test", 250);
+    let mut sub = sub.starttls(&s.ca);
+    sub.expect("EHLO client.test", 250);
+    sub.expect(
+        &format!("AUTH PLAIN {}", plain("dev", &nodes[0].dev_password())),
+        235,
+    );
+    sub.expect("QUIT", 221);
+    // Implicit TLS after the header (the ClientHello follows it at once).
+    let mut subs = Client::amtp(lb.addr("submissions"), "127.0.0.23", &s.ca, None)
+        .expect("implicit TLS through the balancer");
+    subs.expect("EHLO client.test", 250);
+    subs.expect("QUIT", 221);
+    assert!(
+        nodes[0].logged(&["connection refused: limit reached", "127.0.0.20"]),
+        "logs name the real client"
+    );
+}
+
+#[test]
+fn a_proxy_listener_refuses_untrusted_and_headerless_connections() {
+    let s = shared();
+    let relay = Relay::start_config(&node_config(&s, "proxy_header_timeout = \"300ms\"", ""));
+    let mx = relay.addr("mx");
+    // Not from proxy_trusted: closed, never greeted.
+    assert!(closed_unanswered(socket_from("127.0.0.50", mx)));
+    assert!(wait_until(5, || relay
+        .logged(&["not from a proxy_trusted address", "127.0.0.50"])));
+    // Trusted, but no header within the timeout: closed, never greeted.
+    assert!(closed_unanswered(socket_from("127.0.0.1", mx)));
+    // Trusted, but not a PROXY header (a client that bypassed the balancer).
+    let mut raw = socket_from("127.0.0.1", mx);
+    raw.write_all(b"EHLO client.test\r\n").unwrap();
+    assert!(closed_unanswered(raw));
+    assert!(wait_until(5, || relay.logged(&["reason", "timeout"])
+        && relay.logged(&["reason", "bad_header"])));
+    // A v1 header from the trusted balancer: served as the client it names.
+    let mut raw = socket_from("127.0.0.1", mx);
+    raw.write_all(b"PROXY TCP4 127.0.0.60 127.0.0.1 40000 25\r\n")
+        .unwrap();
+    let mut c = Client::from_tcp(raw);
+    assert_eq!(c.greeting.code, 220, "{}", c.greeting);
+    c.expect("EHLO client.test", 250);
+    let r = send(
+        &mut c,
+        "MAIL FROM:<a@client.test>",
+        "RCPT TO:<bob@example.test>",
+        "v1",
+    );
+    assert_eq!(r.code, 250, "{r}");
+    assert!(relay.show_first().contains("127.0.0.60"));
+}
