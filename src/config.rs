@@ -59,6 +59,8 @@ pub struct ConfigFile {
     pub delivery: DeliveryConfig,
     /// `[metrics]`: the Prometheus and health endpoint (absent: none, nothing recorded).
     pub metrics: Option<amtp_actors::config::MetricsConfig>,
+    /// `[cluster]`: limits shared by a fleet of relays through Redis (absent: this node alone).
+    pub cluster: Option<amtp_actors::cluster::ClusterConfig>,
 }
 
 /// `[server]`.
@@ -322,6 +324,15 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
     }
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
+    if let Some(c) = &file.cluster
+        && let Err((key, why)) = c.check()
+    {
+        return Err(err(
+            format!("cluster.{key}"),
+            line_of(text, "cluster", None, Some(key)),
+            why,
+        ));
+    }
     for (i, l) in file.listeners.iter().enumerate() {
         let at = |key| {
             line_of(text, "listener", Some(i), Some(key))
@@ -911,6 +922,38 @@ mod tests {
         ] {
             let e = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
             assert!(e.to_string().contains(wants), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let base = "[server]\nhostname = \"relay.test\"\n[delivery]\nenabled = false\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n[cluster]\n";
+        let ok = parse(
+            &format!("{base}redis = \"redis://127.0.0.1:6379/0\"\nnode_id = \"edge-1\"\n"),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        let c = ok.file.cluster.unwrap();
+        assert_eq!(c.node_id(), "edge-1");
+        assert_eq!(c.deadline.0, Duration::from_millis(20));
+        for (extra, field) in [
+            ("redis = \"http://x\"\n", "cluster.redis"),
+            (
+                "redis = \"redis://h/0\"\npool_size = 0\n",
+                "cluster.pool_size",
+            ),
+            (
+                "redis = \"redis://h/0\"\ndeadline = \"5s\"\n",
+                "cluster.deadline",
+            ),
+            (
+                "redis = \"redis://h/0\"\nnode_id = \"a b\"\n",
+                "cluster.node_id",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
+            assert_eq!(e.field, field, "{extra:?}: {e}");
         }
     }
 

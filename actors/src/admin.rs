@@ -263,6 +263,13 @@ pub async fn serve(path: &Path, queue: Recipient<AdminQuery>) -> std::io::Result
             )
             .await;
             let reply = match read {
+                Ok(Ok(_)) if line.trim() == "cluster status" => match crate::cluster::get() {
+                    Some(c) => match c.status().await {
+                        Ok(text) => format!("OK\n{text}"),
+                        Err(e) => format!("ERR {e}\n"),
+                    },
+                    None => "ERR this relay has no [cluster] section\n".to_string(),
+                },
                 Ok(Ok(_)) => match queue.send(AdminQuery(line.trim().to_string())).await {
                     Ok(Ok(text)) => format!("OK\n{text}"),
                     Ok(Err(e)) => format!("ERR {e}\n"),

@@ -14,6 +14,7 @@
 //! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
+//! - [`cluster`] — `[cluster]`: limits shared by a fleet through Redis, heartbeats, fallback.
 //! - [`delivery`] — outbound delivery: retry schedule, next-hop ordering (pure parts so far).
 //! - [`identity`] — AMTP identity: certificate name = PTR name = EHLO, cached per (IP, cert).
 //! - [`limits`] — connection limits and permits.
@@ -33,6 +34,7 @@ pub mod admin;
 pub mod amtp_policy;
 pub mod amtp_tls;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod health;

@@ -261,3 +261,224 @@ fn a_proxy_listener_refuses_untrusted_and_headerless_connections() {
     assert_eq!(r.code, 250, "{r}");
     assert!(relay.show_first().contains("127.0.0.60"));
 }
+
+/// A users file with `alice` / `password`, made by `amtp-relay hash-password`.
+fn users_file(s: &Shared) -> PathBuf {
+    let mut child = std::process::Command::new(crate::harness::BIN)
+        .args(["hash-password", "--user", "alice"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let path = s.dir.path().join("users.toml");
+    std::fs::write(&path, out.stdout).unwrap();
+    path
+}
+
+/// Nodes `edge-0`… sharing `redis`, with `extra` sections (e.g. `[auth]`).
+fn cluster_nodes(s: &Shared, n: usize, redis: &str, extra: &str) -> Vec<Relay> {
+    (0..n)
+        .map(|i| {
+            let cfg = node_config(
+                s,
+                "",
+                &format!(
+                    "{extra}\n[cluster]\nredis = \"{redis}\"\nnode_id = \"edge-{i}\"\ndeadline = \"50ms\"\nheartbeat = \"200ms\"\n"
+                ),
+            )
+            .replace("create_dev_user = true", "create_dev_user = false");
+            Relay::start_config(&cfg)
+        })
+        .collect()
+}
+
+/// Wait until every node has logged `needle` at least `times` times.
+fn all_logged(nodes: &[Relay], needle: &str, times: usize) -> bool {
+    wait_until(20, || {
+        nodes.iter().all(|n| {
+            n.logs
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(needle))
+                .count()
+                >= times
+        })
+    })
+}
+
+const SHARED_ON: &str = "limits are shared across the fleet";
+const SHARED_OFF: &str = "Redis unreachable";
+
+#[test]
+fn an_auth_lockout_earned_on_one_node_holds_on_the_others() {
+    if !have("haproxy") || !have("redis-server") {
+        return;
+    }
+    let s = shared();
+    let redis = crate::balancer::Redis::start();
+    let users = users_file(&s);
+    let nodes = cluster_nodes(
+        &s,
+        2,
+        &redis.url(),
+        &format!(
+            "[auth]\nusers_file = \"{}\"\nmax_failures_per_ip = 3\nmax_failures_per_user = 3\nlockout = \"10m\"\n",
+            users.display()
+        ),
+    );
+    assert!(all_logged(&nodes, SHARED_ON, 1));
+    let lb = Haproxy::start(&[
+        ("subs0", vec![nodes[0].addr("submissions")]),
+        ("subs1", vec![nodes[1].addr("submissions")]),
+    ]);
+    let login = |frontend: &str, source: &str, password: &str| -> u16 {
+        let mut c = Client::amtp(lb.addr(frontend), source, &s.ca, None).unwrap();
+        c.expect("EHLO client.test", 250);
+        c.send(&format!("AUTH PLAIN {}", plain("alice", password)))
+            .code
+    };
+    // Three failures from 127.0.0.30 on node 0 (the third locks the address out).
+    let codes: Vec<u16> = (0..3)
+        .map(|_| login("subs0", "127.0.0.30", "wrong"))
+        .collect();
+    assert_eq!(codes, [535, 535, 454], "node 0 locks the address out");
+    // The right password from that address on node 1: locked out there too.
+    assert_eq!(login("subs1", "127.0.0.30", "password"), 454);
+    assert!(wait_until(5, || nodes[1]
+        .logged(&["locked out across the fleet", "127.0.0.30"])));
+    // Another client on node 1 is not affected.
+    assert_eq!(login("subs1", "127.0.0.31", "password"), 235);
+
+    // `cluster status` on either node lists both.
+    let out = std::process::Command::new(crate::harness::BIN)
+        .args(["cluster", "status", "--data-dir"])
+        .arg(nodes[1].data_dir())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("edge-0") && text.contains("edge-1 ") && text.contains("(this node)"),
+        "{text}"
+    );
+    assert!(text.contains("shared limits: on"), "{text}");
+}
+
+/// Send one AMTP message as host `i` through `frontend`: the MAIL reply code (and, when 250,
+/// the final reply code).
+fn amtp_message(s: &Shared, lb: &Haproxy, i: u8, n: usize) -> (u16, u16) {
+    let cert = s.amtp_ca.client(&host_name(i), 2020, 2099);
+    let mut c = Client::amtp(
+        lb.addr("amtp"),
+        &host_ip(i),
+        &s.ca,
+        Some((&cert.cert_pem, &cert.key_pem)),
+    )
+    .expect("handshake");
+    c.expect(&format!("EHLO {}", host_name(i)), 250);
+    let mail = c.send("MAIL FROM:<a@amtp.test> MPC=per/individual");
+    if mail.code != 250 {
+        return (mail.code, 0);
+    }
+    c.expect("RCPT TO:<bob@example.test>", 250);
+    c.expect("DATA", 354);
+    c.write(format!("Subject: {n}\r\n\r\nhello\r\n.\r\n").as_bytes());
+    let done = c.read_reply().unwrap();
+    (250, done.code)
+}
+
+/// Sleep into the next wall-clock minute when fewer than `need` seconds of this one remain
+/// (the fleet counts per minute).
+fn room_in_this_minute(need: u64) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let left = 60 - secs % 60;
+    if left < need {
+        std::thread::sleep(Duration::from_secs(left + 1));
+    }
+}
+
+#[test]
+fn the_identity_rate_is_fleet_wide_and_redis_outages_fall_back_to_local_limits() {
+    if !have("haproxy") || !have("redis-server") {
+        return;
+    }
+    let s = shared();
+    let mut redis = crate::balancer::Redis::start();
+    // Rate limit 4 per minute per identity, on every node.
+    let nodes: Vec<Relay> = (0..2)
+        .map(|i| {
+            let cfg = node_config(
+                &s,
+                "",
+                &format!(
+                    "\n[cluster]\nredis = \"{}\"\nnode_id = \"edge-{i}\"\ndeadline = \"50ms\"\nheartbeat = \"200ms\"\n",
+                    redis.url()
+                ),
+            )
+            .replace("[amtp]\n", "[amtp]\nrate_limit_per_minute = 4\n");
+            Relay::start_config(&cfg)
+        })
+        .collect();
+    assert!(all_logged(&nodes, SHARED_ON, 1));
+    let lb = Haproxy::start(&[("amtp", nodes.iter().map(|n| n.addr("amtp")).collect())]);
+    let queued = || nodes.iter().map(Relay::queued).sum::<usize>();
+
+    // Shared: host 0 sends 7 messages spread over both nodes; the fleet takes 4.
+    room_in_this_minute(25);
+    let results: Vec<(u16, u16)> = (0..7).map(|n| amtp_message(&s, &lb, 0, n)).collect();
+    let accepted = results.iter().filter(|r| *r == &(250, 250)).count();
+    assert_eq!(accepted, 4, "fleet-wide limit: {results:?}");
+    assert!(
+        results.iter().all(|r| *r == (250, 250) || r.0 == 451),
+        "{results:?}"
+    );
+    assert!(
+        nodes.iter().all(|n| n.queued() >= 1),
+        "both nodes took mail"
+    );
+    assert_eq!(queued(), 4);
+    assert!(
+        nodes[0].show_first().contains(".edge-0"),
+        "the Received id names the node"
+    );
+
+    // Redis dies: the next decisions are local (4 per node), mail keeps flowing, and
+    // everything acknowledged is queued.
+    redis.kill();
+    assert!(
+        all_logged(&nodes, SHARED_OFF, 1),
+        "each node notices and says so"
+    );
+    let results: Vec<(u16, u16)> = (0..7).map(|n| amtp_message(&s, &lb, 1, n)).collect();
+    let accepted = results.iter().filter(|r| *r == &(250, 250)).count();
+    assert!(
+        accepted > 4,
+        "local limits: each node takes up to 4: {results:?}"
+    );
+    assert_eq!(queued(), 4 + accepted, "nothing acknowledged is lost");
+
+    // Redis returns: the nodes rejoin and the limit is fleet-wide again.
+    redis.restart();
+    assert!(all_logged(&nodes, SHARED_ON, 2), "each node rejoins");
+    room_in_this_minute(25);
+    let results: Vec<(u16, u16)> = (0..7).map(|n| amtp_message(&s, &lb, 2, n)).collect();
+    let again = results.iter().filter(|r| *r == &(250, 250)).count();
+    assert_eq!(again, 4, "shared again: {results:?}");
+    assert_eq!(queued(), 8 + accepted);
+}
