@@ -482,3 +482,68 @@ fn the_identity_rate_is_fleet_wide_and_redis_outages_fall_back_to_local_limits()
     assert_eq!(again, 4, "shared again: {results:?}");
     assert_eq!(queued(), 8 + accepted);
 }
+
+#[test]
+fn two_nodes_never_open_more_than_the_fleet_cap_to_one_destination() {
+    if !have("haproxy") || !have("redis-server") {
+        return;
+    }
+    let s = shared();
+    let redis = crate::balancer::Redis::start();
+    let sink = crate::sink::Sink::start("127.0.0.1:0");
+    // Each delivery takes a while, so a backlog builds and each node wants its 2 connections.
+    sink.behaviour.lock().unwrap().stall = Some(Duration::from_millis(150));
+    let delivery = format!(
+        "[delivery]\nserver_ca = \"{}\"\npoll_interval = \"200ms\"\nconcurrency_per_destination = 2\n\n[[delivery.route]]\ndomains = [\"example.test\"]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"smtp\"\ntls = \"none\"\n",
+        crate::harness::unused_roots().display(),
+        sink.addr.port()
+    );
+    let nodes: Vec<Relay> = (0..2)
+        .map(|i| {
+            let cfg = node_config(
+                &s,
+                "",
+                &format!(
+                    "\n[cluster]\nredis = \"{}\"\nnode_id = \"edge-{i}\"\ndeadline = \"50ms\"\nheartbeat = \"200ms\"\n",
+                    redis.url()
+                ),
+            )
+            .replace("[delivery]\nenabled = false\n", &delivery);
+            Relay::start_config(&cfg)
+        })
+        .collect();
+    assert!(all_logged(&nodes, SHARED_ON, 1));
+    let lb = Haproxy::start(&[
+        ("mx0", vec![nodes[0].addr("mx")]),
+        ("mx1", vec![nodes[1].addr("mx")]),
+    ]);
+    const PER_NODE: usize = 16;
+    let senders: Vec<_> = ["mx0", "mx1"]
+        .into_iter()
+        .map(|f| {
+            let addr = lb.addr(f);
+            std::thread::spawn(move || {
+                let mut c = Client::from_tcp(socket_from("127.0.0.40", addr));
+                c.expect("EHLO client.test", 250);
+                for n in 0..PER_NODE {
+                    let r = send(
+                        &mut c,
+                        "MAIL FROM:<a@client.test>",
+                        "RCPT TO:<bob@example.test>",
+                        &format!("{n}"),
+                    );
+                    assert_eq!(r.code, 250, "{r}");
+                }
+                c.expect("QUIT", 221);
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|t| t.join().unwrap());
+    let got = sink.wait_for(2 * PER_NODE, 60);
+    assert_eq!(got.len(), 2 * PER_NODE, "everything is delivered");
+    let most = sink.max_open.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        most <= 2,
+        "the sink saw {most} connections at once; the fleet cap is 2"
+    );
+}

@@ -18,9 +18,11 @@
 //! - this file — [`ClusterConfig`], the [`Cluster`] handle (connections, deadline, away/back).
 //! - [`auth`] — shared AUTH failure counters and lockouts (Lua scripts).
 //! - [`rate`] — the shared per-identity message rate.
+//! - [`lease`] — fleet-wide outbound connection slots per destination.
 //! - [`membership`] — heartbeats and `amtp-relay cluster status`.
 
 pub mod auth;
+pub mod lease;
 pub mod membership;
 pub mod rate;
 
