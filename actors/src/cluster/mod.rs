@@ -252,3 +252,74 @@ mod metrics {
         crate::metrics::cluster_fallback(what);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn config(redis: String) -> ClusterConfig {
+        ClusterConfig {
+            redis,
+            node_id: Some("edge-t".into()),
+            deadline: HumanDuration(Duration::from_millis(30)),
+            pool_size: 1,
+            heartbeat: HumanDuration(Duration::from_secs(1)),
+            key_prefix: "t:".into(),
+        }
+    }
+
+    async fn ping(c: &Cluster, probe: bool) -> Option<String> {
+        let op = |mut conn: ConnectionManager| async move {
+            redis::cmd("PING").query_async::<String>(&mut conn).await
+        };
+        if probe {
+            c.attempt("heartbeat", op).await
+        } else {
+            c.run("auth_check", op).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_redis_costs_one_deadline_then_nothing_until_a_probe_succeeds() {
+        // Accepts connections and never answers: the worst case, slower than refusing.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let _hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = silent.accept().await {
+                held.push(s);
+            }
+        });
+        let c = Cluster::new(&config(format!("redis://{addr}/0"))).unwrap();
+        assert!(!c.is_up(), "away until a heartbeat succeeds");
+        assert_eq!(ping(&c, false).await, None, "away: not even tried");
+        c.back();
+        let started = Instant::now();
+        assert_eq!(ping(&c, false).await, None);
+        assert!(!c.is_up(), "a missed deadline marks Redis away");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "bounded by the deadline, not the connection's 1 s response timeout"
+        );
+        assert_eq!(ping(&c, false).await, None, "away again: not tried");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_falls_back_and_the_probe_keeps_trying() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let c = Cluster::new(&config(format!("redis://{addr}/0"))).unwrap();
+        c.back();
+        assert_eq!(ping(&c, false).await, None);
+        assert!(!c.is_up());
+        assert_eq!(ping(&c, true).await, None, "the probe tries, and fails");
+    }
+
+    #[test]
+    fn fleet_ids_name_the_node_only_in_a_fleet() {
+        // No cluster installed in unit tests.
+        assert_eq!(fleet_id("00000000000000ab"), "00000000000000ab");
+    }
+}
