@@ -936,7 +936,7 @@ mod tests {
         .unwrap();
         let c = ok.file.cluster.unwrap();
         assert_eq!(c.node_id(), "edge-1");
-        assert_eq!(c.deadline.0, Duration::from_millis(20));
+        assert_eq!(c.deadline.0, Duration::from_millis(5));
         for (extra, field) in [
             ("redis = \"http://x\"\n", "cluster.redis"),
             (

@@ -29,7 +29,8 @@ impl Cluster {
         let depth = (a.queue_depth)();
         let id = self.node_id.clone();
         let listeners = a.listeners.clone();
-        self.attempt("heartbeat", |mut c| async move {
+        let limit = (self.heartbeat / 2).clamp(self.deadline, Duration::from_secs(1));
+        self.attempt("heartbeat", limit, |mut c| async move {
             redis::pipe()
                 .atomic()
                 .hset_multiple(
@@ -53,6 +54,29 @@ impl Cluster {
         .is_some()
     }
 
+    /// PING every pooled connection (twice if the first fails: that one starts the
+    /// reconnection), within the probe's limit; whether all answered.
+    async fn all_connections_answer(&self) -> bool {
+        let limit = (self.heartbeat / 2).clamp(self.deadline, Duration::from_secs(1));
+        for conn in &self.conns {
+            let mut answered = false;
+            for _ in 0..2 {
+                let mut c = conn.clone();
+                let ping = redis::cmd("PING");
+                if let Ok(Ok(_)) =
+                    tokio::time::timeout(limit, ping.query_async::<String>(&mut c)).await
+                {
+                    answered = true;
+                    break;
+                }
+            }
+            if !answered {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Announce this node every `heartbeat` until the task is dropped; marks Redis back when
     /// a heartbeat succeeds (the away state is set by any failing operation).
     pub async fn heartbeat_loop(self: Arc<Self>, a: Announcement) {
@@ -60,6 +84,12 @@ impl Cluster {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // Rejoin only when every pooled connection answers: a connection idle since Redis
+            // went away fails its first command (which starts its reconnection), and must not
+            // do so on a session's deadline.
+            if !self.is_up() && !self.all_connections_answer().await {
+                continue;
+            }
             if self.beat(&a).await {
                 self.back();
             }

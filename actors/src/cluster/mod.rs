@@ -58,7 +58,7 @@ pub struct ClusterConfig {
 }
 
 fn default_deadline() -> HumanDuration {
-    HumanDuration(Duration::from_millis(20))
+    HumanDuration(Duration::from_millis(5))
 }
 fn default_pool_size() -> usize {
     2
@@ -205,16 +205,18 @@ impl Cluster {
             metrics::fallback(what);
             return None;
         }
-        self.attempt(what, op).await
+        self.attempt(what, self.deadline, op).await
     }
 
-    /// Like [`run`](Self::run) but tries even while Redis is marked away (the probe).
-    async fn attempt<T, F, Fut>(&self, what: &'static str, op: F) -> Option<T>
+    /// Like [`run`](Self::run) but tries even while Redis is marked away, within `limit`
+    /// (the heartbeat probes with a longer limit than a session's deadline: nobody waits on
+    /// it, and a (re)connection must be able to complete).
+    async fn attempt<T, F, Fut>(&self, what: &'static str, limit: Duration, op: F) -> Option<T>
     where
         F: FnOnce(ConnectionManager) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        match tokio::time::timeout(self.deadline, op(self.conn())).await {
+        match tokio::time::timeout(limit, op(self.conn())).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 self.away(what, &e.to_string());
@@ -274,7 +276,7 @@ mod tests {
             redis::cmd("PING").query_async::<String>(&mut conn).await
         };
         if probe {
-            c.attempt("heartbeat", op).await
+            c.attempt("heartbeat", c.deadline, op).await
         } else {
             c.run("auth_check", op).await
         }
