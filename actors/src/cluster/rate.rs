@@ -1,16 +1,17 @@
 //! The shared per-identity message rate (AMTP `rate_limit_per_minute`, fleet-wide).
 //!
 //! Tokens, not counts: a node admits a message only with a token claimed from the fleet's
-//! budget for that identity and wall-clock minute (one Lua call: take one if the minute's
-//! count is under the limit), so the fleet admits the limit exactly. The per-message path does
-//! not wait on Redis: each admitted message starts the claim of the next token in the
-//! background (pipelined on the multiplexed connection). Only the first message of an
+//! budget for that identity and wall-clock minute (one Lua call takes a batch — 1 % of the
+//! limit, 1 to 50 — or what is left), so the fleet never admits more than the limit. The
+//! per-message path does not wait on Redis: when a node's batch runs out, the admitted message
+//! starts the claim of the next one in the background (pipelined on the multiplexed
+//! connection). Only the first message of an
 //! identity on a node in a minute waits for one claim ([`Cluster::rate_prepare`], called by
 //! the session driver before MAIL, bounded by the deadline). A message that finds its token
 //! still in flight is admitted on credit and the token, when it arrives, pays it back; a
 //! refused claim marks the identity exhausted on this node until the minute ends. A node may
-//! hold one unused token per identity, so the fleet can fall short of the limit by at most one
-//! message per other node — never exceed it. Keys expire after two minutes. When Redis is away
+//! end a minute holding part of a batch unused, so the fleet can fall short of the limit by
+//! up to a batch per other node — never exceed it (limits under 200 a minute: one message). Keys expire after two minutes. When Redis is away
 //! the caller's local limiter decides alone (per node).
 
 use super::Cluster;
@@ -20,18 +21,27 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, LazyLock, Mutex};
 
-/// KEYS: the identity's counter for this minute; ARGV: the limit → 1 granted, 0 exhausted.
+/// KEYS: the identity's counter for this minute; ARGV: the limit, the batch wanted → the
+/// tokens granted (0: the minute's budget is used up).
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 local n = tonumber(redis.call('GET', KEYS[1]) or '0')
-if n >= tonumber(ARGV[1]) then return 0 end
-redis.call('INCR', KEYS[1])
+local left = tonumber(ARGV[1]) - n
+if left <= 0 then return 0 end
+local take = math.min(left, tonumber(ARGV[2]))
+redis.call('INCRBY', KEYS[1], take)
 if n == 0 then redis.call('PEXPIRE', KEYS[1], 120000) end
-return 1
+return take
 ",
     )
 });
+
+/// Tokens claimed at once: 1 % of the limit, between 1 and 50. One Redis call per batch; a
+/// node may end a minute holding up to a batch unused.
+pub fn batch(per_minute: u32) -> u32 {
+    (per_minute / 100).clamp(1, 50)
+}
 
 const SHARDS: usize = 16;
 
@@ -117,13 +127,13 @@ impl FleetView {
         })
     }
 
-    /// A claim ended: granted, refused, or `None` (Redis away: forget the claim).
-    fn claimed(&self, key: &str, minute: u64, granted: Option<bool>) {
+    /// A claim ended: tokens granted (0: refused), or `None` (Redis away: forget the claim).
+    fn claimed(&self, key: &str, minute: u64, granted: Option<u32>) {
         self.with(key, minute, |t| {
             t.claiming = false;
             match granted {
-                Some(true) => t.held += 1,
-                Some(false) => t.exhausted = true,
+                Some(0) => t.exhausted = true,
+                Some(n) => t.held += i64::from(n),
                 None => {}
             }
         });
@@ -137,12 +147,17 @@ fn minute_now() -> u64 {
 impl Cluster {
     async fn claim(&self, view: &FleetView, identity: &str, minute: u64, per_minute: u32) {
         let key = self.key(format_args!("rate:{identity}:{minute}"));
-        let granted: Option<u8> = self
+        let granted: Option<u32> = self
             .run("rate", |mut c| async move {
-                CLAIM.key(&key).arg(per_minute).invoke_async(&mut c).await
+                CLAIM
+                    .key(&key)
+                    .arg(per_minute)
+                    .arg(batch(per_minute))
+                    .invoke_async(&mut c)
+                    .await
             })
             .await;
-        view.claimed(identity, minute, granted.map(|g| g == 1));
+        view.claimed(identity, minute, granted);
     }
 
     /// Before MAIL: make sure a token is held or in flight for `identity`, waiting (within the
@@ -192,19 +207,25 @@ mod tests {
         let v = FleetView::new();
         // First message of the minute: claim first, then admit and prefetch the next.
         assert!(v.start_claim_if_empty("a", 1));
-        v.claimed("a", 1, Some(true));
+        v.claimed("a", 1, Some(1));
         assert!(!v.start_claim_if_empty("a", 1), "a token is held");
         assert_eq!(v.admit("a", 1), Admit::YesClaim);
         // The next message arrives before the prefetched token: admitted on credit.
         assert_eq!(v.admit("a", 1), Admit::Yes);
-        v.claimed("a", 1, Some(true));
+        v.claimed("a", 1, Some(1));
         // The debt is paid; nothing held, nothing in flight: the next message claims again.
         assert!(v.start_claim_if_empty("a", 1));
-        v.claimed("a", 1, Some(false));
+        v.claimed("a", 1, Some(0));
         assert_eq!(v.admit("a", 1), Admit::No, "the fleet's budget is used up");
         assert!(!v.start_claim_if_empty("a", 1));
         // Other identities and the next minute start over.
         assert!(v.start_claim_if_empty("b", 1));
         assert!(v.start_claim_if_empty("a", 2));
+        // A batch: several messages per claim, the next claim only when it runs out.
+        v.claimed("a", 2, Some(3));
+        assert_eq!(v.admit("a", 2), Admit::Yes);
+        assert_eq!(v.admit("a", 2), Admit::Yes);
+        assert_eq!(v.admit("a", 2), Admit::YesClaim);
+        assert_eq!((batch(4), batch(1000), batch(1_000_000)), (1, 10, 50));
     }
 }
