@@ -919,6 +919,10 @@ mod tests {
                 "proxy_protocol = true\nproxy_trusted = [\"balancer\"]\n",
                 "not an IP address",
             ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\"]\nproxy_header_timeout = \"0s\"\n",
+                "above zero",
+            ),
         ] {
             let e = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
             assert!(e.to_string().contains(wants), "{extra:?}: {e}");

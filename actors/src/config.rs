@@ -114,6 +114,12 @@ impl ListenerConfig {
     /// without `proxy_trusted` (it would refuse every connection), or `proxy_trusted` without
     /// `proxy_protocol` (the operator expects client addresses that will not be read).
     pub fn proxy_problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.proxy_protocol && self.proxy_header_timeout.0.is_zero() {
+            return Some((
+                "proxy_header_timeout",
+                "proxy_header_timeout must be above zero (a few seconds)",
+            ));
+        }
         match (self.proxy_protocol, self.proxy_trusted.is_empty()) {
             (true, true) => Some((
                 "proxy_trusted",
