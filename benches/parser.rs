@@ -94,6 +94,9 @@ fn session_step(c: &mut Criterion) {
         cram_md5: false,
         allow_insecure_auth: false,
         default_mpc: None,
+        proxy_protocol: false,
+        proxy_trusted: Vec::new(),
+        proxy_header_timeout: amtp_actors::units::HumanDuration(std::time::Duration::from_secs(5)),
     });
     let ctx = SessionContext {
         hostname: Arc::from("relay.example.test"),

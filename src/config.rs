@@ -60,6 +60,8 @@ pub struct ConfigFile {
     pub delivery: DeliveryConfig,
     /// `[metrics]`: the Prometheus and health endpoint (absent: none, nothing recorded).
     pub metrics: Option<amtp_actors::config::MetricsConfig>,
+    /// `[cluster]`: limits shared by a fleet of relays through Redis (absent: this node alone).
+    pub cluster: Option<amtp_actors::cluster::ClusterConfig>,
 }
 
 /// `[server]`.
@@ -408,6 +410,15 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
     }
     let mut names = HashSet::new();
     let mut addresses = HashSet::new();
+    if let Some(c) = &file.cluster
+        && let Err((key, why)) = c.check()
+    {
+        err(
+            format!("cluster.{key}"),
+            line_of(text, "cluster", None, Some(key)),
+            why,
+        );
+    }
     for (i, l) in file.listeners.iter().enumerate() {
         let at = |key| {
             line_of(text, "listener", Some(i), Some(key))
@@ -430,6 +441,9 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
                 at("address"),
                 format!("{} is used by two listeners", l.address),
             );
+        }
+        if let Some((key, why)) = l.proxy_problem() {
+            err(field(key), at(key), why.into());
         }
         if let Some(text) = &l.default_mpc {
             if l.role == ListenerRole::Amtp {
@@ -911,6 +925,76 @@ mod tests {
         );
         assert_eq!(operator_words("expected f64"), "expected a number");
         assert_eq!(operator_words("expected u8x"), "expected u8x");
+    }
+
+    #[test]
+    fn proxy_settings_are_checked() {
+        let base = "[server]\nhostname = \"relay.test\"\n[delivery]\nenabled = false\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n";
+        let ok = parse(
+            &format!("{base}proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]\n"),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        assert_eq!(ok.file.listeners[0].proxy_trusted.len(), 3);
+        for (extra, wants) in [
+            ("proxy_protocol = true\n", "listener[0].proxy_trusted"),
+            (
+                "proxy_trusted = [\"10.0.0.0/8\"]\n",
+                "listener[0].proxy_trusted",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"10.0.0.1/8\"]\n",
+                "host bits",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/40\"]\n",
+                "prefix length",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"balancer\"]\n",
+                "not an IP address",
+            ),
+            (
+                "proxy_protocol = true\nproxy_trusted = [\"10.0.0.0/8\"]\nproxy_header_timeout = \"0s\"\n",
+                "above zero",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
+            assert!(e.to_string().contains(wants), "{extra:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let base = "[server]\nhostname = \"relay.test\"\n[delivery]\nenabled = false\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n[cluster]\n";
+        let ok = parse(
+            &format!("{base}redis = \"redis://127.0.0.1:6379/0\"\nnode_id = \"edge-1\"\n"),
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        let c = ok.file.cluster.unwrap();
+        assert_eq!(c.node_id(), "edge-1");
+        assert_eq!(c.deadline.0, Duration::from_millis(5));
+        for (extra, field) in [
+            ("redis = \"http://x\"\n", "cluster.redis"),
+            (
+                "redis = \"redis://h/0\"\npool_size = 0\n",
+                "cluster.pool_size",
+            ),
+            (
+                "redis = \"redis://h/0\"\ndeadline = \"5s\"\n",
+                "cluster.deadline",
+            ),
+            (
+                "redis = \"redis://h/0\"\nnode_id = \"a b\"\n",
+                "cluster.node_id",
+            ),
+        ] {
+            let e = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
+            assert_eq!(e.0[0].field, field, "{extra:?}: {e}");
+        }
     }
 
     #[test]

@@ -81,6 +81,19 @@ enum Command {
         #[arg(long, global = true)]
         config: Option<PathBuf>,
     },
+    /// The fleet as this relay sees it in Redis (`[cluster]`): `cluster status` lists the
+    /// nodes, their version, queue depth and when each was last seen. Asks the running relay
+    /// over its admin socket.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+        /// The relay's data directory (default: from --config, else ./amtp-data).
+        #[arg(long, global = true)]
+        data_dir: Option<PathBuf>,
+        /// Take the data directory from this configuration file.
+        #[arg(long, global = true)]
+        config: Option<PathBuf>,
+    },
     /// Check an AMTP peer step by step (SRV, TCP, TLS, identity, EHLO, MPC policy, MAIL,
     /// RCPT), and with --send send it a message. Exit codes: 0 accepted, 1 other failure,
     /// 3 connect failed, 4 TLS refused, 5 identity refused (504), 6 policy refused (550),
@@ -106,6 +119,12 @@ struct AdminArgs {
     /// Take the data directory from this configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// The nodes and when each was last seen.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -214,6 +233,45 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("amtp-relay: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cluster {
+            action: ClusterAction::Status,
+            data_dir,
+            config,
+        } => {
+            let data_dir = match (data_dir, config) {
+                (Some(d), _) => d,
+                (None, Some(c)) => match config::load(Some(&c)) {
+                    Ok(c) => c.data_dir,
+                    Err(e) => {
+                        eprintln!("amtp-relay: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                },
+                (None, None) => PathBuf::from("./amtp-data"),
+            };
+            let socket = data_dir.join("admin.sock");
+            match amtp_actors::admin::query(&socket, "cluster status") {
+                Ok(Some(Ok(text))) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Ok(Some(Err(e))) => {
+                    eprintln!("amtp-relay: {e}");
+                    ExitCode::FAILURE
+                }
+                Ok(None) => {
+                    eprintln!(
+                        "amtp-relay: no relay answers on {} (cluster status asks a running relay)",
+                        socket.display()
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("amtp-relay: {}: {e}", socket.display());
                     ExitCode::FAILURE
                 }
             }

@@ -148,6 +148,9 @@ pub fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     if differs(&o.metrics, &n.metrics) {
         out.push("[metrics]");
     }
+    if differs(&o.cluster, &n.cluster) {
+        out.push("[cluster]");
+    }
     if o.logging.format != n.logging.format {
         out.push("logging.format");
     }

@@ -119,6 +119,30 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
             .as_ref()
             .is_some_and(|a| a.public_ca.is_some() || a.private_require_ptr);
     let admin_socket = config.admin_socket();
+    let cluster = match &file.cluster {
+        Some(c) => {
+            let listeners = settings
+                .listeners
+                .iter()
+                .map(|(l, s)| {
+                    let addr = s
+                        .local_addr()
+                        .map_or_else(|_| l.address.to_string(), |a| a.to_string());
+                    format!("{addr} ({})", l.role.as_str())
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let queue = settings.queue_store.clone();
+            Some((
+                c.clone(),
+                amtp_actors::cluster::membership::Announcement {
+                    listeners,
+                    queue_depth: Box::new(move || u64::try_from(queue.len()).unwrap_or(u64::MAX)),
+                },
+            ))
+        }
+        None => None,
+    };
     let reloader = Reloader::new(path, config, level);
     let result = system.block_on(async move {
         let mut settings = settings;
@@ -146,12 +170,26 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
                 config: resolver,
             });
         }
+        // The Redis connections belong to the runtime, so they are made inside it.
+        let heartbeat = match cluster {
+            Some((c, announce)) => {
+                let node = amtp_actors::cluster::Cluster::new(&c)
+                    .map_err(|e| anyhow::anyhow!("[cluster] {e}"))?;
+                tracing::info!(node = %node.node_id(), redis = %c.redis, "cluster: sharing limits through Redis");
+                amtp_actors::cluster::install(node.clone());
+                Some(actix::spawn(node.heartbeat_loop(announce)))
+            }
+            None => None,
+        };
         let mut relay = wiring::start(settings)?;
         // Every listener is bound and the queue is open.
         notify::ready();
         let mut reloader = reloader;
         let mut signals = signals;
         control_loop(&mut relay, &mut reloader, &mut signals, control_rx).await;
+        if let Some(h) = heartbeat {
+            h.abort();
+        }
         notify::stopping();
         let grace = reloader.shutdown_grace();
         tracing::info!(

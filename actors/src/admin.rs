@@ -328,6 +328,15 @@ pub async fn serve(
                     Ok(text) => format!("OK\n{text}"),
                     Err(e) => format!("ERR {e}\n"),
                 },
+                (Ok(Ok(_)), None) if line.trim() == "cluster status" => {
+                    match crate::cluster::get() {
+                        Some(c) => match c.status().await {
+                            Ok(text) => format!("OK\n{text}"),
+                            Err(e) => format!("ERR {e}\n"),
+                        },
+                        None => "ERR this relay has no [cluster] section\n".to_string(),
+                    }
+                }
                 (Ok(Ok(_)), None) => match queue.send(AdminQuery(line.trim().to_string())).await {
                     Ok(Ok(text)) => format!("OK\n{text}"),
                     Ok(Err(e)) => format!("ERR {e}\n"),

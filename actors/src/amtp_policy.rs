@@ -15,7 +15,7 @@ use amtp_proto::mpc::{Mpc, MpcError, MpcPolicy, Verdict};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// An unadvertised rule: when its selectors match, the listed MPCs are refused.
@@ -201,11 +201,13 @@ impl AmtpPolicy {
 }
 
 /// Fixed-window message counter per key (one-minute windows), sharded; bounded by dropping
-/// keys whose window has passed.
+/// keys whose window has passed. With `[cluster]` and Redis reachable, the limit is
+/// fleet-wide ([`crate::cluster::rate`], never waiting on Redis); else per node.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_minute: u32,
     shards: Vec<Mutex<HashMap<String, (Instant, u32)>>>,
+    fleet: Arc<crate::cluster::rate::FleetView>,
 }
 
 impl RateLimiter {
@@ -214,11 +216,30 @@ impl RateLimiter {
         Self {
             per_minute,
             shards: (0..16).map(|_| Mutex::new(HashMap::new())).collect(),
+            fleet: crate::cluster::rate::FleetView::new(),
         }
     }
 
-    /// Count one message for `key`; false when over the limit.
+    /// Count one message for `key`; false when over the limit (fleet-wide when the cluster
+    /// is up; the local count is kept either way, so a Redis outage falls back to a warm
+    /// per-node limit).
     pub fn allow(&self, key: &str, now: Instant) -> bool {
+        let local = self.allow_local(key, now);
+        match crate::cluster::get().and_then(|c| c.rate_admit(&self.fleet, key, self.per_minute)) {
+            Some(fleet) => fleet,
+            None => local,
+        }
+    }
+
+    /// Before MAIL: with `[cluster]`, make sure a fleet token for `key` is held or on its way
+    /// (waits at most the cluster deadline, and only for the first message of a minute).
+    pub async fn prepare(&self, key: &str) {
+        if let Some(c) = crate::cluster::get() {
+            c.rate_prepare(&self.fleet, key, self.per_minute).await;
+        }
+    }
+
+    fn allow_local(&self, key: &str, now: Instant) -> bool {
         let mut h = DefaultHasher::new();
         key.hash(&mut h);
         let i = usize::try_from(h.finish() % 16).unwrap_or(0);

@@ -82,6 +82,19 @@ pub struct ListenerConfig {
     /// without an MPC cannot leave over AMTP. Default: `per/individual` on submission
     /// listeners, none on mx. Not allowed on AMTP listeners (MAIL must carry `MPC=` there).
     pub default_mpc: Option<String>,
+    /// Expect a PROXY protocol header (v1 or v2) first on every connection, as sent by a load
+    /// balancer (HAProxy `send-proxy-v2`, a cloud NLB); its source address is then the client
+    /// address for everything (limits, AUTH lockouts, AMTP identity, `Received:`, logs).
+    /// Needs `proxy_trusted`. See docs/CLUSTER.md.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// The balancers' networks (`"10.0.0.0/8"`, `"192.0.2.7"`): a connection from anywhere
+    /// else on a `proxy_protocol` listener is closed unanswered and counted.
+    #[serde(default)]
+    pub proxy_trusted: Vec<crate::proxy::Cidr>,
+    /// How long a trusted connection may take to send its PROXY header before it is closed.
+    #[serde(default = "defaults::proxy_header_timeout")]
+    pub proxy_header_timeout: HumanDuration,
 }
 
 impl ListenerConfig {
@@ -97,6 +110,29 @@ impl ListenerConfig {
                 class: amtp_proto::mpc::Class::Individual,
             }),
             (None, _) => None,
+        }
+    }
+
+    /// What is wrong with the PROXY protocol settings, as (field, message): `proxy_protocol`
+    /// without `proxy_trusted` (it would refuse every connection), or `proxy_trusted` without
+    /// `proxy_protocol` (the operator expects client addresses that will not be read).
+    pub fn proxy_problem(&self) -> Option<(&'static str, &'static str)> {
+        if self.proxy_protocol && self.proxy_header_timeout.0.is_zero() {
+            return Some((
+                "proxy_header_timeout",
+                "proxy_header_timeout must be above zero (a few seconds)",
+            ));
+        }
+        match (self.proxy_protocol, self.proxy_trusted.is_empty()) {
+            (true, true) => Some((
+                "proxy_trusted",
+                "proxy_protocol = true needs proxy_trusted: the load balancers' networks (e.g. [\"10.0.0.0/8\"])",
+            )),
+            (false, false) => Some((
+                "proxy_trusted",
+                "proxy_trusted is set but proxy_protocol is off; set proxy_protocol = true",
+            )),
+            _ => None,
         }
     }
 
@@ -485,6 +521,9 @@ pub mod defaults {
     }
     pub(crate) fn max_connections_per_ip() -> usize {
         50
+    }
+    pub(crate) fn proxy_header_timeout() -> HumanDuration {
+        HumanDuration(Duration::from_secs(5))
     }
     pub(crate) fn max_message_size() -> ByteSize {
         ByteSize(25_000_000)

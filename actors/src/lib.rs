@@ -15,11 +15,13 @@
 //! - [`listener`], [`worker`], [`policy`], [`queue_actor`] — the actors.
 //! - [`session`] — state machine, SASL, driver and stream.
 //! - [`auth`] — users file, CRAM-MD5 secrets, failure throttling.
+//! - [`cluster`] — `[cluster]`: limits shared by a fleet through Redis, heartbeats, fallback.
 //! - [`delivery`] — outbound delivery: retry schedule, next-hop ordering (pure parts so far).
 //! - [`identity`] — AMTP identity: certificate name = PTR name = EHLO, cached per (IP, cert).
 //! - [`limits`] — connection limits and permits.
 //! - [`lifecycle`] — stop phases (SIGTERM: no new transaction; grace over: 421 and close).
 //! - [`runtime`] — the swap point for settings a reload changes.
+//! - [`proxy`] — the PROXY protocol (v1/v2) in front of a listener: trusted balancers, the header.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration.
 //! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
@@ -35,6 +37,7 @@ pub mod admin;
 pub mod amtp_policy;
 pub mod amtp_tls;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod health;
@@ -45,6 +48,7 @@ pub mod listener;
 pub mod messages;
 pub mod metrics;
 pub mod policy;
+pub mod proxy;
 pub mod queue_actor;
 pub mod resolver;
 pub mod runtime;

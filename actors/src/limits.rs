@@ -59,7 +59,26 @@ impl ConnectionLimits {
         c.total += 1;
         Ok(ConnectionPermit {
             limits: self.clone(),
-            ip,
+            ip: Some(ip),
+        })
+    }
+
+    /// Take a slot in the global count only, for a connection whose client address is not
+    /// known yet (a PROXY protocol listener before the header): a flood of header-less
+    /// connections is bounded by `max_connections`, and the per-IP slot is taken by
+    /// [`ConnectionPermit::bind_ip`] once the header names the client.
+    pub fn try_acquire_global(self: &Arc<Self>) -> Result<ConnectionPermit, LimitExceeded> {
+        let mut c = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if c.total >= self.max_total.load(Ordering::Relaxed) {
+            return Err(LimitExceeded::Global);
+        }
+        c.total += 1;
+        Ok(ConnectionPermit {
+            limits: self.clone(),
+            ip: None,
         })
     }
 
@@ -83,7 +102,34 @@ impl ConnectionLimits {
 #[derive(Debug)]
 pub struct ConnectionPermit {
     limits: Arc<ConnectionLimits>,
-    ip: IpAddr,
+    /// `None` while only the global slot is held (see [`ConnectionLimits::try_acquire_global`]).
+    ip: Option<IpAddr>,
+}
+
+impl ConnectionPermit {
+    /// Take the per-IP slot for `ip` on a permit that holds only its global slot. On
+    /// `Err(PerIp)` the permit keeps only its global slot (dropping it releases that).
+    /// A permit that already has an address is left unchanged.
+    pub fn bind_ip(&mut self, ip: IpAddr) -> Result<(), LimitExceeded> {
+        if self.ip.is_some() {
+            return Ok(());
+        }
+        let mut c = self
+            .limits
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = c.per_ip.entry(ip).or_insert(0);
+        if *n >= self.limits.max_per_ip.load(Ordering::Relaxed) {
+            if *n == 0 {
+                c.per_ip.remove(&ip);
+            }
+            return Err(LimitExceeded::PerIp);
+        }
+        *n += 1;
+        self.ip = Some(ip);
+        Ok(())
+    }
 }
 
 impl Drop for ConnectionPermit {
@@ -94,10 +140,12 @@ impl Drop for ConnectionPermit {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
+        if let Some(ip) = self.ip
+            && let Some(n) = c.per_ip.get_mut(&ip)
+        {
             *n -= 1;
             if *n == 0 {
-                c.per_ip.remove(&self.ip);
+                c.per_ip.remove(&ip);
             }
         }
     }
@@ -134,5 +182,24 @@ mod tests {
         l.set_limits(2, 5);
         assert_eq!(l.try_acquire(a).unwrap_err(), LimitExceeded::Global);
         assert_eq!(l.active(), 2);
+    }
+
+    #[test]
+    fn global_slot_first_then_per_ip_once_the_address_is_known() {
+        let l = ConnectionLimits::new(3, 1);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let mut p1 = l.try_acquire_global().unwrap();
+        let mut p2 = l.try_acquire_global().unwrap();
+        p1.bind_ip(a).unwrap();
+        assert_eq!(p2.bind_ip(a).unwrap_err(), LimitExceeded::PerIp);
+        assert_eq!(l.active(), 2);
+        drop(p2);
+        assert_eq!(l.active(), 1);
+        let _p3 = l.try_acquire_global().unwrap();
+        let _p4 = l.try_acquire_global().unwrap();
+        assert_eq!(l.try_acquire_global().unwrap_err(), LimitExceeded::Global);
+        drop(p1);
+        assert!(l.counts.lock().unwrap().per_ip.is_empty());
+        assert!(l.try_acquire(a).is_ok());
     }
 }

@@ -7,6 +7,7 @@
 
 mod amtp;
 mod bad_input;
+mod balancer;
 mod chain;
 mod check_config;
 mod cli;
@@ -14,6 +15,7 @@ mod delivery;
 mod deploy;
 mod disk_full;
 mod dns;
+mod fleet;
 mod harness;
 mod lifecycle;
 mod loadtest;

@@ -44,6 +44,9 @@ pub struct Sink {
     /// QUIT commands received.
     #[allow(dead_code)]
     pub quits: Arc<AtomicUsize>,
+    /// Most connections open at once (the fleet tests check a fleet-wide cap).
+    #[allow(dead_code)]
+    pub max_open: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
@@ -59,6 +62,9 @@ impl Sink {
         let stop = Arc::new(AtomicBool::new(false));
         let connections = Arc::new(AtomicUsize::new(0));
         let quits = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let max_open = Arc::new(AtomicUsize::new(0));
+        let (o, mo) = (open.clone(), max_open.clone());
         let (m, b, d, s, c, q) = (
             messages.clone(),
             behaviour.clone(),
@@ -72,9 +78,13 @@ impl Sink {
                 match listener.accept() {
                     Ok((stream, _)) => {
                         c.fetch_add(1, Ordering::SeqCst);
-                        let (m, b, d, q) = (m.clone(), b.clone(), d.clone(), q.clone());
+                        let now_open = o.fetch_add(1, Ordering::SeqCst) + 1;
+                        mo.fetch_max(now_open, Ordering::SeqCst);
+                        let (m, b, d, q, o) =
+                            (m.clone(), b.clone(), d.clone(), q.clone(), o.clone());
                         std::thread::spawn(move || {
                             let _ = session(stream, &m, &b, &d, &q);
+                            o.fetch_sub(1, Ordering::SeqCst);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -88,6 +98,7 @@ impl Sink {
             data_started,
             connections,
             quits,
+            max_open,
             stop,
         }
     }

@@ -1,8 +1,10 @@
 //! A Destination actor per next hop: its own job queue, concurrency limit (simultaneous
 //! connections), connection reuse (each connection takes jobs until `max_messages_per_connection`
 //! is reached, and waits up to [`CONNECTION_LINGER`] for more when the queue runs dry), and
-//! failover across the hop's ordered targets. Results go back to the router as they happen. An
-//! idle destination stops itself; the router makes a new one on demand.
+//! failover across the hop's ordered targets. With `[cluster]` the concurrency limit is
+//! fleet-wide: each connection first takes a lease ([`crate::cluster::lease`]). Results go
+//! back to the router as they happen. An idle destination stops itself; the router makes a
+//! new one on demand.
 //!
 //! Why the linger: mail arrives in small bursts (one per group commit, each waking the router,
 //! which dispatches what it leased at once), so a connection that quits as soon as the queue is
@@ -12,6 +14,7 @@
 //! `smtp_connection_cache_time_limit`, 2 s).
 
 use super::outbound::{HopTarget, Job, OutboundContext, run_connection};
+use crate::cluster::lease::LeaseOutcome;
 use crate::messages::{DeliverJob, JobResult, NextHop};
 use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
@@ -31,6 +34,9 @@ pub const CONNECTION_LINGER: Duration = Duration::from_secs(2);
 /// prefers reusing connections (one TLS handshake for many messages) over opening many.
 const JOBS_PER_EXTRA_CONNECTION: usize = 4;
 
+/// With `[cluster]`, how soon a destination whose fleet-wide slots are all taken asks again.
+const LEASE_RETRY: Duration = Duration::from_millis(200);
+
 /// See the module docs.
 pub struct Destination {
     name: String,
@@ -42,6 +48,8 @@ pub struct Destination {
     /// Wakes a lingering connection when a job arrives.
     arrived: Arc<tokio::sync::Notify>,
     active: usize,
+    /// With `[cluster]`: every fleet slot was taken; no new lease request before this.
+    fleet_full_until: Option<Instant>,
     router: Recipient<JobResult>,
     last_busy: Instant,
     /// Shared by every destination: jobs waiting (depth), jobs taken, time in connections.
@@ -68,6 +76,7 @@ impl Destination {
             jobs: Arc::default(),
             arrived: Arc::default(),
             active: 0,
+            fleet_full_until: None,
             router,
             last_busy: Instant::now(),
             meter,
@@ -84,6 +93,7 @@ impl Destination {
     fn maybe_connect(&mut self, ctx: &mut Context<Self>) {
         while self.active < self.concurrency
             && self.queued() > self.active * JOBS_PER_EXTRA_CONNECTION
+            && self.fleet_full_until.is_none_or(|t| Instant::now() >= t)
         {
             self.active += 1;
             let (targets, octx, jobs, router, max, name, arrived) = (
@@ -195,11 +205,33 @@ impl Destination {
                 drop(tx);
                 let _ = forward.await;
             };
-            let work = async move { timing.timed(work).await };
-            ctx.spawn(work.into_actor(self).map(|(), act, ctx| {
+            // With `[cluster]`, a fleet-wide slot first (see `crate::cluster::lease`).
+            let (lease_key, cap) = (self.name.clone(), self.concurrency);
+            let work = async move {
+                let _lease = match crate::cluster::get() {
+                    Some(c) => match c.acquire_lease(&lease_key, cap).await {
+                        LeaseOutcome::Granted(l) => Some(l),
+                        LeaseOutcome::Full => return false,
+                        LeaseOutcome::Away => None,
+                    },
+                    None => None,
+                };
+                timing.timed(work).await;
+                true
+            };
+            ctx.spawn(work.into_actor(self).map(|opened, act, ctx| {
                 act.active -= 1;
                 act.last_busy = Instant::now();
-                act.maybe_connect(ctx);
+                if opened {
+                    act.maybe_connect(ctx);
+                    return;
+                }
+                act.fleet_full_until = Some(Instant::now() + LEASE_RETRY);
+                if act.active == 0 {
+                    // Every fleet slot is taken: ask again shortly (open connections here
+                    // would call back when they end).
+                    ctx.run_later(LEASE_RETRY, |act, ctx| act.maybe_connect(ctx));
+                }
             }));
         }
     }

@@ -55,6 +55,10 @@ pub struct Metrics {
     // Connections and sessions.
     pub connections_accepted: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub proxy_refused: IntCounterVec,
+    // Cluster.
+    pub cluster_redis_up: IntGauge,
+    pub cluster_fallbacks: IntCounterVec,
     pub sessions_open: IntGaugeVec,
     pub sessions: IntCounterVec,
     pub replies: IntCounterVec,
@@ -199,6 +203,27 @@ impl Metrics {
                 "amtp_connections_refused_total",
                 "Connections refused at accept, by listener and reason (limit, per_ip_limit, pool_full, draining).",
                 &["listener", "reason"],
+            ),
+            proxy_refused: counter_vec(
+                &r,
+                "amtp_proxy_refused_total",
+                "Connections closed unanswered on a proxy_protocol listener, by listener and reason (untrusted, timeout, bad_header).",
+                &["listener", "reason"],
+            ),
+            cluster_redis_up: {
+                let g = IntGauge::new(
+                    "amtp_cluster_redis_up",
+                    "1 while Redis answers within the [cluster] deadline (limits shared fleet-wide), 0 while the node decides on local limits.",
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g
+            },
+            cluster_fallbacks: counter_vec(
+                &r,
+                "amtp_cluster_fallbacks_total",
+                "Shared-limit decisions taken locally because Redis was away, late or failing, by operation (auth_check, auth_failure, rate, heartbeat).",
+                &["operation"],
             ),
             sessions_open: gauge_vec(
                 &r,
@@ -534,6 +559,28 @@ pub fn connection_refused(listener: &str, reason: &str) {
         m.connections_refused
             .with_label_values(&[listener, reason])
             .inc();
+    }
+}
+
+/// A connection on a `proxy_protocol` listener was closed before its session (see
+/// [`crate::proxy::ProxyRefusal`]).
+pub fn proxy_refused(listener: &str, reason: &str) {
+    if let Some(m) = get() {
+        m.proxy_refused.with_label_values(&[listener, reason]).inc();
+    }
+}
+
+/// Redis became reachable (`true`) or away (`false`) for the shared limits.
+pub fn cluster_redis_up(up: bool) {
+    if let Some(m) = get() {
+        m.cluster_redis_up.set(i64::from(up));
+    }
+}
+
+/// A shared-limit operation was decided locally (Redis away, late or failing).
+pub fn cluster_fallback(operation: &str) {
+    if let Some(m) = get() {
+        m.cluster_fallbacks.with_label_values(&[operation]).inc();
     }
 }
 

@@ -236,6 +236,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                             let _ = self.flush().await;
                             return Outcome::Shutdown;
                         }
+                        if let Ok(Command::Mail { .. }) = &parsed {
+                            self.prepare_rate().await;
+                        }
                         self.session.on_command(parsed)
                     }
                 };
@@ -435,6 +438,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         }
     }
 
+    /// With `[cluster]`, have a fleet rate token ready for the identity before its MAIL is
+    /// decided (see [`crate::cluster::rate`]); nothing to do otherwise.
+    async fn prepare_rate(&self) {
+        if let (Some(amtp), Some(identity)) = (&self.session.ctx.amtp, self.session.identity())
+            && let Some(limiter) = &amtp.policy.rate_limit
+        {
+            limiter.prepare(identity).await;
+        }
+    }
+
     /// The AMTP identity for this connection: by reverse DNS (public, or private when the
     /// PTR rule applies to them), else the certificate name equal to the EHLO argument.
     /// Also says whether the binding came from the identity cache.
@@ -584,6 +597,7 @@ impl Received {
     fn log(&self, id: QueueId, listener: &str, client: std::net::IpAddr) {
         tracing::info!(
             queue_id = %id,
+            node = crate::cluster::get().map_or("-", |c| c.node_id()),
             listener = %listener,
             client = %client,
             identity = self.identity.as_deref().unwrap_or("-"),

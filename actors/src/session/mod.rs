@@ -678,7 +678,8 @@ impl Session {
             self.rejected += 1;
             return reply(451, "4.3.0", "Temporary queue failure; try again later");
         };
-        let id = queue_id.to_string();
+        // In a fleet the node is part of the id the header shows (ids are per node).
+        let id = crate::cluster::fleet_id(queue_id);
         let tls = self
             .tls
             .as_ref()

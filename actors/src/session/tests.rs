@@ -25,6 +25,9 @@ fn listener(role: ListenerRole) -> Arc<ListenerConfig> {
         cram_md5: true,
         allow_insecure_auth: false,
         default_mpc: None,
+        proxy_protocol: false,
+        proxy_trusted: Vec::new(),
+        proxy_header_timeout: crate::units::HumanDuration(std::time::Duration::from_secs(5)),
     })
 }
 
