@@ -85,15 +85,28 @@ pub struct DnsServer {
 
 impl DnsServer {
     /// Binds UDP on `listen` (port 0 picks one) and TCP on the same port.
+    ///
+    /// With port 0 the UDP port is free but the same TCP port may not be (another process
+    /// may hold it): then another UDP port is tried, a bounded number of times.
     pub async fn bind(catalog: Catalog, listen: SocketAddr) -> anyhow::Result<Self> {
+        const TRIES: usize = 20;
         let mut server = Server::new(catalog);
-        let udp = tokio::net::UdpSocket::bind(listen)
-            .await
-            .with_context(|| format!("binding UDP {listen}"))?;
-        let addr = udp.local_addr()?;
-        let tcp = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding TCP {addr}"))?;
+        let mut attempt = 0;
+        let (udp, tcp, addr) = loop {
+            attempt += 1;
+            let udp = tokio::net::UdpSocket::bind(listen)
+                .await
+                .with_context(|| format!("binding UDP {listen}"))?;
+            let addr = udp.local_addr()?;
+            match tokio::net::TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, tcp, addr),
+                Err(e)
+                    if listen.port() == 0
+                        && e.kind() == std::io::ErrorKind::AddrInUse
+                        && attempt < TRIES => {}
+                Err(e) => return Err(e).with_context(|| format!("binding TCP {addr}")),
+            }
+        };
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 4096);
         Ok(Self { server, addr })

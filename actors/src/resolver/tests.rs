@@ -64,15 +64,17 @@ async fn dns_server() -> (Server<Catalog>, SocketAddr) {
         );
     }
     let mut server = Server::new(catalog);
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    server.register_socket(udp);
-    server.register_listener(
-        tokio::net::TcpListener::bind(addr).await.unwrap(),
-        Duration::from_secs(5),
-        4096,
-    );
-    (server, addr)
+    // A free UDP port's TCP twin may be taken by another process: try another pair then.
+    for _ in 0..20 {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            server.register_socket(udp);
+            server.register_listener(tcp, Duration::from_secs(5), 4096);
+            return (server, addr);
+        }
+    }
+    panic!("no free UDP+TCP port pair on 127.0.0.1")
 }
 
 fn handle_for(servers: &[SocketAddr]) -> ResolverHandle {
