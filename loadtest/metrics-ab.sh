@@ -7,12 +7,13 @@
 #
 #   bash loadtest/metrics-ab.sh          prints each round and the medians; results in ./metrics-ab/
 #
-# Environment: ROUNDS (3 per side), MESSAGES (8000), CONCURRENCY (20), SIZE (10k),
+# Environment: SCRAPE (1: scrape once a second while on; 0: never), ROUNDS (3 per side), MESSAGES (25000: runs of 10 s or more), CONCURRENCY (20), SIZE (10k),
 # OUT (metrics-ab). Loopback ports 28025 (relay), 28026 (sink), 28425 (metrics).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROUNDS=${ROUNDS:-3}
-MESSAGES=${MESSAGES:-8000}
+SCRAPE=${SCRAPE:-1}
+MESSAGES=${MESSAGES:-25000}
 CONCURRENCY=${CONCURRENCY:-20}
 SIZE=${SIZE:-10k}
 OUT=${OUT:-metrics-ab}
@@ -86,7 +87,7 @@ round() { # round N on|off
     (cd "$dir" && exec "$RELAY_BIN" serve --config relay.toml) > "$dir/relay.log" 2>&1 &
     RELAY_PID=$!
     wait_port "$SMTP"
-    if [ "$side" = on ]; then
+    if [ "$side" = on ] && [ "$SCRAPE" = 1 ]; then
         wait_port "$METRICS"
         (while sleep 1; do curl -s -o /dev/null "http://$METRICS/metrics" || true; done) &
         SCRAPER_PID=$!

@@ -137,7 +137,8 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
                 c.clone(),
                 amtp_actors::cluster::membership::Announcement {
                     listeners,
-                    queue_depth: Box::new(move || u64::try_from(queue.len()).unwrap_or(u64::MAX)),
+                    // The census, not Queue::len(): that is a scan of sled every heartbeat.
+                    queue_depth: Box::new(move || queue.census().total()),
                 },
             ))
         }

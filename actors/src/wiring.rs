@@ -264,10 +264,9 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             set("ready", c.ready);
             set("deferred", c.deferred);
             set("delivering", c.delivering);
-            let age = match store.oldest_received_at() {
-                Ok(Some(at)) => amtp_storage::now_ms().saturating_sub(at),
-                _ => 0,
-            };
+            let age = store
+                .oldest_received_at()
+                .map_or(0, |at| amtp_storage::now_ms().saturating_sub(at));
             #[allow(clippy::cast_precision_loss)]
             m.queue_oldest_age.set(age as f64 / 1000.0);
             committer_meter.set_depth(committer.backlog());

@@ -1,11 +1,16 @@
-//! The queue census: how many messages are in each state, kept current by every change, so
-//! that a metrics scrape reads three atomics instead of scanning sled.
+//! The queue census: how many messages are in each state, and when the oldest arrived, kept
+//! current by every change, so that a metrics scrape reads three atomics and one map entry
+//! instead of scanning sled. (Asking sled for the first `m` key under churn walks the emptied
+//! front of the tree: measured at about 290 µs of relay CPU per message with one scrape a
+//! second, so the arrival times are kept here, 16 bytes a message.)
 //!
 //! States follow what an operator asks ("how much is waiting, how much is stuck, how much is
 //! on the wire"): `ready` — never tried yet and waiting for delivery; `deferred` — tried,
 //! waiting for a retry; `delivering` — leased by the router now.
 
 use crate::record::MessageRecord;
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 
 /// A message's state for the census.
@@ -54,6 +59,9 @@ pub struct Census {
     ready: AtomicI64,
     deferred: AtomicI64,
     delivering: AtomicI64,
+    /// Queue id → arrival (ms since the epoch) of every message in the queue; the first entry
+    /// is the oldest message (ids grow with time).
+    arrivals: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Census {
@@ -65,26 +73,40 @@ impl Census {
         }
     }
 
-    /// A message entered the queue in state `s`.
-    pub fn add(&self, s: State) {
-        self.counter(s).fetch_add(1, Ordering::Relaxed);
+    fn arrivals(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, u64>> {
+        self.arrivals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A message in state `s` left the queue.
-    pub fn remove(&self, s: State) {
+    /// Message `id`, which arrived at `received_at` (ms), entered the queue in state `s`.
+    pub fn add(&self, s: State, id: u64, received_at: u64) {
+        self.counter(s).fetch_add(1, Ordering::Relaxed);
+        self.arrivals().insert(id, received_at);
+    }
+
+    /// Message `id`, in state `s`, left the queue.
+    pub fn remove(&self, s: State, id: u64) {
         self.counter(s).fetch_sub(1, Ordering::Relaxed);
+        self.arrivals().remove(&id);
     }
 
     /// A message moved between states.
     pub fn moved(&self, from: State, to: State) {
         if from != to {
-            self.remove(from);
-            self.add(to);
+            self.counter(from).fetch_sub(1, Ordering::Relaxed);
+            self.counter(to).fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Replace the counts (after counting the records again).
-    pub fn set(&self, counts: Counts) {
+    /// When the oldest message in the queue arrived (ms), or `None` when it is empty.
+    pub fn oldest_arrival(&self) -> Option<u64> {
+        self.arrivals().first_key_value().map(|(_, at)| *at)
+    }
+
+    /// Replace the counts and arrival times (after counting the records again).
+    pub fn set(&self, counts: Counts, arrivals: BTreeMap<u64, u64>) {
+        *self.arrivals() = arrivals;
         let put = |a: &AtomicI64, n: u64| {
             a.store(i64::try_from(n).unwrap_or(i64::MAX), Ordering::Relaxed)
         };

@@ -266,7 +266,7 @@ impl Queue {
                 batch.insert(&message_key(id)[..], rec.encode());
                 report.leases_reset += 1;
             }
-            self.census.add(state_of(&rec));
+            self.census.add(state_of(&rec), id, rec.received_at);
         }
         store.tree.apply_batch(batch)?;
         let on_disk: std::collections::HashSet<u64> = self.spool.ids()?.into_iter().collect();
@@ -410,16 +410,19 @@ impl Queue {
     fn recount(&self) -> Result<(), StorageError> {
         let store = self.store()?;
         let mut counts = Counts::default();
+        let mut arrivals = std::collections::BTreeMap::new();
         for item in store.tree.scan_prefix(b"m") {
             let (key, value) = item?;
             let id = id_from_key(&key).ok_or_else(|| self.corrupt("bad message key"))?;
-            match state_of(&self.decode(id, &value)?) {
+            let rec = self.decode(id, &value)?;
+            arrivals.insert(id, rec.received_at);
+            match state_of(&rec) {
                 crate::census::State::Ready => counts.ready += 1,
                 crate::census::State::Deferred => counts.deferred += 1,
                 crate::census::State::Delivering => counts.delivering += 1,
             }
         }
-        self.census.set(counts);
+        self.census.set(counts, arrivals);
         Ok(())
     }
 
@@ -510,13 +513,14 @@ impl Queue {
         self.reopen_if_broken()?;
         let store = self.store()?;
         let mut ids = Vec::with_capacity(messages.len());
-        let result = self.enqueue_in(&store, messages, &mut ids);
+        let now = crate::now_ms();
+        let result = self.enqueue_in(&store, messages, &mut ids, now);
         drop(store);
         match result {
             Ok(()) => {
                 self.succeeded();
-                for _ in &ids {
-                    self.census.add(crate::census::State::Ready);
+                for id in &ids {
+                    self.census.add(crate::census::State::Ready, id.0, now);
                 }
                 Ok(ids)
             }
@@ -550,8 +554,8 @@ impl Queue {
         store: &Store,
         messages: &[NewMessage],
         ids: &mut Vec<QueueId>,
+        now: u64,
     ) -> Result<(), StorageError> {
-        let now = crate::now_ms();
         let mut batch = sled::Batch::default();
         for m in messages {
             let id = match m.id {
@@ -603,17 +607,9 @@ impl Queue {
     }
 
     /// When the oldest message arrived (ms since the epoch), or `None` when the queue is
-    /// empty. Ids increase with time, so this is one index lookup, not a scan.
-    pub fn oldest_received_at(&self) -> Result<Option<u64>, StorageError> {
-        let store = self.store()?;
-        match store.tree.scan_prefix(b"m").next() {
-            Some(item) => {
-                let (k, v) = item?;
-                let id = id_from_key(&k).ok_or_else(|| self.corrupt("bad message key"))?;
-                Ok(Some(self.decode(id, &v)?.received_at))
-            }
-            None => Ok(None),
-        }
+    /// empty. From memory (the census), never a scan of sled.
+    pub fn oldest_received_at(&self) -> Option<u64> {
+        self.census.oldest_arrival()
     }
 
     /// The record for `id`.
@@ -798,7 +794,7 @@ impl Queue {
                 .tree
                 .apply_batch(batch)
                 .map_err(|e| self.failed(e.into()))?;
-            self.census.remove(state_of(&rec));
+            self.census.remove(state_of(&rec), id.0);
             drop(guard);
             self.sync(&store)?;
             drop(store);
@@ -829,7 +825,7 @@ impl Queue {
                 .tree
                 .apply_batch(batch)
                 .map_err(|e| self.failed(e.into()))?;
-            self.census.remove(state_of(&rec));
+            self.census.remove(state_of(&rec), id.0);
             drop(guard);
             self.sync(&store)?;
         }
