@@ -192,12 +192,8 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
             h.abort();
         }
         notify::stopping();
-        let grace = reloader.shutdown_grace();
-        tracing::info!(
-            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
-            "shutting down"
-        );
-        relay.shutdown(grace).await;
+        // Relay::shutdown logs "shutting down" once new transactions are refused.
+        relay.shutdown(reloader.shutdown_grace()).await;
         Ok::<_, anyhow::Error>(())
     });
     let _ = std::fs::remove_file(admin_socket);

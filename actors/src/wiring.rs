@@ -611,6 +611,13 @@ impl Relay {
         self.health.set_draining(true);
         // No new transaction starts; DATA in progress may finish.
         self.lifecycle.advance(Phase::Stopping);
+        // Logged only now, so that a client that sees this line (or an operator who reads
+        // it) can rely on MAIL being refused: logged before the phase changed, a MAIL could
+        // still get 250 after it (seen in CI as a flaky SIGTERM test).
+        tracing::info!(
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            "shutting down"
+        );
         for l in &self.listeners {
             let _ = l.actor.send(StopAccepting).await;
         }
