@@ -86,6 +86,118 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::units::{HumanDuration, parse_rate};
+    use std::time::Instant;
+
+    /// A throwaway `redis-server` on a free loopback port; `None` (and a SKIPPED line) where
+    /// it is not installed, unless `AMTP_TEST_REQUIRE_FLEET` is set, as in CI.
+    struct TestRedis {
+        child: std::process::Child,
+        _dir: tempfile::TempDir,
+        port: u16,
+    }
+
+    impl TestRedis {
+        fn start() -> Option<Self> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .ok()?;
+            let dir = tempfile::tempdir().ok()?;
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no", "--dir"])
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            let Ok(child) = child else {
+                assert!(
+                    std::env::var_os("AMTP_TEST_REQUIRE_FLEET").is_none(),
+                    "AMTP_TEST_REQUIRE_FLEET is set but redis-server cannot be run"
+                );
+                eprintln!("SKIPPED: redis-server is not installed");
+                return None;
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "redis-server did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Some(Self {
+                child,
+                _dir: dir,
+                port,
+            })
+        }
+    }
+
+    impl Drop for TestRedis {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// The Lua bucket on a real Redis: a full bucket grants one burst, an empty one grants
+    /// nothing and says when the batch is due, and over any run of claims the grants stay
+    /// within a burst plus the rate (upper bounds only: the machine may be slow).
+    #[tokio::test]
+    async fn the_fleet_bucket_grants_a_burst_then_the_rate_and_says_when_to_ask_again() {
+        let Some(redis) = TestRedis::start() else {
+            return;
+        };
+        let config = super::super::ClusterConfig {
+            redis: format!("redis://127.0.0.1:{}/0", redis.port),
+            node_id: Some("edge-t".into()),
+            deadline: HumanDuration(Duration::from_secs(1)),
+            pool_size: 1,
+            heartbeat: HumanDuration(Duration::from_secs(1)),
+            key_prefix: "t:".into(),
+        };
+        let c = Cluster::new(&config).unwrap();
+        c.back();
+        // 600/min: 10 a second, bursts of 6.
+        let rate = parse_rate("600/min").unwrap();
+        let started = Instant::now();
+        let (granted, wait) = c.destination_tokens("route:a:25", rate, 100).await.unwrap();
+        assert_eq!(
+            granted, 6,
+            "a full bucket: one burst (a claim takes at most one)"
+        );
+        assert_eq!(
+            wait,
+            Duration::ZERO,
+            "all that was asked (a burst) was granted"
+        );
+        let (granted, wait) = c.destination_tokens("route:a:25", rate, 4).await.unwrap();
+        assert!(granted <= 1, "just emptied: {granted}");
+        if granted == 0 {
+            assert!(
+                wait > Duration::from_millis(300) && wait <= Duration::from_millis(400),
+                "4 tokens at 10 a second: {wait:?}"
+            );
+        }
+        let other = c.destination_tokens("route:b:25", rate, 2).await.unwrap();
+        assert_eq!(
+            other,
+            (2, Duration::ZERO),
+            "each destination has its own bucket"
+        );
+        // Claim for 1.2 s: never more than a burst plus 10 a second since the start.
+        let mut total = 6 + granted;
+        while started.elapsed() < Duration::from_millis(1200) {
+            let (n, _) = c.destination_tokens("route:a:25", rate, 6).await.unwrap();
+            total += n;
+            #[allow(clippy::cast_precision_loss)]
+            let bound = 6.0 + 10.0 * started.elapsed().as_secs_f64();
+            #[allow(clippy::cast_precision_loss)]
+            let got = total as f64;
+            assert!(got <= bound, "{total} tokens granted, bound {bound:.1}");
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        assert!(total > 6, "the bucket refills");
+    }
 
     #[test]
     fn the_burst_is_a_hundredth_of_the_count_between_one_and_fifty() {
