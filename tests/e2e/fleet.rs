@@ -724,6 +724,14 @@ fn a_destination_message_rate_is_fleet_wide_and_held_mail_waits_without_an_attem
     // Shared: 10 messages on each node, held for the fleet's budget, all delivered once.
     const PER_NODE: usize = 10;
     send_through(&lb, &["mx0", "mx1"], PER_NODE, "shared");
+    // The queue says why the mail waits (leased, not attempted).
+    assert!(
+        wait_until(5, || nodes.iter().any(|n| {
+            let (ok, out, _) = n.queue_cli(&["stats"]);
+            ok && out.contains("waiting for a destination's message rate")
+        })),
+        "queue stats shows held mail"
+    );
     let (subjects, times) = wait_for("shared", 2 * PER_NODE);
     exactly_once(&subjects, 2 * PER_NODE);
     if let Some(e) = over_pace(times, 4.0, 1.0, 1.0) {

@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 mod throttle;
+pub use throttle::held_now;
 
 /// How long a destination with nothing to do lives on.
 const IDLE_STOP: Duration = Duration::from_secs(60);

@@ -21,7 +21,16 @@ use crate::metrics;
 use crate::units::Rate;
 use actix::prelude::*;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+/// Jobs waiting for a destination's message rate in this process (`queue stats`).
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// How many jobs wait for their destination's message rate now, in this process.
+pub fn held_now() -> usize {
+    HELD.load(Ordering::Relaxed)
+}
 
 /// A token bucket: at most `capacity` tokens, refilled at the rate.
 #[derive(Debug)]
@@ -143,6 +152,7 @@ impl Throttle {
         let n = n.min(self.waiting.len());
         self.counted = self.counted.saturating_sub(n);
         metrics::delivery_rate_waiting(-i64::try_from(n).unwrap_or(0));
+        HELD.fetch_sub(n, Ordering::Relaxed);
         self.waiting.drain(..n).collect()
     }
 
@@ -184,6 +194,7 @@ impl Destination {
         };
         t.waiting.push_back(job);
         metrics::delivery_rate_waiting(1);
+        HELD.fetch_add(1, Ordering::Relaxed);
         self.release(ctx);
         Ok(())
     }
