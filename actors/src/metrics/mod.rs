@@ -224,7 +224,7 @@ impl Metrics {
             cluster_fallbacks: counter_vec(
                 &r,
                 "amtp_cluster_fallbacks_total",
-                "Shared-limit decisions taken locally because Redis was away, late or failing, by operation (auth_check, auth_failure, rate, heartbeat).",
+                "Shared-limit decisions taken locally because Redis was away, late or failing, by operation (auth_check, auth_failure, rate, lease, destination_rate, heartbeat).",
                 &["operation"],
             ),
             sessions_open: gauge_vec(
