@@ -793,3 +793,49 @@ fn a_destination_message_rate_is_fleet_wide_and_held_mail_waits_without_an_attem
         panic!("over the fleet's rate after Redis returned: {e}");
     }
 }
+
+/// Hold one of the fleet's connection slots to `destination` on `redis` for a minute, as a
+/// node that died with an open connection would.
+fn ghost_lease(redis: &crate::balancer::Redis, destination: &str) {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    s.write_all(format!("ZADD amtp:conn:{destination} {until} ghost:0\r\n").as_bytes())
+        .unwrap();
+    let mut reply = [0u8; 16];
+    let n = s.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b":1\r\n");
+}
+
+#[test]
+fn a_destination_whose_fleet_slots_were_full_keeps_trying_after_its_last_connection() {
+    if !have("haproxy") || !have("redis-server") {
+        return;
+    }
+    let s = shared();
+    let redis = crate::balancer::Redis::start();
+    let sink = crate::sink::Sink::start("127.0.0.1:0");
+    // Two fleet slots, one held by a dead node: each round, one connection gets the other and
+    // a second request finds the fleet full. With one message per connection, the connection
+    // ends within moments of that refusal — and the destination must still ask again.
+    ghost_lease(&redis, &format!("route:127.0.0.1:{}", sink.addr.port()));
+    let nodes = delivering_nodes(
+        &s,
+        &redis.url(),
+        &sink,
+        "concurrency_per_destination = 2\nmax_messages_per_connection = 1",
+    );
+    let node = &nodes[0];
+    assert!(all_logged(std::slice::from_ref(node), SHARED_ON, 1));
+    let lb = Haproxy::start(&[("mx0", vec![node.addr("mx")])]);
+    send_through(&lb, &["mx0"], 20, "slots");
+    let got = sink.wait_for(20, 30);
+    assert_eq!(
+        got.len(),
+        20,
+        "every message is delivered through the one free slot"
+    );
+}

@@ -237,14 +237,14 @@ impl Destination {
             ctx.spawn(work.into_actor(self).map(|opened, act, ctx| {
                 act.active -= 1;
                 act.last_busy = Instant::now();
-                if opened {
-                    act.maybe_connect(ctx);
-                    return;
+                if !opened {
+                    act.fleet_full_until = Some(Instant::now() + LEASE_RETRY);
                 }
-                act.fleet_full_until = Some(Instant::now() + LEASE_RETRY);
-                if act.active == 0 {
-                    // Every fleet slot is taken: ask again shortly (open connections here
-                    // would call back when they end).
+                act.maybe_connect(ctx);
+                if act.active == 0 && act.queued() > 0 {
+                    // Nothing could open: every fleet slot was taken a moment ago (also when
+                    // this connection ended just after another request was refused). Ask
+                    // again shortly; open connections here would call back when they end.
                     ctx.run_later(LEASE_RETRY, |act, ctx| act.maybe_connect(ctx));
                 }
             }));
