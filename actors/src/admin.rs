@@ -145,8 +145,14 @@ pub fn format_stats(all: &[(QueueId, MessageRecord)], now: u64) -> String {
         || "-".to_string(),
         |t| format!("{}s", now.saturating_sub(t) / 1000),
     );
+    let held = crate::delivery::destination::held_now();
+    let held = if held > 0 {
+        format!("\n    of which waiting for a destination's message rate: {held}")
+    } else {
+        String::new()
+    };
     let mut out = format!(
-        "messages:    {}\n  new:       {fresh}\n  deferred:  {deferred}\n  in delivery: {leased}\noldest:      {oldest}\npending recipients by destination:\n",
+        "messages:    {}\n  new:       {fresh}\n  deferred:  {deferred}\n  in delivery: {leased}{held}\noldest:      {oldest}\npending recipients by destination:\n",
         all.len()
     );
     for (d, n) in by_domain {

@@ -8,7 +8,7 @@
 //! `TtlPolicy::from_config`), so this module depends on nothing but [`crate::units`].
 //! docs/CONFIG.md documents every field.
 
-use crate::units::{ByteSize, HumanDuration};
+use crate::units::{ByteSize, HumanDuration, Rate};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -370,6 +370,12 @@ pub struct DeliveryConfig {
     /// Messages sent over one connection before it is closed.
     #[serde(default = "defaults::messages_per_connection")]
     pub max_messages_per_connection: usize,
+    /// Most messages sent to one next hop, e.g. `"600/min"` or `"10/s"` (a token bucket:
+    /// an even pace with small bursts); messages beyond it wait in the queue, without
+    /// counting an attempt, until the budget allows. With `[cluster]`, across the whole
+    /// fleet. Default: no limit.
+    #[serde(default)]
+    pub max_messages_per_destination: Option<Rate>,
     /// TCP connect timeout.
     #[serde(default = "defaults::connect_timeout")]
     pub connect_timeout: HumanDuration,

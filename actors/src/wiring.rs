@@ -431,6 +431,7 @@ fn router_shared(
         poll_interval: d.config.poll_interval.0,
         concurrency: d.config.concurrency_per_destination,
         max_per_connection: d.config.max_messages_per_connection,
+        message_rate: d.config.max_messages_per_destination,
         max_in_flight: d.config.max_in_flight.max(1),
         hostname: hostname.to_string(),
         meter,

@@ -562,3 +562,280 @@ fn two_nodes_never_open_more_than_the_fleet_cap_to_one_destination() {
         "the sink saw {most} connections at once; the fleet cap is 2"
     );
 }
+
+/// Nodes `edge-0`, `edge-1` on `redis`, delivering `example.test` to `sink` with `delivery`
+/// lines added to `[delivery]`.
+fn delivering_nodes(
+    s: &Shared,
+    redis: &str,
+    sink: &crate::sink::Sink,
+    delivery: &str,
+) -> Vec<Relay> {
+    let section = format!(
+        "[delivery]\nserver_ca = \"{}\"\npoll_interval = \"200ms\"\n{delivery}\n\n[[delivery.route]]\ndomains = [\"example.test\"]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"smtp\"\ntls = \"none\"\n",
+        crate::harness::unused_roots().display(),
+        sink.addr.port()
+    );
+    (0..2)
+        .map(|i| {
+            let cfg = node_config(
+                s,
+                "",
+                &format!(
+                    "\n[cluster]\nredis = \"{redis}\"\nnode_id = \"edge-{i}\"\ndeadline = \"500ms\"\nheartbeat = \"200ms\"\n"
+                ),
+            )
+            .replace("[delivery]\nenabled = false\n", &section);
+            Relay::start_config(&cfg)
+        })
+        .collect()
+}
+
+/// Send `per_node` messages through each frontend at once (one client per frontend),
+/// subjects `<tag>-<frontend>-<n>`.
+fn send_through(lb: &Haproxy, frontends: &[&str], per_node: usize, tag: &str) {
+    let senders: Vec<_> = frontends
+        .iter()
+        .map(|f| {
+            let (addr, subject) = (lb.addr(f), format!("{tag}-{f}"));
+            std::thread::spawn(move || {
+                let mut c = Client::from_tcp(socket_from("127.0.0.41", addr));
+                c.expect("EHLO client.test", 250);
+                for n in 0..per_node {
+                    let r = send(
+                        &mut c,
+                        "MAIL FROM:<a@client.test>",
+                        "RCPT TO:<bob@example.test>",
+                        &format!("{subject}-{n}"),
+                    );
+                    assert_eq!(r.code, 250, "{r}");
+                }
+                c.expect("QUIT", 221);
+            })
+        })
+        .collect();
+    senders.into_iter().for_each(|t| t.join().unwrap());
+}
+
+/// The most messages the sink may see in any interval `t` at `per_second` with bursts of
+/// `burst`: `burst + per_second × (t + jitter)` — the relays release at most
+/// `burst + per_second × t` in any interval `t`, and `jitter` allows for deliveries taking
+/// different times from release to MAIL (a new connection, a busy machine). Upper bounds
+/// only. The worst window, if any breaks it.
+fn over_pace(
+    mut times: Vec<std::time::Instant>,
+    per_second: f64,
+    burst: f64,
+    jitter: f64,
+) -> Option<String> {
+    times.sort();
+    let mut worst: Option<(f64, usize, f64)> = None;
+    for i in 0..times.len() {
+        for j in i..times.len() {
+            let t = (times[j] - times[i]).as_secs_f64();
+            let count = j - i + 1;
+            #[allow(clippy::cast_precision_loss)]
+            let excess = count as f64 - (burst + per_second * (t + jitter));
+            if excess > 0.0 && worst.is_none_or(|w| excess > w.0) {
+                worst = Some((excess, count, t));
+            }
+        }
+    }
+    worst.map(|(_, count, t)| {
+        format!("{count} messages within {t:.3} s; at {per_second}/s the bound is {burst} + {per_second} × ({t:.3} + {jitter})")
+    })
+}
+
+/// Subjects of the messages the sink got whose subject starts with `tag`, and when each MAIL
+/// arrived.
+fn arrivals(sink: &crate::sink::Sink, tag: &str) -> (Vec<String>, Vec<std::time::Instant>) {
+    sink.messages
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|m| {
+            let subject = m.data.lines().find_map(|l| l.strip_prefix("Subject: "))?;
+            subject
+                .starts_with(tag)
+                .then(|| (subject.to_string(), m.mail_at))
+        })
+        .unzip()
+}
+
+/// A node's JSON log events whose message is `message`.
+fn log_events(n: &Relay, message: &str) -> Vec<serde_json::Value> {
+    n.logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == message)
+        .collect()
+}
+
+/// What a destination logs when its message rate starts holding mail back.
+const HELD: &str = "destination message rate reached: mail waits in the queue for the budget (no attempt is counted)";
+
+/// Every one of `expected` subjects arrived exactly once.
+fn exactly_once(subjects: &[String], expected: usize) {
+    let mut unique = subjects.to_vec();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        subjects.len(),
+        "a message was sent twice: {subjects:?}"
+    );
+    assert_eq!(
+        subjects.len(),
+        expected,
+        "every message arrives: {subjects:?}"
+    );
+}
+
+#[test]
+fn a_destination_message_rate_is_fleet_wide_and_held_mail_waits_without_an_attempt() {
+    if !have("haproxy") || !have("redis-server") {
+        return;
+    }
+    let s = shared();
+    let mut redis = crate::balancer::Redis::start();
+    let sink = crate::sink::Sink::start("127.0.0.1:0");
+    // 4 a second for the fleet, bursts of 1: two nodes together release at most
+    // 1 + 4 × t messages in any interval t. Each node alone would send 4 a second.
+    let nodes = delivering_nodes(
+        &s,
+        &redis.url(),
+        &sink,
+        "max_messages_per_destination = \"4/s\"",
+    );
+    assert!(all_logged(&nodes, SHARED_ON, 1));
+    let lb = Haproxy::start(&[
+        ("mx0", vec![nodes[0].addr("mx")]),
+        ("mx1", vec![nodes[1].addr("mx")]),
+    ]);
+    let wait_for = |tag: &str, n: usize| {
+        wait_until(40, || arrivals(&sink, tag).0.len() >= n);
+        // A message sent twice would arrive after the last one: give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        arrivals(&sink, tag)
+    };
+
+    // Shared: 10 messages on each node, held for the fleet's budget, all delivered once.
+    const PER_NODE: usize = 10;
+    send_through(&lb, &["mx0", "mx1"], PER_NODE, "shared");
+    // The queue says why the mail waits (leased, not attempted).
+    assert!(
+        wait_until(5, || nodes.iter().any(|n| {
+            let (ok, out, _) = n.queue_cli(&["stats"]);
+            ok && out.contains("waiting for a destination's message rate")
+        })),
+        "queue stats shows held mail"
+    );
+    let (subjects, times) = wait_for("shared", 2 * PER_NODE);
+    exactly_once(&subjects, 2 * PER_NODE);
+    if let Some(e) = over_pace(times, 4.0, 1.0, 1.0) {
+        panic!("over the fleet's rate: {e}");
+    }
+    // Waiting is not an attempt: every message is delivered on its first, none deferred.
+    let outcomes: Vec<serde_json::Value> = nodes
+        .iter()
+        .flat_map(|n| {
+            log_events(n, "delivered")
+                .into_iter()
+                .chain(log_events(n, "deferred"))
+        })
+        .collect();
+    assert_eq!(outcomes.len(), 2 * PER_NODE, "{outcomes:?}");
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| o["message"] == "delivered" && o["attempt"] == 1),
+        "held mail is neither deferred nor counted as an attempt: {outcomes:?}"
+    );
+    // A node says so once per episode, not per message.
+    let said = |n: &Relay, scope: &str| {
+        log_events(n, HELD)
+            .iter()
+            .filter(|e| e["scope"] == scope)
+            .count()
+    };
+    assert!(
+        nodes.iter().any(|n| said(n, "fleet") >= 1),
+        "the node that held mail says so"
+    );
+    assert!(
+        nodes.iter().all(|n| said(n, "fleet") < PER_NODE / 2),
+        "once per episode, not per message"
+    );
+
+    // Redis dies: each node falls back to its own 4 a second; mail keeps flowing, none lost.
+    redis.kill();
+    assert!(
+        all_logged(&nodes, SHARED_OFF, 1),
+        "each node notices and says so"
+    );
+    send_through(&lb, &["mx0", "mx1"], 6, "alone");
+    let (subjects, _) = wait_for("alone", 12);
+    exactly_once(&subjects, 12);
+    assert!(
+        nodes.iter().any(|n| said(n, "node") >= 1),
+        "held on the node's own budget while Redis is away"
+    );
+
+    // Redis returns: the rate is the fleet's again.
+    redis.restart();
+    assert!(all_logged(&nodes, SHARED_ON, 2), "each node rejoins");
+    send_through(&lb, &["mx0", "mx1"], 6, "again");
+    let (subjects, times) = wait_for("again", 12);
+    exactly_once(&subjects, 12);
+    if let Some(e) = over_pace(times, 4.0, 1.0, 1.0) {
+        panic!("over the fleet's rate after Redis returned: {e}");
+    }
+}
+
+/// Hold one of the fleet's connection slots to `destination` on `redis` for a minute, as a
+/// node that died with an open connection would.
+fn ghost_lease(redis: &crate::balancer::Redis, destination: &str) {
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
+    s.write_all(format!("ZADD amtp:conn:{destination} {until} ghost:0\r\n").as_bytes())
+        .unwrap();
+    let mut reply = [0u8; 16];
+    let n = s.read(&mut reply).unwrap();
+    assert_eq!(&reply[..n], b":1\r\n");
+}
+
+#[test]
+fn a_destination_whose_fleet_slots_were_full_keeps_trying_after_its_last_connection() {
+    if !have("haproxy") || !have("redis-server") {
+        return;
+    }
+    let s = shared();
+    let redis = crate::balancer::Redis::start();
+    let sink = crate::sink::Sink::start("127.0.0.1:0");
+    // Two fleet slots, one held by a dead node: each round, one connection gets the other and
+    // a second request finds the fleet full. With one message per connection, the connection
+    // ends within moments of that refusal — and the destination must still ask again.
+    ghost_lease(&redis, &format!("route:127.0.0.1:{}", sink.addr.port()));
+    let nodes = delivering_nodes(
+        &s,
+        &redis.url(),
+        &sink,
+        "concurrency_per_destination = 2\nmax_messages_per_connection = 1",
+    );
+    let node = &nodes[0];
+    assert!(all_logged(std::slice::from_ref(node), SHARED_ON, 1));
+    let lb = Haproxy::start(&[("mx0", vec![node.addr("mx")])]);
+    send_through(&lb, &["mx0"], 20, "slots");
+    let got = sink.wait_for(20, 30);
+    assert_eq!(
+        got.len(),
+        20,
+        "every message is delivered through the one free slot"
+    );
+}

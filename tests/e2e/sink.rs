@@ -1,6 +1,7 @@
 //! A small SMTP sink on 127.0.0.1 for delivery tests: records each message (with its MAIL
 //! command line), and can reject a recipient, stall in DATA, leave 8BITMIME out of its EHLO
-//! reply, offer SMTPUTF8, or refuse EHLO altogether. Counts QUITs. Runs on threads; stops when dropped.
+//! reply, offer SMTPUTF8, or refuse EHLO altogether. Counts QUITs and the most connections open
+//! at once; notes when each MAIL arrived. Runs on threads; stops when dropped.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -16,6 +17,9 @@ pub struct SinkMessage {
     pub from: String,
     pub rcpts: Vec<String>,
     pub data: String,
+    /// When its MAIL command arrived (the fleet tests check a message rate).
+    #[allow(dead_code)]
+    pub mail_at: Instant,
 }
 
 #[derive(Default)]
@@ -136,6 +140,7 @@ fn session(
     let mut reader = BufReader::new(stream);
     out.write_all(b"220 sink.test ESMTP\r\n")?;
     let (mut mail, mut from, mut rcpts) = (String::new(), String::new(), Vec::new());
+    let mut mail_at = Instant::now();
     let mut line = String::new();
     loop {
         line.clear();
@@ -166,6 +171,7 @@ fn session(
             }
         } else if upper.starts_with("MAIL FROM:") {
             mail = cmd.clone();
+            mail_at = Instant::now();
             from = cmd[10..]
                 .trim()
                 .trim_start_matches('<')
@@ -218,6 +224,7 @@ fn session(
                     from: from.clone(),
                     rcpts: std::mem::take(&mut rcpts),
                     data,
+                    mail_at,
                 });
                 "250 2.0.0 accepted\r\n".into()
             }

@@ -12,16 +12,19 @@
 //! limit becomes per node). The heartbeat keeps probing; the first success marks Redis back
 //! and the node rejoins the shared counters. The per-message path never waits on Redis: the
 //! AMTP rate limit decides on the node's last view of the fleet count and updates it in the
-//! background (see [`rate`]).
+//! background (see [`rate`]); a destination's message rate is claimed in batches for mail
+//! already waiting, off the sessions' path (see [`destination_rate`]).
 //!
 //! # Layout
 //! - this file — [`ClusterConfig`], the [`Cluster`] handle (connections, deadline, away/back).
 //! - [`auth`] — shared AUTH failure counters and lockouts (Lua scripts).
 //! - [`rate`] — the shared per-identity message rate.
 //! - [`lease`] — fleet-wide outbound connection slots per destination.
+//! - [`destination_rate`] — the fleet-wide message rate per destination.
 //! - [`membership`] — heartbeats and `amtp-relay cluster status`.
 
 pub mod auth;
+pub mod destination_rate;
 pub mod lease;
 pub mod membership;
 pub mod rate;

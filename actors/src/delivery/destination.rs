@@ -2,7 +2,9 @@
 //! connections), connection reuse (each connection takes jobs until `max_messages_per_connection`
 //! is reached, and waits up to [`CONNECTION_LINGER`] for more when the queue runs dry), and
 //! failover across the hop's ordered targets. With `[cluster]` the concurrency limit is
-//! fleet-wide: each connection first takes a lease ([`crate::cluster::lease`]). Results go
+//! fleet-wide: each connection first takes a lease ([`crate::cluster::lease`]). With
+//! `max_messages_per_destination`, a job reaches the connections only with a token of the
+//! destination's message rate; until then it waits here ([`throttle`]). Results go
 //! back to the router as they happen. An idle destination stops itself; the router makes a
 //! new one on demand.
 //!
@@ -22,6 +24,9 @@ use amtp_proto::client::{Cause, Disposition};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod throttle;
+pub use throttle::held_now;
 
 /// How long a destination with nothing to do lives on.
 const IDLE_STOP: Duration = Duration::from_secs(60);
@@ -54,6 +59,8 @@ pub struct Destination {
     last_busy: Instant,
     /// Shared by every destination: jobs waiting (depth), jobs taken, time in connections.
     meter: Meter,
+    /// With a message rate: the jobs waiting for its tokens.
+    throttle: Option<throttle::Throttle>,
 }
 
 impl Destination {
@@ -80,7 +87,15 @@ impl Destination {
             router,
             last_busy: Instant::now(),
             meter,
+            throttle: None,
         }
+    }
+
+    /// Send at most `rate` messages (`None`: no limit); see [`throttle`].
+    #[must_use]
+    pub fn with_message_rate(mut self, rate: Option<crate::units::Rate>) -> Self {
+        self.throttle = rate.map(throttle::Throttle::new);
+        self
     }
 
     fn queued(&self) -> usize {
@@ -222,14 +237,14 @@ impl Destination {
             ctx.spawn(work.into_actor(self).map(|opened, act, ctx| {
                 act.active -= 1;
                 act.last_busy = Instant::now();
-                if opened {
-                    act.maybe_connect(ctx);
-                    return;
+                if !opened {
+                    act.fleet_full_until = Some(Instant::now() + LEASE_RETRY);
                 }
-                act.fleet_full_until = Some(Instant::now() + LEASE_RETRY);
-                if act.active == 0 {
-                    // Every fleet slot is taken: ask again shortly (open connections here
-                    // would call back when they end).
+                act.maybe_connect(ctx);
+                if act.active == 0 && act.queued() > 0 {
+                    // Nothing could open: every fleet slot was taken a moment ago (also when
+                    // this connection ended just after another request was refused). Ask
+                    // again shortly; open connections here would call back when they end.
                     ctx.run_later(LEASE_RETRY, |act, ctx| act.maybe_connect(ctx));
                 }
             }));
@@ -275,7 +290,12 @@ impl Actor for Destination {
         metrics::destinations_changed(1);
         ctx.set_mailbox_capacity(4096);
         ctx.run_interval(IDLE_STOP / 4, |act, ctx| {
-            if act.active == 0 && act.queued() == 0 && act.last_busy.elapsed() >= IDLE_STOP {
+            let held = act.throttle.as_ref().map_or(0, throttle::Throttle::waiting);
+            if act.active == 0
+                && act.queued() == 0
+                && held == 0
+                && act.last_busy.elapsed() >= IDLE_STOP
+            {
                 ctx.stop();
             }
         });
@@ -293,12 +313,15 @@ impl Handler<DeliverJob> for Destination {
         let _busy = self.meter.busy();
         self.meter.add_handled(1);
         self.meter.queued();
+        self.last_busy = Instant::now();
+        let Err(job) = self.hold(msg.0, ctx) else {
+            return;
+        };
         self.jobs
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push_back(msg.0);
+            .push_back(job);
         self.arrived.notify_one();
-        self.last_busy = Instant::now();
         self.maybe_connect(ctx);
     }
 }
@@ -309,7 +332,7 @@ mod tests {
     use amtp_proto::client::{BodyType, Envelope};
     use amtp_storage::QueueId;
 
-    fn job(id: u64) -> Job {
+    pub(super) fn job(id: u64) -> Job {
         Job {
             id: QueueId(id),
             envelope: Envelope {

@@ -61,6 +61,8 @@ pub struct RouterShared {
     pub concurrency: usize,
     /// Messages per connection.
     pub max_per_connection: usize,
+    /// Messages per destination per unit of time (fleet-wide with `[cluster]`).
+    pub message_rate: Option<crate::units::Rate>,
     /// Most messages in flight at once.
     pub max_in_flight: usize,
     /// Our host name (DSNs).
@@ -158,6 +160,7 @@ impl Router {
             ctx.address().recipient(),
             s.destination_meter.clone(),
         )
+        .with_message_rate(s.message_rate)
         .start();
         self.destinations.insert(key.to_string(), addr.clone());
         addr

@@ -94,6 +94,8 @@ pub struct Metrics {
     pub dsns: IntCounter,
     pub expired: IntCounter,
     pub destinations: IntGauge,
+    pub delivery_rate_limited: IntCounterVec,
+    pub delivery_rate_waiting: IntGauge,
     // Resolver.
     pub dns_cache_lookups: IntCounterVec,
     pub dns_cache_entries: IntGauge,
@@ -222,7 +224,7 @@ impl Metrics {
             cluster_fallbacks: counter_vec(
                 &r,
                 "amtp_cluster_fallbacks_total",
-                "Shared-limit decisions taken locally because Redis was away, late or failing, by operation (auth_check, auth_failure, rate, heartbeat).",
+                "Shared-limit decisions taken locally because Redis was away, late or failing, by operation (auth_check, auth_failure, rate, lease, destination_rate, heartbeat).",
                 &["operation"],
             ),
             sessions_open: gauge_vec(
@@ -391,6 +393,17 @@ impl Metrics {
                 &r,
                 "amtp_destinations_active",
                 "Destination actors (one per next hop) alive now.",
+            ),
+            delivery_rate_limited: counter_vec(
+                &r,
+                "amtp_delivery_rate_limited_total",
+                "Messages that waited for their destination's message rate (max_messages_per_destination), each counted once, by whose budget ran out (fleet: the fleet's in Redis; node: this node's, without [cluster] or while Redis is away).",
+                &["scope"],
+            ),
+            delivery_rate_waiting: int_gauge(
+                &r,
+                "amtp_delivery_rate_waiting",
+                "Messages waiting now for their destination's message rate (leased, not attempted).",
             ),
             dns_cache_lookups: counter_vec(
                 &r,
@@ -737,6 +750,25 @@ pub fn outbound_closed() {
 pub fn destinations_changed(delta: i64) {
     if let Some(m) = get() {
         m.destinations.add(delta);
+    }
+}
+
+/// `n` more messages wait for their destination's message rate (`scope`: `fleet` or `node`).
+pub fn delivery_rate_limited(scope: &str, n: usize) {
+    if n == 0 {
+        return;
+    }
+    if let Some(m) = get() {
+        m.delivery_rate_limited
+            .with_label_values(&[scope])
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+}
+
+/// Messages started (`+`) or stopped (`-`) waiting for their destination's message rate.
+pub fn delivery_rate_waiting(delta: i64) {
+    if let Some(m) = get() {
+        m.delivery_rate_waiting.add(delta);
     }
 }
 
