@@ -99,7 +99,11 @@ impl Destination {
         }
         // Room for every result the open connections can owe at once; a connection that
         // still finds it full waits for room in a task of its own (see `send_result`).
-        let capacity = self.concurrency * (self.max_per_connection + 1);
+        // (Clamped: tokio refuses absurd capacities, and slots cost memory only when used.)
+        let capacity = self
+            .concurrency
+            .saturating_mul(self.max_per_connection.saturating_add(1))
+            .min(1 << 20);
         let (tx, rx) = tokio::sync::mpsc::channel::<JobResult>(capacity);
         actix::spawn(forward_results(rx, self.router.clone()));
         self.results = Some(tx.clone());
