@@ -8,7 +8,8 @@
 #   1. builds the release amtp-relay and amtp-loadtest (RELAY_BIN/LOAD_BIN skip that);
 #   2. installs inferno (inferno-collapse-perf, inferno-flamegraph) into target/tools with
 #      `cargo install --locked` if it is not on PATH: a developer tool, not a dependency;
-#   3. starts a sink and the relay (config as compare-postfix.sh: `[logging] level = "warn"`,
+#   3. starts a sink and the relay (config as compare-postfix.sh: `[logging] level = "warn"`
+#      unless LEVEL says otherwise,
 #      one route to the sink over plain SMTP, CONCURRENCY connections per destination);
 #   4. runs `blast` (MESSAGES messages of SIZE at CONCURRENCY connections, WARMUP messages
 #      first, unrecorded) and, while it runs, `perf record -a -e cpu-clock --call-graph dwarf`
@@ -26,7 +27,8 @@
 # Environment: MESSAGES (20000), WARMUP (2000), CONCURRENCY (20), SIZE (10k), RECORD_SECONDS (30,
 # the most perf records), FREQ (499 samples/s per CPU), STACK (8192: bytes of stack
 # copied per sample for DWARF unwinding), MINWIDTH (0.5), PORT_BASE (29000:
-# relay on +25, sink on +26), RELAY_BIN / LOAD_BIN (use these binaries instead of building),
+# relay on +25, sink on +26), LEVEL (the relay's `[logging] level`, warn), RELAY_BIN / LOAD_BIN
+# (use these binaries instead of building),
 # KEEP=1 keeps the work directory (perf.data, folded stacks, relay log).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -40,6 +42,7 @@ FREQ=${FREQ:-499}
 STACK=${STACK:-8192}
 MINWIDTH=${MINWIDTH:-0.5}
 PORT_BASE=${PORT_BASE:-29000}
+LEVEL=${LEVEL:-warn}
 RELAY_PORT=$((PORT_BASE + 25))
 SINK_PORT=$((PORT_BASE + 26))
 
@@ -92,7 +95,7 @@ local_domains = ["sink.load.test"]
 generate_dev_certificate = true
 
 [logging]
-level = "warn"
+level = "$LEVEL"
 
 [[listener]]
 name = "mx"

@@ -7,7 +7,9 @@
 #
 #   bash loadtest/relay-ab.sh OLD_RELAY_BINARY [NEW_RELAY_BINARY]   (NEW: target/release/amtp-relay)
 #
-# Environment: ROUNDS (3 per side), MESSAGES (20000), CONCURRENCY (20), SIZE (10k),
+# Environment: ROUNDS (3 per side), MESSAGES (20000), CONCURRENCY (20), SIZE (10k), LEVEL_A and
+# LEVEL_B (`[logging] level` of each side, warn; the same binary twice with info and warn
+# measures what logging costs),
 # PORT_BASE (29100: relay +25, sink +26), OUT (relay-ab: per-round files), LOAD_BIN (else
 # target/release/amtp-loadtest, built if missing).
 set -euo pipefail
@@ -20,6 +22,8 @@ CONCURRENCY=${CONCURRENCY:-20}
 SIZE=${SIZE:-10k}
 PORT_BASE=${PORT_BASE:-29100}
 OUT=${OUT:-relay-ab}
+LEVEL_A=${LEVEL_A:-warn}
+LEVEL_B=${LEVEL_B:-warn}
 RELAY_PORT=$((PORT_BASE + 25))
 SINK_PORT=$((PORT_BASE + 26))
 die() { echo "relay-ab: $*" >&2; exit 1; }
@@ -52,7 +56,7 @@ switches() {
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=relay-ab \
     -keyout "$OUT/ca-key.pem" -out "$OUT/ca.pem" 2>/dev/null || die "openssl could not make a CA"
-config() {
+config() { # config LEVEL
     cat <<CONF
 [server]
 hostname = "relay.load.test"
@@ -63,7 +67,7 @@ local_domains = ["sink.load.test"]
 generate_dev_certificate = true
 
 [logging]
-level = "warn"
+level = "$1"
 
 [[listener]]
 name = "mx"
@@ -85,10 +89,10 @@ tls = "none"
 CONF
 }
 
-round() { # round N SIDE BINARY
+round() { # round N SIDE BINARY LEVEL
     local n=$1 side=$2 bin=$3 dir="$OUT/$2-$1"
     mkdir -p "$dir"
-    config > "$dir/relay.toml"
+    config "$4" > "$dir/relay.toml"
     "$LOAD_BIN" sink --listen "127.0.0.1:$SINK_PORT" --messages "$MESSAGES" --duration 300s \
         --json > "$dir/sink.json" 2> "$dir/sink.log" &
     local sink=$!
@@ -118,12 +122,12 @@ round() { # round N SIDE BINARY
         | awk '{ printf "round %d %s: %8.1f messages/s end to end, relay CPU %4.0f µs/message, %6.2f context switches/message\n", $2, $1, $3, $4, $5 }'
 }
 
-echo "== A: $A"
-echo "== B: $B"
+echo "== A: $A (logging $LEVEL_A)"
+echo "== B: $B (logging $LEVEL_B)"
 echo "== $ROUNDS rounds per side, $MESSAGES x $SIZE, $CONCURRENCY connections, relay -> sink"
 for n in $(seq 1 "$ROUNDS"); do
-    round "$n" A "$A"
-    round "$n" B "$B"
+    round "$n" A "$A" "$LEVEL_A"
+    round "$n" B "$B" "$LEVEL_B"
 done
 python3 - "$OUT/rounds.txt" <<'PY'
 import statistics, sys
