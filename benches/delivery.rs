@@ -55,7 +55,7 @@ fn fill(dir: &std::path::Path, n: usize, domains: usize) {
                     smtputf8: false,
                 },
                 recipients: vec![format!("r{i}@d{}.test", i % domains)],
-                body: body.clone(),
+                body: body.clone().into(),
             })
             .collect();
         queue.enqueue_batch(&batch).unwrap();

@@ -23,7 +23,7 @@ fn message(i: usize) -> NewMessage {
             smtputf8: false,
         },
         recipients: vec![format!("r{i}@example.test")],
-        body: vec![b'x'; 4096],
+        body: vec![b'x'; 4096].into(),
     }
 }
 

@@ -50,10 +50,19 @@ pub enum AuthOutcome {
     Unavailable,
 }
 
-/// Session → queue: make this message durable; answered once it is on disk.
-#[derive(Debug, Message)]
-#[rtype(result = "Result<QueueId, EnqueueError>")]
-pub struct Enqueue(pub Box<NewMessage>);
+/// Session → queue: make this message durable; the future is ready once it is on disk (or
+/// refused). A function rather than an actor message: the relay's is
+/// [`crate::queue_actor::Intake::enqueue`], which hands the message to the group committer
+/// from the session's own thread (no hop through another actor's thread); tests give a
+/// stand-in.
+pub type Enqueue = Arc<
+    dyn Fn(
+            Box<NewMessage>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<QueueId, EnqueueError>> + Send>,
+        > + Send
+        + Sync,
+>;
 
 /// Why a message was not queued (all become `451 4.3.0`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,19 +89,27 @@ impl EnqueueError {
     }
 }
 
-/// Queue → router: something was enqueued; look for due messages now.
+/// Queue → router: messages were committed (their bodies wait in
+/// [`crate::delivery::fresh::Fresh`]); look for due messages now. Sent once per commit batch,
+/// not once per message.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct WakeRouter;
 
-/// Router → destination: deliver this message to these recipients.
+/// Router → destination: deliver these messages, each to its recipients. One message per
+/// destination per router tick, however many jobs it carries (fewer wake-ups than one each).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
-pub struct DeliverJob(pub crate::delivery::outbound::Job);
+pub struct DeliverJobs(pub Vec<crate::delivery::outbound::Job>);
 
-/// Destination → router: what happened to a message's recipients.
+/// Destination → router: the results that were ready together, from any of its connections
+/// (one wake-up of the router for all of them).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
+pub struct JobResults(pub Vec<JobResult>);
+
+/// What happened to one message's recipients at one destination.
+#[derive(Debug)]
 pub struct JobResult {
     /// The message.
     pub id: amtp_storage::QueueId,

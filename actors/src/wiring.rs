@@ -16,6 +16,7 @@ use crate::amtp_tls::AmtpTrust;
 use crate::auth::users::UserDb;
 use crate::config::{AuthConfig, ListenerConfig, PoolConfig, QueueConfig, SessionConfig, per_core};
 use crate::config::{DeliveryConfig, ResolverConfig};
+use crate::delivery::fresh::{self, Fresh, Handoff};
 use crate::delivery::outbound::OutboundContext;
 use crate::delivery::router::{ReplaceShared, Router, RouterShared};
 use crate::delivery::schedule::RetryPolicy;
@@ -30,7 +31,7 @@ use crate::metrics::{
     pool::{Meter, Metered},
 };
 use crate::policy::{PolicyActor, ReplaceUsers};
-use crate::queue_actor::QueueActor;
+use crate::queue_actor::{Intake, QueueActor};
 use crate::resolver::actor::ResolverActor;
 use crate::resolver::transport::DnsTransport;
 use crate::resolver::{DnsCache, ResolverHandle, TtlPolicy};
@@ -237,19 +238,29 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         // All destinations share one meter: one member, "destinations in aggregate".
         Meter::pool_size("destination", 1);
         let router_state = shared.clone();
-        let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| Router::new(shared));
+        let fresh = Arc::new(Fresh::new(fresh::DEFAULT_MAX_BYTES));
+        let router_fresh = fresh.clone();
+        let addr = Router::start_in_arbiter(&arbiter.handle(), move |_| {
+            Router::new(shared, router_fresh)
+        });
         extra_arbiters.push(arbiter);
-        (addr, router_state)
+        (addr, router_state, fresh)
     });
     Meter::pool_size("queue", 1);
     Meter::pool_size("committer", 1);
     let queue_meter = Meter::new("queue", 0);
+    let intake = Intake::new(
+        committer.clone(),
+        router.as_ref().map(|(addr, _, fresh)| Handoff {
+            fresh: fresh.clone(),
+            router: addr.clone().recipient(),
+        }),
+        queue_meter,
+    );
     let queue = QueueActor::new(
         settings.queue_store.clone(),
         Arc::from(settings.hostname.as_str()),
-        committer.clone(),
-        router.as_ref().map(|(addr, _)| addr.clone().recipient()),
-        queue_meter.clone(),
+        router.as_ref().map(|(addr, _, _)| addr.clone().recipient()),
     )
     .start();
     if let Some(m) = metrics::get() {
@@ -299,10 +310,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             to: policy.clone().recipient(),
             meter: policy_meter,
         },
-        queue: Metered {
-            to: queue.clone().recipient(),
-            meter: queue_meter,
-        },
+        queue: intake.door(),
         tls: settings.tls.clone().map(tokio_rustls::TlsAcceptor::from),
         enqueue_timeout: settings.queue.enqueue_timeout.0,
         identity,
@@ -395,7 +403,7 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         policy,
         recipients,
         hostname,
-        router,
+        router: router.map(|(addr, shared, _)| (addr, shared)),
     })
 }
 

@@ -154,6 +154,7 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
     environment.relay_commit = args.relay_commit.clone();
     environment.settings = args.settings.iter().cloned().collect();
     let cpu_before = args.pid.map(crate::procfs::cpu_seconds).transpose()?;
+    let switches_before = args.pid.map(crate::procfs::context_switches).transpose()?;
     let started = Instant::now();
     let scraper = match &args.metrics_url {
         Some(url) => {
@@ -204,6 +205,12 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
     progress.abort();
     let mut relay_cpu_s = match (args.pid, cpu_before) {
         (Some(pid), Some(before)) => Some(crate::procfs::cpu_seconds(pid)? - before),
+        _ => None,
+    };
+    let relay_switches = match (args.pid, switches_before) {
+        (Some(pid), Some(before)) => {
+            Some(crate::procfs::context_switches(pid)?.saturating_sub(before))
+        }
         _ => None,
     };
     let relay_samples = match scraper {
@@ -272,6 +279,15 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
                 totals.messages_ok
             };
             cpu * 1e6 / units.max(1) as f64
+        }),
+        relay_context_switches: relay_switches,
+        relay_context_switches_per_unit: relay_switches.map(|n| {
+            let units = if args.messages_per_connection == 0 {
+                totals.sessions
+            } else {
+                totals.messages_ok
+            };
+            n as f64 / units.max(1) as f64
         }),
         phases: totals.phases(),
         errors: totals.errors,

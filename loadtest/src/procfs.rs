@@ -1,6 +1,7 @@
 //! The target relay's own costs, read from /proc when the operator gives its pid: resident
-//! memory (for memory per connection) and CPU time (for CPU per message, which is what sizes a
-//! fleet). Linux only; the figures are absent elsewhere.
+//! memory (for memory per connection), CPU time (for CPU per message, which is what sizes a
+//! fleet) and context switches (how often its threads sleep and wake per message: the price
+//! of hand-offs between threads). Linux only; the figures are absent elsewhere.
 
 use anyhow::Context;
 
@@ -34,6 +35,37 @@ fn cpu_from_stat(stat: &str) -> Option<f64> {
     Some((utime + stime) as f64 / USER_HZ)
 }
 
+/// Context switches, voluntary and not, summed over every thread the process has now.
+///
+/// The process-wide `/proc/<pid>/status` counts only its main thread; each thread's own
+/// `/proc/<pid>/task/<tid>/status` counts that thread. A thread that exits during a run takes
+/// its count with it, so a run's figure is a lower bound when threads come and go (tokio's
+/// blocking pool keeps idle threads for 10 s, so a steady run loses few).
+pub fn context_switches(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = entry?.path().join("status");
+        // A thread may exit between listing and reading: it no longer counts.
+        if let Ok(status) = std::fs::read_to_string(&path) {
+            total += switches_from_status(&status);
+        }
+    }
+    Ok(total)
+}
+
+/// `voluntary_ctxt_switches` plus `nonvoluntary_ctxt_switches` of one status file.
+fn switches_from_status(status: &str) -> u64 {
+    status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| l.strip_prefix("nonvoluntary_ctxt_switches:"))
+        })
+        .filter_map(|v| v.trim().parse::<u64>().ok())
+        .sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -50,5 +82,30 @@ mod tests {
         let pid = std::process::id();
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(cpu_seconds(pid).unwrap() >= 0.0);
+    }
+
+    #[test]
+    fn context_switches_add_voluntary_and_nonvoluntary() {
+        let status = "Name:\tamtp-relay\nvoluntary_ctxt_switches:\t120\n\
+                      nonvoluntary_ctxt_switches:\t7\nVmRSS:\t1 kB\n";
+        assert_eq!(switches_from_status(status), 127);
+        assert_eq!(switches_from_status("Name:\tx\n"), 0);
+    }
+
+    #[test]
+    fn context_switches_of_every_thread_are_counted() {
+        let pid = std::process::id();
+        let before = context_switches(pid).unwrap();
+        // A thread that sleeps switches at least once; its count is in the sum while it lives.
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let sleeper = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            rx.recv().unwrap();
+        });
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let during = context_switches(pid).unwrap();
+        tx.send(()).unwrap();
+        sleeper.join().unwrap();
+        assert!(during > before, "{during} should exceed {before}");
     }
 }

@@ -332,6 +332,8 @@ mod tests {
             tls_resumed: 0,
             relay_cpu_s: Some(1.0),
             relay_cpu_us_per_unit: Some(cpu_us),
+            relay_context_switches: None,
+            relay_context_switches_per_unit: None,
             phases: Vec::new(),
             errors: Default::default(),
             environment: Default::default(),

@@ -234,6 +234,12 @@ pub struct RunResult {
     /// Relay CPU microseconds per accepted message (per session in session-only runs).
     #[serde(default)]
     pub relay_cpu_us_per_unit: Option<f64>,
+    /// Context switches of the relay's threads (`--pid`) during the run.
+    #[serde(default)]
+    pub relay_context_switches: Option<u64>,
+    /// Relay context switches per accepted message (per session in session-only runs).
+    #[serde(default)]
+    pub relay_context_switches_per_unit: Option<f64>,
     pub phases: Vec<PhaseSummary>,
     pub errors: BTreeMap<String, u64>,
     /// Where the run happened (absent in results from before reports had it).
@@ -291,6 +297,19 @@ impl RunResult {
             out.push_str(&format!(
                 "relay CPU: {cpu:.2} s ({:.0} % of one core), {per:.0} µs per {unit}\n",
                 cpu / self.elapsed_s * 100.0
+            ));
+        }
+        if let (Some(n), Some(per)) = (
+            self.relay_context_switches,
+            self.relay_context_switches_per_unit,
+        ) {
+            let unit = if self.messages_per_connection == 0 {
+                "session"
+            } else {
+                "message"
+            };
+            out.push_str(&format!(
+                "relay context switches: {n} ({per:.1} per {unit}, all threads)\n"
             ));
         }
         out.push_str(&format!(

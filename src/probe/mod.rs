@@ -530,7 +530,7 @@ async fn attempt(
             smtputf8: !from.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
             utf8_headers: has_8bit(amtp_proto::headers::header_section(&body)),
         },
-        body: Arc::new(body),
+        body: body.into(),
     });
     let mut recorder = Recorder::new(s.auth.clone(), !args.send);
     let mut dispositions: Vec<(String, Disposition)> = Vec::new();

@@ -60,7 +60,8 @@ pub struct NewMessage {
     /// Accepted recipients.
     pub recipients: Vec<String>,
     /// The complete message (headers, including our Received, and body), CRLF line endings.
-    pub body: Vec<u8>,
+    /// A shared buffer: the session, the spool write and delivery hold the same bytes.
+    pub body: bytes::Bytes,
 }
 
 /// What [`Queue::open`] found and repaired.
@@ -587,7 +588,7 @@ impl Queue {
         let bodies: Vec<(u64, &[u8])> = ids
             .iter()
             .zip(messages)
-            .map(|(id, m)| (id.0, m.body.as_slice()))
+            .map(|(id, m)| (id.0, &m.body[..]))
             .collect();
         self.spool.write_batch(&bodies)?;
         self.spool.sync_dir()?;

@@ -67,7 +67,7 @@ fn crash_child() {
                             smtputf8: false,
                         },
                         recipients: vec![format!("n{n}@crash.test")],
-                        body: body(thread, n),
+                        body: body(thread, n).into(),
                     };
                     if committer
                         .submit(msg, Box::new(move |r| tx.send(r).unwrap()))

@@ -94,7 +94,7 @@ fn message(n: u64, body_len: usize, recipients: usize) -> NewMessage {
         recipients: (0..recipients)
             .map(|r| format!("recipient-number-{r:04}-of-message-{n}@full.test"))
             .collect(),
-        body: body(n, body_len),
+        body: body(n, body_len).into(),
     }
 }
 

@@ -45,7 +45,7 @@ fn new_message(rng: &mut fastrand::Rng) -> NewMessage {
         body: {
             let mut v = vec![0u8; size];
             rng.fill(&mut v);
-            v
+            v.into()
         },
     }
 }
@@ -144,7 +144,7 @@ fn random_operations_match_the_model() {
                             .insert(
                                 id,
                                 ModelMsg {
-                                    body: m.body,
+                                    body: m.body.to_vec(),
                                     recipients,
                                     due_at: None,
                                     attempts: 0,

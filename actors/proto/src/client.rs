@@ -689,13 +689,13 @@ fn base64(data: &[u8]) -> String {
 /// ensured, and the end marker is appended (RFC 5321 §4.5.2).
 pub fn dot_stuff(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + body.len() / 64 + 5);
-    let mut at_line_start = true;
-    for &b in body {
-        if at_line_start && b == b'.' {
+    // A line at a time: one copy per line instead of a push per byte (a 10 KB body is about
+    // 150 lines; the per-byte loop was a visible share of delivery's CPU).
+    for line in body.split_inclusive(|&b| b == b'\n') {
+        if line.first() == Some(&b'.') {
             out.push(b'.');
         }
-        out.push(b);
-        at_line_start = b == b'\n';
+        out.extend_from_slice(line);
     }
     if !out.ends_with(b"\r\n") && !out.is_empty() {
         out.extend_from_slice(b"\r\n");

@@ -72,7 +72,7 @@ pub fn dsn(
             smtputf8: false,
         },
         recipients: vec![record.envelope.sender.clone()],
-        body,
+        body: body.into(),
     })
 }
 
@@ -142,7 +142,7 @@ mod tests {
             )
         );
         assert_eq!(m.envelope.origin, Origin::Local);
-        let text = String::from_utf8(m.body).unwrap();
+        let text = String::from_utf8(m.body.to_vec()).unwrap();
         assert!(
             text.contains(
                 "Status: 5.1.1\r\nRemote-MTA: dns; mx.remote.test\r\nDiagnostic-Code: smtp; 550 5.1.1 no such user\r\n"
@@ -229,7 +229,7 @@ mod tests {
                 100,
             )
             .unwrap();
-            let text = String::from_utf8(m.body).unwrap();
+            let text = String::from_utf8(m.body.to_vec()).unwrap();
             assert!(
                 text.contains(&format!("Action: failed\r\n{fields}")),
                 "{cause:?}:\n{text}"

@@ -2,11 +2,13 @@
 //! connections), connection reuse (each connection takes jobs until `max_messages_per_connection`
 //! is reached, and waits up to [`CONNECTION_LINGER`] for more when the queue runs dry), and
 //! failover across the hop's ordered targets. With `[cluster]` the concurrency limit is
-//! fleet-wide: each connection first takes a lease ([`crate::cluster::lease`]). With
-//! `max_messages_per_destination`, a job reaches the connections only with a token of the
-//! destination's message rate; until then it waits here ([`throttle`]). Results go
-//! back to the router as they happen. An idle destination stops itself; the router makes a
-//! new one on demand.
+//! fleet-wide: each connection first takes a lease ([`crate::cluster::lease`]). Jobs arrive in
+//! batches ([`DeliverJobs`], one per router tick). With `max_messages_per_destination`, a job
+//! reaches the connections only with a token of the destination's message rate; until then it
+//! waits here ([`throttle`]). Results go back to the router as they happen, through one
+//! forwarder per destination that sends whatever results are ready together as one
+//! [`JobResults`] (one router wake-up for many messages). An idle destination stops itself;
+//! the router makes a new one on demand.
 //!
 //! Why the linger: mail arrives in small bursts (one per group commit, each waking the router,
 //! which dispatches what it leased at once), so a connection that quits as soon as the queue is
@@ -17,7 +19,7 @@
 
 use super::outbound::{HopTarget, Job, OutboundContext, run_connection};
 use crate::cluster::lease::LeaseOutcome;
-use crate::messages::{DeliverJob, JobResult, NextHop};
+use crate::messages::{DeliverJobs, JobResult, JobResults, NextHop};
 use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
 use amtp_proto::client::{Cause, Disposition};
@@ -42,6 +44,9 @@ const JOBS_PER_EXTRA_CONNECTION: usize = 4;
 /// With `[cluster]`, how soon a destination whose fleet-wide slots are all taken asks again.
 const LEASE_RETRY: Duration = Duration::from_millis(200);
 
+/// Most results in one [`JobResults`].
+const RESULTS_BATCH: usize = 256;
+
 /// See the module docs.
 pub struct Destination {
     name: String,
@@ -55,7 +60,10 @@ pub struct Destination {
     active: usize,
     /// With `[cluster]`: every fleet slot was taken; no new lease request before this.
     fleet_full_until: Option<Instant>,
-    router: Recipient<JobResult>,
+    router: Recipient<JobResults>,
+    /// Results from every connection, to the forwarder (started on first use). Bounded:
+    /// see [`send_result`].
+    results: Option<tokio::sync::mpsc::Sender<JobResult>>,
     last_busy: Instant,
     /// Shared by every destination: jobs waiting (depth), jobs taken, time in connections.
     meter: Meter,
@@ -71,7 +79,7 @@ impl Destination {
         ctx: OutboundContext,
         concurrency: usize,
         max_per_connection: usize,
-        router: Recipient<JobResult>,
+        router: Recipient<JobResults>,
         meter: Meter,
     ) -> Self {
         Self {
@@ -85,6 +93,7 @@ impl Destination {
             active: 0,
             fleet_full_until: None,
             router,
+            results: None,
             last_busy: Instant::now(),
             meter,
             throttle: None,
@@ -96,6 +105,24 @@ impl Destination {
     pub fn with_message_rate(mut self, rate: Option<crate::units::Rate>) -> Self {
         self.throttle = rate.map(throttle::Throttle::new);
         self
+    }
+
+    /// The sender connections report into, with the forwarder behind it started on first use.
+    fn results(&mut self) -> tokio::sync::mpsc::Sender<JobResult> {
+        if let Some(tx) = &self.results {
+            return tx.clone();
+        }
+        // Room for every result the open connections can owe at once; a connection that
+        // still finds it full waits for room in a task of its own (see `send_result`).
+        // (Clamped: tokio refuses absurd capacities, and slots cost memory only when used.)
+        let capacity = self
+            .concurrency
+            .saturating_mul(self.max_per_connection.saturating_add(1))
+            .min(1 << 20);
+        let (tx, rx) = tokio::sync::mpsc::channel::<JobResult>(capacity);
+        actix::spawn(forward_results(rx, self.router.clone()));
+        self.results = Some(tx.clone());
+        tx
     }
 
     fn queued(&self) -> usize {
@@ -111,11 +138,11 @@ impl Destination {
             && self.fleet_full_until.is_none_or(|t| Instant::now() >= t)
         {
             self.active += 1;
-            let (targets, octx, jobs, router, max, name, arrived) = (
+            let tx = self.results();
+            let (targets, octx, jobs, max, name, arrived) = (
                 self.targets.clone(),
                 self.ctx.clone(),
                 self.jobs.clone(),
-                self.router.clone(),
                 self.max_per_connection,
                 self.name.clone(),
                 self.arrived.clone(),
@@ -123,16 +150,6 @@ impl Destination {
             let meter = self.meter.clone();
             let timing = meter.clone();
             let work = async move {
-                let (tx, mut rx) = tokio::sync::mpsc::channel::<JobResult>(max + 1);
-                let forward = {
-                    let router = router.clone();
-                    actix::spawn(async move {
-                        while let Some(r) = rx.recv().await {
-                            // The router's mailbox is bounded; wait for room rather than drop a result.
-                            let _ = router.send(r).await;
-                        }
-                    })
-                };
                 let mut last_failure: Option<Cause> = None;
                 let mut last_hop: Option<NextHop> = None;
                 for target in &targets {
@@ -147,20 +164,21 @@ impl Destination {
                         }
                     };
                     let tx = tx.clone();
-                    // At most `max` results per connection and the channel holds `max + 1`:
-                    // try_send cannot fail here.
                     let destination = name.clone();
                     let hop = NextHop {
                         name: target.host.clone(),
                         addr: target.addr,
                     };
                     let report = move |id, outcomes| {
-                        let _ = tx.try_send(JobResult {
-                            id,
-                            destination: destination.clone(),
-                            next_hop: Some(hop.clone()),
-                            outcomes,
-                        });
+                        send_result(
+                            &tx,
+                            JobResult {
+                                id,
+                                destination: destination.clone(),
+                                next_hop: Some(hop.clone()),
+                                outcomes,
+                            },
+                        );
                     };
                     match run_connection(target, &octx, max, next, report).await {
                         Ok(()) => {
@@ -218,7 +236,6 @@ impl Destination {
                     }
                 }
                 drop(tx);
-                let _ = forward.await;
             };
             // With `[cluster]`, a fleet-wide slot first (see `crate::cluster::lease`).
             let (lease_key, cap) = (self.name.clone(), self.concurrency);
@@ -249,6 +266,40 @@ impl Destination {
                 }
             }));
         }
+    }
+}
+
+/// A connection's result, into the destination's channel without waiting (the connection is
+/// not async there). The channel holds what every open connection can owe, so it is full only
+/// when the router has stopped taking results for a long time; then a task of its own waits
+/// for room: a result is never dropped (that would strand its message until its lease
+/// expired), and at most one such task exists per job in flight.
+fn send_result(tx: &tokio::sync::mpsc::Sender<JobResult>, result: JobResult) {
+    if let Err(tokio::sync::mpsc::error::TrySendError::Full(result)) = tx.try_send(result) {
+        let tx = tx.clone();
+        actix::spawn(async move {
+            let _ = tx.send(result).await;
+        });
+    }
+}
+
+/// Sends results to the router: the first that arrives, with every other one already waiting
+/// (up to [`RESULTS_BATCH`]), as one [`JobResults`]. Waits for room in the router's bounded
+/// mailbox rather than dropping results. Ends when the destination and all its connections
+/// are gone.
+async fn forward_results(
+    mut rx: tokio::sync::mpsc::Receiver<JobResult>,
+    router: Recipient<JobResults>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < RESULTS_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let _ = router.send(JobResults(batch)).await;
     }
 }
 
@@ -306,22 +357,33 @@ impl Actor for Destination {
     }
 }
 
-impl Handler<DeliverJob> for Destination {
+impl Handler<DeliverJobs> for Destination {
     type Result = ();
 
-    fn handle(&mut self, msg: DeliverJob, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: DeliverJobs, ctx: &mut Self::Context) {
         let _busy = self.meter.busy();
-        self.meter.add_handled(1);
-        self.meter.queued();
+        let n = msg.0.len();
+        self.meter.add_handled(u64::try_from(n).unwrap_or(u64::MAX));
         self.last_busy = Instant::now();
-        let Err(job) = self.hold(msg.0, ctx) else {
-            return;
-        };
-        self.jobs
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push_back(job);
-        self.arrived.notify_one();
+        // With a message rate, each job waits for its token in the throttle first.
+        let mut ready = Vec::with_capacity(n);
+        for job in msg.0 {
+            self.meter.queued();
+            if let Err(job) = self.hold(job, ctx) {
+                ready.push(job);
+            }
+        }
+        if !ready.is_empty() {
+            let mut jobs = self
+                .jobs
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for job in ready {
+                jobs.push_back(job);
+                // One waiting connection per job (a permit is stored when none waits).
+                self.arrived.notify_one();
+            }
+        }
         self.maybe_connect(ctx);
     }
 }
@@ -345,8 +407,65 @@ mod tests {
                 smtputf8: false,
                 utf8_headers: false,
             },
-            body: Arc::new(b"x\r\n".to_vec()),
+            body: bytes::Bytes::from_static(b"x\r\n"),
         }
+    }
+
+    struct Batches(Arc<Mutex<Vec<Vec<QueueId>>>>);
+
+    impl Actor for Batches {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<JobResults> for Batches {
+        type Result = ();
+        fn handle(&mut self, msg: JobResults, _: &mut Context<Self>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(msg.0.into_iter().map(|r| r.id).collect());
+        }
+    }
+
+    fn result(id: u64) -> JobResult {
+        JobResult {
+            id: QueueId(id),
+            destination: "route:sink.test:25".into(),
+            next_hop: None,
+            outcomes: Vec::new(),
+        }
+    }
+
+    /// Results that are ready together reach the router as one message, and a full channel
+    /// never drops a result (it waits for room in a task of its own).
+    #[actix_rt::test]
+    async fn results_ready_together_go_to_the_router_as_one_batch() {
+        let seen: Arc<Mutex<Vec<Vec<QueueId>>>> = Arc::default();
+        let router = Batches(seen.clone()).start().recipient();
+        // Room for two: the other three wait in tasks of their own.
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        for id in 1..=5 {
+            send_result(&tx, result(id));
+        }
+        let forwarder = actix::spawn(forward_results(rx, router));
+        // Let the forwarder take the first batch before the next result arrives.
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        send_result(&tx, result(6));
+        drop(tx);
+        forwarder.await.unwrap();
+        // The forwarder ends once its last result is sent; the router handles it right after.
+        while seen.lock().unwrap().iter().map(Vec::len).sum::<usize>() < 6 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let batches = seen.lock().unwrap().clone();
+        let all: Vec<u64> = batches.iter().flatten().map(|id| id.0).collect();
+        let mut sorted = all.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, [1, 2, 3, 4, 5, 6], "{batches:?}");
+        // The first two were in the channel together when the forwarder started.
+        assert_eq!(batches[0], [QueueId(1), QueueId(2)], "{batches:?}");
     }
 
     /// A connection takes a queued job at once, waits for one that arrives while it lingers,

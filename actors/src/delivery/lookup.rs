@@ -12,7 +12,6 @@ use crate::resolver::{DnsQuery, LookupError, Records};
 use amtp_proto::client::{Cause, Disposition, TlsPolicy};
 use amtp_storage::{MessageRecord, Origin, QueueId};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 
 fn xorshift(seed: u64) -> impl FnMut(u32) -> u32 {
     let mut x = seed | 1;
@@ -148,7 +147,7 @@ pub async fn plan_message(
     s: &RouterShared,
     id: QueueId,
     record: MessageRecord,
-    body: Arc<Vec<u8>>,
+    body: bytes::Bytes,
 ) -> Plan {
     let mut routed = Vec::new();
     for (domain, rcpts) in plan::by_domain(&record) {

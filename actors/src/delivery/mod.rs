@@ -14,11 +14,14 @@
 //! - [`router`] — the Router actor: due messages → next hops → destinations → outcomes (the
 //!   I/O around `plan` and `finalize`).
 //! - [`destination`] — a Destination actor per next hop: concurrency, reuse, failover.
+//! - [`fresh`] — bodies of just-committed messages handed to the router in memory, and one
+//!   router wake-up per commit batch.
 //! - [`bounce`] — DSNs for permanent failures.
 
 pub mod bounce;
 pub mod destination;
 pub mod finalize;
+pub mod fresh;
 pub mod lookup;
 pub mod outbound;
 pub mod plan;

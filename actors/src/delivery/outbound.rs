@@ -69,8 +69,9 @@ pub struct Job {
     pub id: QueueId,
     /// Envelope for the client.
     pub envelope: Envelope,
-    /// The message as it is sent (with the `MPC:` header on SMTP hops).
-    pub body: Arc<Vec<u8>>,
+    /// The message as it is sent (with the `MPC:` header on SMTP hops): the buffer the
+    /// session received, shared, unless a header had to be added.
+    pub body: bytes::Bytes,
 }
 
 enum Stream {

@@ -19,8 +19,8 @@ use crate::resolver::{LookupError, Records};
 use amtp_proto::EnhancedStatus;
 use amtp_proto::client::{BodyType, Cause, Disposition, Envelope, has_8bit};
 use amtp_storage::{MessageRecord, Origin, QueueId};
+use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::Arc;
 
 fn status(s: &str) -> EnhancedStatus {
     EnhancedStatus::parse(s).unwrap_or(EnhancedStatus::new(5, 0, 0))
@@ -240,7 +240,7 @@ fn body_type(b: amtp_storage::BodyType) -> BodyType {
 pub fn assemble(
     id: QueueId,
     record: MessageRecord,
-    body: Arc<Vec<u8>>,
+    body: Bytes,
     routed: Vec<(Vec<String>, Result<Routed, Disposition>)>,
 ) -> Plan {
     let mpc_text = record.envelope.mpc.as_deref();
@@ -248,7 +248,7 @@ pub fn assemble(
     let has_header = amtp_proto::headers::find(&body, "MPC").is_some();
     let eight_bit = has_8bit(&body);
     let utf8_headers = has_8bit(amtp_proto::headers::header_section(&body));
-    let mut with_header: Option<Arc<Vec<u8>>> = None;
+    let mut with_header: Option<Bytes> = None;
     let mut groups: Vec<Group> = Vec::new();
     let mut immediate = Vec::new();
     for (rcpts, route) in routed {
@@ -275,7 +275,7 @@ pub fn assemble(
                 .get_or_insert_with(|| {
                     let mut b = format!("MPC: {m}\r\n").into_bytes();
                     b.extend_from_slice(&body);
-                    Arc::new(b)
+                    Bytes::from(b)
                 })
                 .clone(),
             _ => body.clone(),

@@ -16,18 +16,20 @@
 use super::bounce;
 use super::destination::Destination;
 use super::finalize::{self, Attempted, Decision, Verdict};
+use super::fresh::Fresh;
 use super::lookup;
-use super::outbound::{HopTarget, OutboundContext};
+use super::outbound::{HopTarget, Job, OutboundContext};
 use super::plan::Plan;
 use super::schedule::RetryPolicy;
 use crate::config::{HopTls, RouteConfig};
-use crate::messages::{DeliverJob, JobResult, WakeRouter};
+use crate::messages::{DeliverJobs, JobResult, JobResults, WakeRouter};
 use crate::metrics::{self, pool::Meter};
 use crate::resolver::ResolverHandle;
 use actix::dev::SendError;
 use actix::prelude::*;
 use amtp_proto::client::{Cause, Disposition};
 use amtp_storage::{Completion, MessageRecord, Queue, QueueId};
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +87,11 @@ pub struct Router {
     destinations: HashMap<String, Addr<Destination>>,
     in_flight: HashMap<QueueId, InFlight>,
     ticking: bool,
+    /// A wake-up came while a tick was running: tick again when it ends, so messages
+    /// committed meanwhile do not wait for the poll.
+    again: bool,
+    /// Bodies of freshly committed messages, left by the commit (no read-back from the spool).
+    fresh: Arc<Fresh>,
     /// Bounds the results being written at once (see [`FINALIZE_CONCURRENCY`]).
     finalizers: Arc<tokio::sync::Semaphore>,
 }
@@ -96,13 +103,15 @@ pub struct Router {
 const FINALIZE_CONCURRENCY: usize = 8;
 
 impl Router {
-    /// A router over the shared settings.
-    pub fn new(shared: Arc<RouterShared>) -> Self {
+    /// A router over the shared settings, taking fresh bodies from `fresh`.
+    pub fn new(shared: Arc<RouterShared>, fresh: Arc<Fresh>) -> Self {
         Self {
             shared,
             destinations: HashMap::new(),
             in_flight: HashMap::new(),
             ticking: false,
+            again: false,
+            fresh,
             finalizers: Arc::new(tokio::sync::Semaphore::new(FINALIZE_CONCURRENCY)),
         }
     }
@@ -114,29 +123,36 @@ impl Router {
             .max_in_flight
             .saturating_sub(self.in_flight.len())
             .min(BATCH);
-        if self.ticking || room == 0 {
+        if self.ticking {
+            self.again = true;
+            return;
+        }
+        if room == 0 {
             return;
         }
         self.ticking = true;
+        self.again = false;
         let shared = self.shared.clone();
+        let fresh = self.fresh.clone();
         let skip: HashSet<QueueId> = self.in_flight.keys().copied().collect();
         let meter = self.shared.meter.clone();
         let work = async move {
             let s = shared.clone();
-            let leased = tokio::task::spawn_blocking(move || lease_due(&s, &skip, room))
+            let leased = tokio::task::spawn_blocking(move || lease_due(&s, &fresh, &skip, room))
                 .await
                 .unwrap_or_default();
             let mut plans = Vec::with_capacity(leased.len());
             for (id, record, body) in leased {
-                plans.push(lookup::plan_message(&shared, id, record, Arc::new(body)).await);
+                plans.push(lookup::plan_message(&shared, id, record, body).await);
             }
             plans
         };
         let work = async move { meter.timed(work).await };
         ctx.spawn(work.into_actor(self).map(|plans, act, ctx| {
             act.ticking = false;
-            for p in plans {
-                act.dispatch(p, ctx);
+            act.dispatch(plans, ctx);
+            if act.again {
+                act.tick(ctx);
             }
         }));
     }
@@ -166,58 +182,85 @@ impl Router {
         addr
     }
 
-    fn dispatch(&mut self, plan: Plan, ctx: &mut Context<Self>) {
-        let outstanding = plan.groups.len() + usize::from(!plan.immediate.is_empty());
-        self.in_flight.insert(
-            plan.id,
-            InFlight {
-                record: plan.record,
-                outstanding,
-                outcomes: Vec::new(),
-            },
-        );
-        if !plan.immediate.is_empty() {
+    /// Hand a tick's plans out: immediate outcomes are recorded at once, and each
+    /// destination gets all of its jobs from this tick in one [`DeliverJobs`].
+    fn dispatch(&mut self, plans: Vec<Plan>, ctx: &mut Context<Self>) {
+        let mut batches: Vec<(String, Vec<HopTarget>, Vec<Job>)> = Vec::new();
+        for plan in plans {
+            let outstanding = plan.groups.len() + usize::from(!plan.immediate.is_empty());
+            self.in_flight.insert(
+                plan.id,
+                InFlight {
+                    record: plan.record,
+                    outstanding,
+                    outcomes: Vec::new(),
+                },
+            );
+            if !plan.immediate.is_empty() {
+                self.record_result(
+                    JobResult {
+                        id: plan.id,
+                        destination: "-".into(),
+                        next_hop: None,
+                        outcomes: plan.immediate,
+                    },
+                    ctx,
+                );
+            }
+            for g in plan.groups {
+                match batches.iter_mut().find(|(key, _, _)| *key == g.key) {
+                    Some((_, _, jobs)) => jobs.push(g.job),
+                    None => batches.push((g.key, g.targets, vec![g.job])),
+                }
+            }
+        }
+        for (key, targets, jobs) in batches {
+            self.send_jobs(&key, &targets, jobs, ctx);
+        }
+    }
+
+    /// One destination's jobs in one message. A destination that stopped meanwhile is
+    /// replaced once; a full mailbox (or a second stop) defers every job as busy, so each
+    /// message is finalized and retried, never left waiting for its lease to expire.
+    fn send_jobs(
+        &mut self,
+        key: &str,
+        targets: &[HopTarget],
+        jobs: Vec<Job>,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut msg = DeliverJobs(jobs);
+        for _ in 0..2 {
+            let dest = self.destination(key, targets, ctx);
+            match dest.try_send(msg) {
+                Ok(()) => return,
+                Err(SendError::Closed(m)) => {
+                    self.destinations.remove(key);
+                    msg = m;
+                }
+                Err(SendError::Full(m)) => {
+                    msg = m;
+                    break;
+                }
+            }
+        }
+        let busy = Cause::Busy(format!("{key}: destination busy"));
+        for job in msg.0 {
+            let outcomes = job
+                .envelope
+                .recipients
+                .iter()
+                .map(|r| (r.clone(), Disposition::Deferred(busy.clone())))
+                .collect();
             self.record_result(
                 JobResult {
-                    id: plan.id,
-                    destination: "-".into(),
+                    id: job.id,
+                    destination: key.to_string(),
                     next_hop: None,
-                    outcomes: plan.immediate,
+                    outcomes,
                 },
                 ctx,
             );
-        }
-        for g in plan.groups {
-            let mut msg = DeliverJob(g.job);
-            for _ in 0..2 {
-                let dest = self.destination(&g.key, &g.targets, ctx);
-                match dest.try_send(msg) {
-                    Ok(()) => break,
-                    Err(SendError::Closed(m)) => {
-                        self.destinations.remove(&g.key);
-                        msg = m;
-                    }
-                    Err(SendError::Full(m)) => {
-                        let busy = Cause::Busy(format!("{}: destination busy", g.key));
-                        let outcomes =
-                            m.0.envelope
-                                .recipients
-                                .iter()
-                                .map(|r| (r.clone(), Disposition::Deferred(busy.clone())))
-                                .collect();
-                        self.record_result(
-                            JobResult {
-                                id: m.0.id,
-                                destination: g.key.clone(),
-                                next_hop: None,
-                                outcomes,
-                            },
-                            ctx,
-                        );
-                        break;
-                    }
-                }
-            }
         }
     }
 
@@ -284,18 +327,22 @@ impl Handler<WakeRouter> for Router {
         let meter = self.shared.meter.clone();
         let _busy = meter.busy();
         meter.add_handled(1);
+        // Taken before the tick: a commit from now on wakes us again.
+        self.fresh.woken();
         self.tick(ctx);
     }
 }
 
-impl Handler<JobResult> for Router {
+impl Handler<JobResults> for Router {
     type Result = ();
 
-    fn handle(&mut self, msg: JobResult, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: JobResults, ctx: &mut Self::Context) {
         let meter = self.shared.meter.clone();
         let _busy = meter.busy();
-        meter.add_handled(1);
-        self.record_result(msg, ctx);
+        meter.add_handled(u64::try_from(msg.0.len()).unwrap_or(u64::MAX));
+        for result in msg.0 {
+            self.record_result(result, ctx);
+        }
     }
 }
 
@@ -315,12 +362,14 @@ impl Handler<ReplaceShared> for Router {
     }
 }
 
-/// Lease up to `room` due messages (not already in flight) and read their bodies.
+/// Lease up to `room` due messages (not already in flight) with their bodies: from memory
+/// when the commit left them in `fresh`, else read from the spool.
 fn lease_due(
     s: &RouterShared,
+    fresh: &Fresh,
     skip: &HashSet<QueueId>,
     room: usize,
-) -> Vec<(QueueId, MessageRecord, Vec<u8>)> {
+) -> Vec<(QueueId, MessageRecord, Bytes)> {
     let now = amtp_storage::now_ms();
     let until = now + u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX);
     let due = match s.queue.due(now, BATCH) {
@@ -333,7 +382,10 @@ fn lease_due(
     let mut out = Vec::new();
     for id in due.into_iter().filter(|id| !skip.contains(id)).take(room) {
         match s.queue.lease(id, now, until) {
-            Ok(Some(rec)) => match s.queue.body(id) {
+            Ok(Some(rec)) => match fresh
+                .take(id)
+                .map_or_else(|| s.queue.body(id).map(Bytes::from), Ok)
+            {
                 Ok(body) => out.push((id, rec, body)),
                 Err(e) => {
                     tracing::error!(id = %id, error = %e, "cannot read message body; will retry")
@@ -434,6 +486,137 @@ fn log_outcomes(id: QueueId, record: &MessageRecord, decision: &Decision, now: u
             tracing::error!(queue_id = %id, rcpt = %a.address, route, destination = %a.hop, next_hop, address = %address, status = %status, reply = %a.disposition, delay_s, attempt, "{}", o.verdict.as_str());
         } else {
             tracing::info!(queue_id = %id, rcpt = %a.address, route, destination = %a.hop, next_hop, address = %address, status = %status, reply = %a.disposition, delay_s, attempt, "{}", o.verdict.as_str());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::outbound::tls_configs;
+    use amtp_proto::client::{PeerReply, Stage};
+    use amtp_proto::reply::Reply;
+    use amtp_storage::{BodyType, Envelope, NewMessage, Origin};
+
+    fn message(n: usize) -> NewMessage {
+        NewMessage {
+            id: None,
+            envelope: Envelope {
+                sender: "a@src.test".into(),
+                mpc: None,
+                origin: Origin::Smtp,
+                listener: "mx".into(),
+                client_ip: "127.0.0.1".into(),
+                auth_user: None,
+                message_id: None,
+                body: BodyType::Unspecified,
+                smtputf8: false,
+            },
+            recipients: if n == 3 {
+                vec![format!("r{n}@dst.test"), format!("r{n}@other.test")]
+            } else {
+                vec![format!("r{n}@dst.test")]
+            },
+            body: format!("Subject: {n}\r\n\r\nbody\r\n").into_bytes().into(),
+        }
+    }
+
+    /// Settings under which the router never leases by itself (`max_in_flight` 0), so the
+    /// test alone decides what is in flight.
+    fn shared(queue: Arc<Queue>) -> Arc<RouterShared> {
+        Arc::new(RouterShared {
+            queue,
+            resolver: None,
+            routes: HashMap::new(),
+            outbound: OutboundContext {
+                ehlo_name: "relay.test".into(),
+                source: None,
+                connect_timeout: Duration::from_secs(2),
+                command_timeout: Duration::from_secs(2),
+                amtp_tls: None,
+                smtp_verified_tls: None,
+                smtp_opportunistic_tls: tls_configs(None, None, None).unwrap().opportunistic,
+            },
+            smtp_fallback: false,
+            smtp_fallback_tls: HopTls::None,
+            smtp_fallback_port: 25,
+            retry: RetryPolicy::default(),
+            lease: Duration::from_secs(600),
+            poll_interval: Duration::from_secs(3600),
+            concurrency: 1,
+            max_per_connection: 1,
+            max_in_flight: 0,
+            message_rate: None,
+            hostname: "relay.test".into(),
+            meter: Meter::new("router", 0),
+            destination_meter: Meter::new("destination", 0),
+        })
+    }
+
+    fn delivered(id: QueueId, rcpt: &str) -> JobResult {
+        JobResult {
+            id,
+            destination: "route:sink.test:25".into(),
+            next_hop: None,
+            outcomes: vec![(
+                rcpt.to_string(),
+                Disposition::Delivered(PeerReply {
+                    host: "sink.test".into(),
+                    reply: Reply::new(250, "2.0.0", "ok"),
+                    stage: Stage::Data,
+                }),
+            )],
+        }
+    }
+
+    /// Results arrive from a destination in batches: every message of a batch is finalized
+    /// (here: delivered, so removed from the queue), and a message whose recipients went to
+    /// two destinations only once both have answered, whichever batches carry the answers.
+    #[actix_rt::test]
+    async fn every_result_of_a_batch_is_finalized() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let queue = Arc::new(queue);
+        let ids = queue
+            .enqueue_batch(&(0..4).map(message).collect::<Vec<_>>())
+            .unwrap();
+        let now = amtp_storage::now_ms();
+        let mut router = Router::new(shared(queue.clone()), Arc::new(Fresh::new(1 << 20)));
+        for (n, id) in ids.iter().enumerate() {
+            let record = queue.lease(*id, now, now + 600_000).unwrap().unwrap();
+            // The last message waits for two destinations.
+            let outstanding = if n == 3 { 2 } else { 1 };
+            router.in_flight.insert(
+                *id,
+                InFlight {
+                    record,
+                    outstanding,
+                    outcomes: Vec::new(),
+                },
+            );
+        }
+        let addr = router.start();
+        let first: Vec<JobResult> = (0..4)
+            .map(|n| delivered(ids[n], &format!("r{n}@dst.test")))
+            .collect();
+        addr.send(JobResults(first)).await.unwrap();
+        let gone = |id: &QueueId| queue.get(*id).unwrap().is_none();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !ids[..3].iter().all(gone) {
+            assert!(std::time::Instant::now() < deadline, "batch not finalized");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The fourth still waits for its second destination.
+        assert!(!gone(&ids[3]));
+        addr.send(JobResults(vec![delivered(ids[3], "r3@other.test")]))
+            .await
+            .unwrap();
+        while !gone(&ids[3]) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "last message not finalized"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

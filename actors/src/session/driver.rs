@@ -26,8 +26,8 @@ use tokio_rustls::TlsAcceptor;
 pub struct SessionDeps {
     /// The policy actor (AUTH), its mailbox depth metered.
     pub policy: Metered<Authenticate>,
-    /// The queue actor, its mailbox depth metered.
-    pub queue: Metered<Enqueue>,
+    /// The queue's door: makes a message durable (see [`Enqueue`]).
+    pub queue: Enqueue,
     /// For STARTTLS, when a certificate is configured.
     pub tls: Option<TlsAcceptor>,
     /// How long to wait for the queue to make a message durable.
@@ -308,111 +308,110 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
     async fn perform(&mut self, actions: Vec<Action>) -> Option<Outcome> {
         let mut todo: VecDeque<Action> = actions.into();
         while let Some(action) = todo.pop_front() {
-            let follow = match action {
-                Action::Reply(r) => {
-                    self.record_reply(&r);
-                    r.write_to(&mut self.out);
-                    continue;
-                }
-                Action::Close => {
-                    let _ = self.flush().await;
-                    return Some(Outcome::Closed);
-                }
-                Action::StartTls => {
-                    if self.flush().await.is_err() {
-                        return Some(Outcome::IoError);
+            let follow =
+                match action {
+                    Action::Reply(r) => {
+                        self.record_reply(&r);
+                        r.write_to(&mut self.out);
+                        continue;
                     }
-                    // RFC 3207 §6: anything the client pipelined after STARTTLS is discarded.
-                    let _ = self.lines.take_unconsumed();
-                    match self.upgrade().await {
-                        Some(info) => {
-                            self.session.on_tls_established(info);
-                            continue;
+                    Action::Close => {
+                        let _ = self.flush().await;
+                        return Some(Outcome::Closed);
+                    }
+                    Action::StartTls => {
+                        if self.flush().await.is_err() {
+                            return Some(Outcome::IoError);
                         }
-                        None => return Some(Outcome::TlsFailed),
+                        // RFC 3207 §6: anything the client pipelined after STARTTLS is discarded.
+                        let _ = self.lines.take_unconsumed();
+                        match self.upgrade().await {
+                            Some(info) => {
+                                self.session.on_tls_established(info);
+                                continue;
+                            }
+                            None => return Some(Outcome::TlsFailed),
+                        }
                     }
-                }
-                Action::ReceiveData => {
-                    if self.flush().await.is_err() {
-                        return Some(Outcome::IoError);
+                    Action::ReceiveData => {
+                        if self.flush().await.is_err() {
+                            return Some(Outcome::IoError);
+                        }
+                        match self.receive_data().await {
+                            Ok(result) => {
+                                let now = std::time::SystemTime::now()
+                                    .duration_since(std::time::UNIX_EPOCH)
+                                    .map_or(0, |d| d.as_secs());
+                                let id = if result.is_ok() {
+                                    (self.deps.new_id)()
+                                } else {
+                                    None
+                                };
+                                self.verb = "DATA";
+                                self.session.on_data(result, now, id)
+                            }
+                            Err(Outcome::Timeout) => {
+                                self.verb = "DATA";
+                                let actions = self.session.on_timeout();
+                                Box::pin(self.perform(actions)).await;
+                                return Some(Outcome::Timeout);
+                            }
+                            Err(end) => return Some(end),
+                        }
                     }
-                    match self.receive_data().await {
-                        Ok(result) => {
-                            let now = std::time::SystemTime::now()
-                                .duration_since(std::time::UNIX_EPOCH)
-                                .map_or(0, |d| d.as_secs());
-                            let id = if result.is_ok() {
-                                (self.deps.new_id)()
-                            } else {
-                                None
+                    Action::Verify(credentials) => {
+                        let ask = self.deps.policy.send(Authenticate {
+                            ip: self.session.ctx.peer.ip(),
+                            credentials,
+                        });
+                        let outcome =
+                            match timeout(self.session.ctx.limits.command_timeout.0, ask).await {
+                                Ok(Ok(outcome)) => outcome,
+                                _ => AuthOutcome::Unavailable,
                             };
-                            self.verb = "DATA";
-                            self.session.on_data(result, now, id)
-                        }
-                        Err(Outcome::Timeout) => {
-                            self.verb = "DATA";
-                            let actions = self.session.on_timeout();
-                            Box::pin(self.perform(actions)).await;
-                            return Some(Outcome::Timeout);
-                        }
-                        Err(end) => return Some(end),
-                    }
-                }
-                Action::Verify(credentials) => {
-                    let ask = self.deps.policy.send(Authenticate {
-                        ip: self.session.ctx.peer.ip(),
-                        credentials,
-                    });
-                    let outcome =
-                        match timeout(self.session.ctx.limits.command_timeout.0, ask).await {
-                            Ok(Ok(outcome)) => outcome,
-                            _ => AuthOutcome::Unavailable,
+                        let label = match &outcome {
+                            AuthOutcome::Success(user) if !self.session.amtp_auth_bound(user) => {
+                                "not_bound"
+                            }
+                            AuthOutcome::Success(_) => "success",
+                            AuthOutcome::Failed => "failed",
+                            AuthOutcome::Locked => "locked",
+                            AuthOutcome::Unavailable => "unavailable",
                         };
-                    let label = match &outcome {
-                        AuthOutcome::Success(user) if !self.session.amtp_auth_bound(user) => {
-                            "not_bound"
-                        }
-                        AuthOutcome::Success(_) => "success",
-                        AuthOutcome::Failed => "failed",
-                        AuthOutcome::Locked => "locked",
-                        AuthOutcome::Unavailable => "unavailable",
-                    };
-                    metrics::auth_attempt(self.auth_mechanism, label);
-                    self.session.on_auth_outcome(outcome)
-                }
-                Action::VerifyIdentity { ehlo } => {
-                    let (result, cached) = self.identify(&ehlo).await;
-                    metrics::identity_check(match &result {
-                        Ok(name) if check_ehlo(name, &ehlo).is_err() => "ehlo_mismatch",
-                        Ok(_) if cached => "cache_hit",
-                        Ok(_) => "verified",
-                        Err(e) => e.label(),
-                    });
-                    self.session.on_identity(result)
-                }
-                Action::Enqueue(message) => {
-                    let summary = Received::of(&message, self.session);
-                    let waited = Instant::now();
-                    let result = match timeout(
-                        self.deps.enqueue_timeout,
-                        self.deps.queue.send(Enqueue(message)),
-                    )
-                    .await
-                    {
-                        Ok(Ok(r)) => r,
-                        Ok(Err(_)) | Err(_) => Err(EnqueueError::Unavailable),
-                    };
-                    match &result {
-                        Ok(id) => {
-                            let listener = &self.session.ctx.listener.name;
-                            metrics::message_accepted(listener, summary.size, waited.elapsed());
-                            summary.log(*id, listener, self.session.ctx.peer.ip());
-                        }
-                        Err(e) => metrics::enqueue_refused(e.label()),
+                        metrics::auth_attempt(self.auth_mechanism, label);
+                        self.session.on_auth_outcome(outcome)
                     }
-                    self.session.on_enqueued(result)
-                }
-            };
+                    Action::VerifyIdentity { ehlo } => {
+                        let (result, cached) = self.identify(&ehlo).await;
+                        metrics::identity_check(match &result {
+                            Ok(name) if check_ehlo(name, &ehlo).is_err() => "ehlo_mismatch",
+                            Ok(_) if cached => "cache_hit",
+                            Ok(_) => "verified",
+                            Err(e) => e.label(),
+                        });
+                        self.session.on_identity(result)
+                    }
+                    Action::Enqueue(message) => {
+                        let summary = Received::of(&message, self.session);
+                        let waited = Instant::now();
+                        let result =
+                            match timeout(self.deps.enqueue_timeout, (self.deps.queue)(message))
+                                .await
+                            {
+                                Ok(r) => r,
+                                Err(_) => Err(EnqueueError::Unavailable),
+                            };
+                        match &result {
+                            Ok(id) => {
+                                let listener = &self.session.ctx.listener.name;
+                                metrics::message_accepted(listener, summary.size, waited.elapsed());
+                                summary.log(*id, listener, self.session.ctx.peer.ip());
+                            }
+                            Err(e) => metrics::enqueue_refused(e.label()),
+                        }
+                        self.session.on_enqueued(result)
+                    }
+                };
             for a in follow.into_iter().rev() {
                 todo.push_front(a);
             }

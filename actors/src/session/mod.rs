@@ -735,7 +735,8 @@ impl Session {
             id: Some(queue_id),
             envelope,
             recipients: tx.recipients,
-            body: message,
+            // Shared from here on: the spool write and delivery use these bytes, no copies.
+            body: message.into(),
         };
         self.phase = Phase::Enqueuing(greeting);
         vec![Action::Enqueue(Box::new(new))]

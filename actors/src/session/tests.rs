@@ -747,17 +747,15 @@ impl Handler<Authenticate> for FakePolicy {
     }
 }
 
-struct FakeQueue(Arc<AtomicUsize>);
-impl Actor for FakeQueue {
-    type Context = Context<Self>;
-}
-impl Handler<Enqueue> for FakeQueue {
-    type Result = MessageResult<Enqueue>;
-    fn handle(&mut self, m: Enqueue, _: &mut Context<Self>) -> Self::Result {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        // Like the real queue: the id allocated before the commit is the one answered.
-        MessageResult(m.0.id.ok_or(crate::messages::EnqueueError::Unavailable))
-    }
+/// Stands in for the queue: counts enqueues and, like the real queue, answers with the id
+/// allocated before the commit.
+fn fake_queue(enqueued: Arc<AtomicUsize>) -> Enqueue {
+    Arc::new(move |m| {
+        enqueued.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::ready(
+            m.id.ok_or(crate::messages::EnqueueError::Unavailable),
+        ))
+    })
 }
 
 /// Session dependencies over the stand-in policy and queue actors (ids from 0xabc up).
@@ -768,10 +766,7 @@ fn test_deps(enqueued: Arc<AtomicUsize>) -> SessionDeps {
             to: FakePolicy.start().recipient(),
             meter: crate::metrics::pool::Meter::default(),
         },
-        queue: crate::metrics::pool::Metered {
-            to: FakeQueue(enqueued).start().recipient(),
-            meter: crate::metrics::pool::Meter::default(),
-        },
+        queue: fake_queue(enqueued),
         tls: None,
         enqueue_timeout: Duration::from_secs(5),
         identity: None,

@@ -569,6 +569,10 @@ fn dot_stuffing_table() {
         (b".a\r\n", b"..a\r\n.\r\n"),
         (b"a\r\n.\r\nb", b"a\r\n..\r\nb\r\n.\r\n"),
         (b"no final crlf", b"no final crlf\r\n.\r\n"),
+        (
+            b"..\r\n.x\r\nend.\r\n.",
+            b"...\r\n..x\r\nend.\r\n..\r\n.\r\n",
+        ),
     ];
     for (input, expected) in cases {
         assert_eq!(

@@ -294,11 +294,7 @@ fn assemble_groups_and_marks() {
             .collect::<Vec<_>>(),
         ["one.test", "two.test", "amtp.test", "gone.test"]
     );
-    let body = Arc::new(
-        "Subject: caf\u{e9}\r\n\r\nna\u{ef}ve\r\n"
-            .as_bytes()
-            .to_vec(),
-    );
+    let body = bytes::Bytes::from_static("Subject: caf\u{e9}\r\n\r\nna\u{ef}ve\r\n".as_bytes());
     let refused = Disposition::Failed(Cause::NoRoute {
         status: EnhancedStatus::new(5, 4, 4),
         detail: "gone".into(),
