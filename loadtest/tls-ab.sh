@@ -7,9 +7,10 @@
 #      amtp-warm   SESSIONS more from the same peers, full handshakes (chains known);
 #      tls-full    SESSIONS implicit-TLS sessions, full handshakes (the bare-TLS yardstick);
 #   2. tickets on (the binary's default), a restarted relay:
-#      amtp-full     SESSIONS AMTP sessions, clients never resume (after one pass to warm up);
+#      amtp-full     SESSIONS AMTP sessions, clients never resume (`blast --warm-up`: one
+#                    uncounted session per peer first, so chains and identities are known);
 #      amtp-resumed  SESSIONS AMTP sessions, clients resume (each of the CLIENTS peers keeps its
-#                    own ticket store; a warm-up pass gives every peer a ticket first).
+#                    own ticket store; the warm-up gives every peer a ticket first).
 # Every session: connect from the peer's own 127.1.x.y address (its PTR served by
 # `amtp-loadtest dns`), TLS, greeting, EHLO, QUIT. Each run reports sessions/s and the relay's
 # CPU per session (`blast --pid`, /proc). A summary table of ratios ends the run.
@@ -105,9 +106,8 @@ for round in $(seq 1 "$ROUNDS"); do
         curl -s "http://$METRICS/metrics" | grep -E '^amtp_tls_(chain_cache|tickets)' \
             > "$OUT/r$round-$side-metrics-off.txt" || true
         start_relay "$bin" on
-        blast "r$round-$side-warmup" "$CLIENTS" --protocol amtp --target "$AMTP" > /dev/null
-        blast "r$round-$side-amtp-full" "$SESSIONS" --protocol amtp --target "$AMTP" --no-resumption
-        blast "r$round-$side-amtp-resumed" "$SESSIONS" --protocol amtp --target "$AMTP"
+        blast "r$round-$side-amtp-full" "$SESSIONS" --protocol amtp --target "$AMTP" --no-resumption --warm-up
+        blast "r$round-$side-amtp-resumed" "$SESSIONS" --protocol amtp --target "$AMTP" --warm-up
         curl -s "http://$METRICS/metrics" | grep -E '^amtp_tls_' \
             > "$OUT/r$round-$side-metrics-on.txt" || true
     done

@@ -265,8 +265,12 @@ impl AmtpTrust {
         // Resumption by tickets only: a server-side session cache would resume without the
         // ticket gate's re-check of the stored chain.
         server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        if let Some(keys) = &options.tickets {
-            server_config.ticketer = TicketGate::checking_chains(keys.clone(), either.clone());
+        match &options.tickets {
+            Some(keys) => {
+                server_config.ticketer = TicketGate::checking_chains(keys.clone(), either.clone());
+            }
+            // Nothing could resume: do not derive, encode and discard tickets per handshake.
+            None => server_config.send_tls13_tickets = 0,
         }
         Ok(Self {
             server_config: Arc::new(server_config),
