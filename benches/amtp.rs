@@ -6,10 +6,15 @@
 //! - `amtp_hot_path/resolver_cache_hit`: one PTR answer read from a cache holding 100,000.
 //! - `amtp_hot_path/mpc_evaluate` and `check_mail`: a six-declaration published policy, and the
 //!   full MAIL check (MPC parse, published + unadvertised rules, no rate limit).
-//! - `tls_server_side/*`: a full TLS 1.3 handshake in memory, counting only the time spent in
-//!   the server's `ServerConnection` — bare rustls (no client certificate, the physical limit),
-//!   AMTP mutual TLS (client certificate verified against the trust sets), and mutual TLS plus
-//!   the post-handshake work (leaf parse, trust classification, warm identity cache).
+//! - `tls_server_side/*`: a TLS 1.3 handshake in memory, counting only the time spent in the
+//!   server's `ServerConnection` — bare rustls (no client certificate, the physical limit) with
+//!   the relay's cipher preference (AES-128-GCM/SHA-256), with the client's order instead
+//!   (`bare_rustls_client_order`: AES-256-GCM/SHA-384, what rustls clients ask for), and with
+//!   X25519 alone instead of the X25519MLKEM768 hybrid (`bare_rustls_x25519`); AMTP mutual TLS
+//!   from a returning peer (`amtp_mutual_tls`: its chain is in the verified-chain cache), from a
+//!   new peer (`amtp_mutual_tls_cold`: empty cache, the chain verified in full), mutual TLS plus
+//!   the post-handshake work (leaf parse, trust classification, warm identity cache), and a
+//!   returning peer resuming with a session ticket (`amtp_resumed`, the stored chain re-checked).
 //! - `tls_parallel/threads_{1,2}`: 64 full mutual-TLS handshakes (client and server sides) spread
 //!   over 1 or 2 threads — models 1 vs 2 connection-worker arbiters; the ratio shows scaling.
 
@@ -17,6 +22,8 @@ use amtp_actors::amtp_policy::{AmtpPolicy, MpcRule};
 use amtp_actors::amtp_tls::{AmtpTrust, TrustFiles};
 use amtp_actors::identity::{IdentityCache, PeerCertificate, check_ehlo};
 use amtp_actors::resolver::{Answer, DnsCache, DnsQuery, Records};
+use amtp_actors::tickets::TicketKeys;
+use amtp_actors::tls::{self, KxGroup, TlsOptions};
 use amtp_proto::mpc::{Mpc, MpcPolicy};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rustls::client::Resumption;
@@ -31,8 +38,13 @@ use std::time::{Duration, Instant};
 struct Pki {
     _dir: tempfile::TempDir,
     trust: AmtpTrust,
+    /// Loads the trust sets again: a new generation, an empty chain cache.
+    reload: Box<dyn Fn() -> AmtpTrust>,
     bare: Arc<ServerConfig>,
+    bare_client_order: Arc<ServerConfig>,
+    bare_x25519: Arc<ServerConfig>,
     client: Arc<ClientConfig>,
+    resuming_client: Arc<ClientConfig>,
     client_leaf: Vec<u8>,
 }
 
@@ -65,22 +77,33 @@ fn pki() -> Pki {
         crl: vec![],
         max_intermediates: 3,
     };
-    let trust = AmtpTrust::load(
-        &files,
-        &w("server.pem", server_cert.pem()),
-        &w("server-key.pem", server_key.serialize_pem()),
-    )
-    .unwrap();
+    let options = TlsOptions {
+        tickets: Some(TicketKeys::new(Duration::from_secs(3600)).unwrap()),
+        ..TlsOptions::default()
+    };
+    let (server_pem, server_key_pem) = (
+        w("server.pem", server_cert.pem()),
+        w("server-key.pem", server_key.serialize_pem()),
+    );
+    let reload =
+        Box::new(move || AmtpTrust::load(&files, &server_pem, &server_key_pem, &options).unwrap());
+    let trust = reload();
+    let bare_with = |kx: &[KxGroup], server_order: bool| {
+        let mut config = ServerConfig::builder_with_provider(Arc::new(tls::provider(kx)))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![server_cert.der().clone()],
+                PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
+            )
+            .unwrap();
+        if server_order {
+            tls::prefer_server_order(&mut config);
+        }
+        Arc::new(config)
+    };
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let bare = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![server_cert.der().clone()],
-            PrivateKeyDer::from_pem_slice(server_key.serialize_pem().as_bytes()).unwrap(),
-        )
-        .unwrap();
     let mut roots = RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let mut client = ClientConfig::builder_with_provider(provider)
@@ -92,13 +115,18 @@ fn pki() -> Pki {
             PrivateKeyDer::from_pem_slice(client_key.serialize_pem().as_bytes()).unwrap(),
         )
         .unwrap();
-    // Every handshake full: resumption would measure something else.
+    let resuming_client = Arc::new(client.clone());
+    // Every handshake full: resumption is measured on its own row.
     client.resumption = Resumption::disabled();
     Pki {
         _dir: dir,
         trust,
-        bare: Arc::new(bare),
+        reload,
+        bare: bare_with(&KxGroup::DEFAULT, true),
+        bare_client_order: bare_with(&KxGroup::DEFAULT, false),
+        bare_x25519: bare_with(&[KxGroup::X25519], true),
         client: Arc::new(client),
+        resuming_client,
         client_leaf: client_cert.der().to_vec(),
     }
 }
@@ -218,10 +246,44 @@ fn hot_path(c: &mut Criterion) {
     g.bench_function("bare_rustls", |b| {
         b.iter_custom(|n| (0..n).map(|_| handshake(&p.bare, &p.client).0).sum())
     });
+    g.bench_function("bare_rustls_client_order", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| handshake(&p.bare_client_order, &p.client).0)
+                .sum()
+        })
+    });
+    g.bench_function("bare_rustls_x25519", |b| {
+        b.iter_custom(|n| (0..n).map(|_| handshake(&p.bare_x25519, &p.client).0).sum())
+    });
     g.bench_function("amtp_mutual_tls", |b| {
         b.iter_custom(|n| {
             (0..n)
                 .map(|_| handshake(&p.trust.server_config, &p.client).0)
+                .sum()
+        })
+    });
+    g.bench_function("amtp_mutual_tls_cold", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| handshake(&(p.reload)().server_config, &p.client).0)
+                .sum()
+        })
+    });
+    // The first handshake stores the tickets; every later one resumes (and gets new ones).
+    let (_, first) = handshake(&p.trust.server_config, &p.resuming_client);
+    assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    g.bench_function("amtp_resumed", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| {
+                    let (t, server) = handshake(&p.trust.server_config, &p.resuming_client);
+                    assert_eq!(
+                        server.handshake_kind(),
+                        Some(rustls::HandshakeKind::Resumed)
+                    );
+                    t
+                })
                 .sum()
         })
     });

@@ -99,6 +99,22 @@ pub struct TlsSection {
     /// Poll the certificate, key, CA bundle and CRL files this often and reload when one
     /// changes (an ACME client's renewal is picked up without a signal). Absent: no polling.
     pub watch: Option<HumanDuration>,
+    /// Key-exchange groups inbound TLS accepts (SMTP and AMTP listeners). Absent: the
+    /// post-quantum hybrid X25519MLKEM768, then x25519, secp256r1, secp384r1.
+    pub kx_groups: Option<Vec<amtp_actors::tls::KxGroup>>,
+    /// Session tickets on the SMTP listeners (STARTTLS, implicit TLS): how long a ticket is
+    /// honoured, `"off"` for none. AMTP listeners have `[amtp] ticket_lifetime`.
+    #[serde(default)]
+    pub ticket_lifetime: amtp_actors::tickets::TicketLifetime,
+}
+
+impl TlsSection {
+    /// The key-exchange groups in force.
+    pub fn kx_groups(&self) -> Vec<amtp_actors::tls::KxGroup> {
+        self.kx_groups
+            .clone()
+            .unwrap_or_else(|| amtp_actors::tls::KxGroup::DEFAULT.to_vec())
+    }
 }
 
 /// Log output format.
@@ -482,6 +498,18 @@ pub fn parse(text: &str, origin: &str, base: &Path) -> Result<Config, ConfigErro
             "tls.watch".into(),
             line_of(text, "tls", None, Some("watch")),
             "must be at least 1s".into(),
+        );
+    }
+    if tls.kx_groups.as_ref().is_some_and(Vec::is_empty) {
+        err(
+            "tls.kx_groups".into(),
+            line_of(text, "tls", None, Some("kx_groups")),
+            format!(
+                "lists no key-exchange group; name at least one of {} (or remove the key for the default)",
+                amtp_actors::tls::KxGroup::ALL
+                    .map(amtp_actors::tls::KxGroup::name)
+                    .join(", ")
+            ),
         );
     }
     let tls_dir = data_dir.join("tls");

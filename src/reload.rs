@@ -20,6 +20,8 @@ use amtp_actors::amtp_tls::AmtpTrust;
 use amtp_actors::auth::users::UserDb;
 use amtp_actors::config::ListenerRole;
 use amtp_actors::delivery::outbound::{self, OutboundContext};
+use amtp_actors::tickets::{TicketKeys, TicketUse};
+use amtp_actors::tls::TlsOptions;
 use amtp_actors::wiring::{AmtpSettings, DeliverySettings, LiveSettings, Relay};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -30,8 +32,13 @@ use std::time::{Duration, SystemTime};
 /// list is left empty (the caller binds sockets).
 pub fn live_settings(config: &Config) -> Result<LiveSettings> {
     let file = &config.file;
+    let smtp_options = TlsOptions {
+        kx_groups: file.tls.kx_groups(),
+        tickets: TicketKeys::shared(TicketUse::Smtp, file.tls.ticket_lifetime)
+            .context("session ticket keys")?,
+    };
     let tls = match &config.tls_files {
-        Some((cert, key)) => Some(amtp_actors::tls::server_config(cert, key)?),
+        Some((cert, key)) => Some(amtp_actors::tls::server_config(cert, key, &smtp_options)?),
         None => None,
     };
     let users = match &config.users_file {
@@ -42,7 +49,13 @@ pub fn live_settings(config: &Config) -> Result<LiveSettings> {
         (Some(a), Some(files), Some((cert, key)))
             if file.listeners.iter().any(|l| l.role == ListenerRole::Amtp) =>
         {
-            let trust = AmtpTrust::load(files, cert, key).context("loading the AMTP trust sets")?;
+            let options = TlsOptions {
+                kx_groups: file.tls.kx_groups(),
+                tickets: TicketKeys::shared(TicketUse::Amtp, a.ticket_lifetime)
+                    .context("session ticket keys")?,
+            };
+            let trust = AmtpTrust::load(files, cert, key, &options)
+                .context("loading the AMTP trust sets")?;
             // Validated by config::parse; an error here would be a bug, not a bad file.
             let policy = AmtpPolicy::from_config(a).map_err(|errors| {
                 anyhow::anyhow!(

@@ -6,8 +6,19 @@
 //! after the handshake [`AmtpTrust::classify`] decides public or private by verifying the chain
 //! against the public set alone — cached per certificate fingerprint, so a reconnecting host
 //! pays for it once. A CA in both sets is a configuration error reported at start-up.
+//!
+//! Speed without losing revocation: the verifier keeps a cache of verified chains
+//! ([`crate::chain_cache`], one per trust generation), so a known peer's full handshake skips
+//! the CA signatures but never its CertificateVerify; session tickets ([`crate::tickets`])
+//! let a returning peer resume, and a resumed session's stored chain passes the current
+//! verifier again before it is admitted (else the peer does a full handshake and is refused
+//! exactly as a new connection with that certificate would be). AMTP resumes by tickets only
+//! (no server-side session cache), so nothing resumes around that check.
 
+use crate::chain_cache::{self, CachingVerifier};
 use crate::identity::PeerCertificate;
+use crate::tickets::TicketGate;
+use crate::tls::TlsOptions;
 use crate::ttl_cache::TtlCache;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
@@ -142,8 +153,8 @@ impl ClientCertVerifier for DepthLimited {
 pub struct AmtpTrust {
     /// The server configuration (mandatory client certificates).
     pub server_config: Arc<ServerConfig>,
-    /// The verifier the server config uses (either set, depth limit, CRLs).
-    either: Arc<dyn ClientCertVerifier>,
+    /// The verifier the server config uses (either set, depth limit, CRLs, chain cache).
+    either: Arc<CachingVerifier>,
     /// `None` when no public set is configured: every client is private.
     public_only: Option<Arc<dyn ClientCertVerifier>>,
     classes: TtlCache<[u8; 32], TrustClass>,
@@ -164,7 +175,12 @@ pub struct TrustFiles {
 
 impl AmtpTrust {
     /// Load and check the trust sets and build the server config over our certificate.
-    pub fn load(files: &TrustFiles, cert_chain: &Path, key: &Path) -> Result<Self, AmtpTlsError> {
+    pub fn load(
+        files: &TrustFiles,
+        cert_chain: &Path,
+        key: &Path,
+        options: &TlsOptions,
+    ) -> Result<Self, AmtpTlsError> {
         let public = match &files.public_ca {
             Some(p) => load_bundle(p)?,
             None => Vec::new(),
@@ -199,7 +215,7 @@ impl AmtpTrust {
                 })?;
             crls.extend(loaded);
         }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let provider = Arc::new(crate::tls::provider(&options.kx_groups));
         let store =
             |certs: &[CertificateDer<'static>]| -> Result<Arc<RootCertStore>, AmtpTlsError> {
                 let mut roots = RootCertStore::empty();
@@ -223,7 +239,10 @@ impl AmtpTrust {
                 }))
             };
         let all: Vec<_> = public.iter().chain(&private).cloned().collect();
-        let either = verifier(store(&all)?)?;
+        let either = Arc::new(CachingVerifier::new(
+            verifier(store(&all)?)?,
+            chain_cache::CAPACITY,
+        ));
         let public_only = if public.is_empty() {
             None
         } else {
@@ -236,12 +255,23 @@ impl AmtpTrust {
             })?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| AmtpTlsError::Config(format!("private key {}: {e}", key.display())))?;
-        let server_config = ServerConfig::builder_with_provider(provider.clone())
+        let mut server_config = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|e| AmtpTlsError::Config(e.to_string()))?
             .with_client_cert_verifier(either.clone())
             .with_single_cert(chain, key)
             .map_err(|e| AmtpTlsError::Config(e.to_string()))?;
+        crate::tls::prefer_server_order(&mut server_config);
+        // Resumption by tickets only: a server-side session cache would resume without the
+        // ticket gate's re-check of the stored chain.
+        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        match &options.tickets {
+            Some(keys) => {
+                server_config.ticketer = TicketGate::checking_chains(keys.clone(), either.clone());
+            }
+            // Nothing could resume: do not derive, encode and discard tickets per handshake.
+            None => server_config.send_tls13_tickets = 0,
+        }
         Ok(Self {
             server_config: Arc::new(server_config),
             either,
@@ -274,6 +304,11 @@ impl AmtpTrust {
 }
 
 impl AmtpTrust {
+    /// Verified chains held by this generation's cache.
+    pub fn chain_cache_len(&self) -> usize {
+        self.either.len()
+    }
+
     /// Verify a client chain (leaf first) exactly as the handshake does, and classify it.
     pub fn verify_chain(&self, chain: &[CertificateDer<'_>]) -> Result<TrustClass, rustls::Error> {
         let (leaf, rest) = chain
@@ -366,6 +401,7 @@ mod tests {
             &files,
             &write("server.pem", server.pem()),
             &write("server-key.pem", server_key.serialize_pem()),
+            &TlsOptions::default(),
         )
     }
 
@@ -454,3 +490,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod handshakes;

@@ -260,6 +260,11 @@ pub struct AmtpConfig {
     /// Most intermediate certificates between a client certificate and its anchor.
     #[serde(default = "defaults::max_intermediates")]
     pub max_intermediates: usize,
+    /// Session tickets: how long a returning peer may resume its TLS session (`"off"`: every
+    /// connection is a full handshake). A resumed session's stored certificate chain is checked
+    /// again against the current trust sets and CRLs.
+    #[serde(default)]
+    pub ticket_lifetime: crate::tickets::TicketLifetime,
     /// Also require the PTR name to resolve back to the client address.
     #[serde(default)]
     pub require_forward_confirmation: bool,

@@ -23,7 +23,9 @@
 //! - [`runtime`] — the swap point for settings a reload changes.
 //! - [`proxy`] — the PROXY protocol (v1/v2) in front of a listener: trusted balancers, the header.
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
-//! - [`tls`] — certificate loading and rustls configuration.
+//! - [`tls`] — certificate loading and rustls configuration: cipher preference, key-exchange groups.
+//! - [`tickets`] — stateless session tickets: keys, lifetime, the re-check of a resumed AMTP chain.
+//! - [`chain_cache`] — verified AMTP client chains, so a known peer's full handshake skips the CA signatures.
 //! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
 //! - [`amtp_tls`] — AMTP mutual TLS: public/private trust sets, depth limit, CRLs, classification.
 //! - [`ttl_cache`] — the sharded, bounded TTL cache shared across cores.
@@ -37,6 +39,7 @@ pub mod admin;
 pub mod amtp_policy;
 pub mod amtp_tls;
 pub mod auth;
+pub mod chain_cache;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
@@ -53,6 +56,7 @@ pub mod queue_actor;
 pub mod resolver;
 pub mod runtime;
 pub mod session;
+pub mod tickets;
 pub mod tls;
 pub mod ttl_cache;
 pub mod units;

@@ -338,6 +338,18 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
             delivery: None,
         },
     )));
+    if let Some(m) = metrics::get() {
+        let runtime = Arc::downgrade(&shared);
+        m.on_scrape(move |m| {
+            // The current generation's cache: a reload starts an empty one.
+            let held = runtime
+                .upgrade()
+                .and_then(|r| r.load().amtp.as_ref().map(|a| a.trust.chain_cache_len()))
+                .unwrap_or(0);
+            m.tls_chain_cache_entries
+                .set(i64::try_from(held).unwrap_or(i64::MAX));
+        });
+    }
     let n_workers = per_core(settings.pools.connection_workers);
     let mut workers = Vec::with_capacity(n_workers + 1);
     let mut recipients: Vec<Metered<Connection>> = Vec::with_capacity(n_workers);

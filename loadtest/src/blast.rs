@@ -57,6 +57,11 @@ pub struct BlastArgs {
     /// Name of this run in reports (default: protocol and concurrency).
     #[arg(long)]
     pub label: Option<String>,
+    /// Before the measured run, open one session (TLS, greeting, EHLO, QUIT) per identity or
+    /// source address, not counted: the relay's caches are warm and, unless --no-resumption,
+    /// every peer holds a session ticket, so the run measures returning peers.
+    #[arg(long)]
+    pub warm_up: bool,
     /// Print the result as JSON (for `report`) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -153,6 +158,11 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
     let mut environment = Environment::here();
     environment.relay_commit = args.relay_commit.clone();
     environment.settings = args.settings.iter().cloned().collect();
+    let plans = if args.warm_up {
+        warm_up(plans, args.connections).await?
+    } else {
+        plans
+    };
     let cpu_before = args.pid.map(crate::procfs::cpu_seconds).transpose()?;
     let switches_before = args.pid.map(crate::procfs::context_switches).transpose()?;
     let started = Instant::now();
@@ -296,6 +306,41 @@ async fn blast(args: BlastArgs, plans: Vec<ConnectionPlan>) -> anyhow::Result<Ru
         relay_samples,
         warnings,
     })
+}
+
+/// One session per plan, `connections` at a time, before the measured run (`--warm-up`).
+async fn warm_up(
+    plans: Vec<ConnectionPlan>,
+    connections: usize,
+) -> anyhow::Result<Vec<ConnectionPlan>> {
+    let plans = Arc::new(plans);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..connections.min(plans.len()))
+        .map(|_| {
+            let (plans, next) = (plans.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut rec = Recorder::new();
+                let mut failed = 0u64;
+                while let Some(plan) = plans.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    match Connection::open(plan, &mut rec).await {
+                        Ok(conn) => conn.quit().await,
+                        Err(_) => failed += 1,
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = 0;
+    for task in tasks {
+        failed += task.await.context("warm-up task")?;
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "warm-up: {failed} of {} sessions failed",
+        plans.len()
+    );
+    Arc::into_inner(plans).context("warm-up tasks still hold the plans")
 }
 
 /// /proc counts CPU time in clock ticks of 10 ms (USER_HZ = 100): a figure made of few ticks,

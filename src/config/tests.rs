@@ -263,3 +263,73 @@ fn auth_needs_a_users_file() {
     let e = parse(text, "t", Path::new("/")).unwrap_err();
     assert_eq!(e.0[0].field, "auth.users_file");
 }
+
+#[test]
+fn tls_groups_and_ticket_lifetimes_are_checked() {
+    let base = "[server]\nhostname = \"relay.test\"\n[delivery]\nenabled = false\n[[listener]]\nname = \"mx\"\nrole = \"mx\"\naddress = \"127.0.0.1:25\"\n";
+    let ok = parse(
+        &format!(
+            "{base}[tls]\nkx_groups = [\"x25519\", \"SECP256R1\"]\nticket_lifetime = \"off\"\n"
+        ),
+        "t",
+        Path::new("/"),
+    )
+    .unwrap();
+    assert_eq!(
+        ok.file.tls.kx_groups(),
+        [
+            amtp_actors::tls::KxGroup::X25519,
+            amtp_actors::tls::KxGroup::Secp256r1
+        ]
+    );
+    assert_eq!(ok.file.tls.ticket_lifetime.get(), None);
+    let defaults = parse(base, "t", Path::new("/")).unwrap();
+    assert_eq!(
+        defaults.file.tls.kx_groups()[0],
+        amtp_actors::tls::KxGroup::X25519MlKem768,
+        "the post-quantum hybrid first by default"
+    );
+    assert_eq!(
+        defaults.file.tls.ticket_lifetime.get(),
+        Some(Duration::from_secs(3600))
+    );
+    for (extra, field, line, wants) in [
+        (
+            "[tls]\nkx_groups = [\"x25519\", \"ffdhe2048\"]\n",
+            "kx_groups",
+            Some(10),
+            "unknown key-exchange group \"ffdhe2048\"; allowed: X25519MLKEM768, x25519, secp256r1, secp384r1, SecP256r1MLKEM768",
+        ),
+        (
+            "[tls]\nkx_groups = []\n",
+            "tls.kx_groups",
+            Some(10),
+            "lists no key-exchange group",
+        ),
+        (
+            "[tls]\nticket_lifetime = \"30d\"\n",
+            "ticket_lifetime",
+            Some(10),
+            "longer than 7 days",
+        ),
+        (
+            "[tls]\nticket_lifetime = \"soon\"\n",
+            "ticket_lifetime",
+            Some(10),
+            "must start with a whole number, or \"off\" for no tickets",
+        ),
+        (
+            "[amtp]\npublic_ca = \"ca.pem\"\nticket_lifetime = \"8d\"\n",
+            "ticket_lifetime",
+            Some(11),
+            "longer than 7 days",
+        ),
+    ] {
+        let all = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
+        let e = &all.0[0];
+        assert!(
+            e.field.ends_with(field) && e.line == line && e.message.contains(wants),
+            "{extra:?}: {all}"
+        );
+    }
+}

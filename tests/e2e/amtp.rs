@@ -148,6 +148,89 @@ fn valid_sessions_from_many_hosts_are_queued() {
     );
 }
 
+fn reloads_logged(relay: &Relay) -> usize {
+    relay
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("configuration reloaded"))
+        .count()
+}
+
+fn revocations_logged(relay: &Relay) -> usize {
+    relay
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains("tls-handshake-failed") && l.contains("Revoked"))
+        .count()
+}
+
+#[test]
+fn returning_peers_resume_and_a_crl_added_by_reload_refuses_them() {
+    let crl = tempfile::tempdir().unwrap().keep().join("peers.crl.pem");
+    // A CRL file exists from the start (from another CA: it revokes nobody here);
+    // `ticket_lifetime` is the default.
+    std::fs::write(&crl, TestCa::new("Another CA").crl(&[])).unwrap();
+    let e = env("", &format!("crl = [\"{}\"]", crl.display()), None);
+    let (revoked, kept) = (
+        e.public.client(&host_name(1), 2020, 2099),
+        e.public.client(&host_name(2), 2020, 2099),
+    );
+    let ca_path = e.relay.ca();
+    let revoked_tls = Client::amtp_config(&ca_path, (&revoked.cert_pem, &revoked.key_pem));
+    let kept_tls = Client::amtp_config(&ca_path, (&kept.cert_pem, &kept.key_pem));
+    let session = |source: &str, tls: &std::sync::Arc<rustls::ClientConfig>| {
+        Client::amtp_with(e.relay.addr("amtp"), source, tls.clone())
+    };
+
+    for (i, tls) in [(1, &revoked_tls), (2, &kept_tls)] {
+        let mut first = session(&host_ip(i), tls).expect("full handshake");
+        assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        first.expect(&format!("EHLO {}", host_name(i)), 250);
+        first.expect("QUIT", 221);
+        let mut again = session(&host_ip(i), tls).expect("resumed handshake");
+        assert_eq!(again.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        // The identity check still runs on a resumed session: EHLO must name the certificate.
+        again.expect(&format!("EHLO {}", host_name(i + 1)), 504);
+        again.expect(&format!("EHLO {}", host_name(i)), 250);
+        again.expect("QUIT", 221);
+    }
+    // From another address (whose PTR names another host), the resumed certificate is refused.
+    let mut elsewhere = session(&host_ip(5), &kept_tls).expect("resumed handshake");
+    assert_eq!(
+        elsewhere.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    elsewhere.expect(&format!("EHLO {}", host_name(2)), 504);
+
+    // Reload with a CRL that revokes host1.
+    std::fs::write(&crl, e.public.crl(&[&revoked])).unwrap();
+    e.relay.signal("HUP");
+    assert!(
+        crate::harness::wait_until(10, || reloads_logged(&e.relay) >= 1),
+        "no reload"
+    );
+    // host1 still holds a valid ticket; resuming is refused exactly as a full handshake is.
+    assert!(
+        session(&host_ip(1), &revoked_tls).is_none(),
+        "a revoked peer must not resume"
+    );
+    let fresh = Client::amtp_config(&ca_path, (&revoked.cert_pem, &revoked.key_pem));
+    assert!(session(&host_ip(1), &fresh).is_none());
+    assert!(
+        crate::harness::wait_until(5, || revocations_logged(&e.relay) >= 2),
+        "both refusals are certificate revocations"
+    );
+    // host2 resumes across the reload (its ticket's chain passes the new CRL).
+    let mut c = session(&host_ip(2), &kept_tls).expect("resumed after reload");
+    assert_eq!(c.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+    c.expect(&format!("EHLO {}", host_name(2)), 250);
+    c.expect("QUIT", 221);
+}
+
 #[test]
 fn handshakes_without_an_acceptable_certificate_fail() {
     let e = env("", "", None);

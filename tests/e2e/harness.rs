@@ -410,6 +410,33 @@ impl Client {
         Self::try_from_stream(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
     }
 
+    /// A client TLS configuration for AMTP (PEM cert and key) that keeps the session tickets
+    /// the relay sends, so the next connection made with it resumes.
+    pub fn amtp_config(ca: &Path, client: (&str, &str)) -> Arc<rustls::ClientConfig> {
+        tls_config_with(ca, Some(client))
+    }
+
+    /// [`Client::amtp`] with a given client configuration (see [`Client::amtp_config`]).
+    pub fn amtp_with(
+        addr: SocketAddr,
+        source: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Option<Self> {
+        let tcp = socket_from(source, addr);
+        let conn =
+            rustls::ClientConnection::new(config, ServerName::try_from("relay.test").unwrap())
+                .unwrap();
+        Self::try_from_stream(Conn::Tls(Box::new(rustls::StreamOwned::new(conn, tcp))))
+    }
+
+    /// Full or resumed, for a TLS connection.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        match &self.stream {
+            Conn::Tls(s) => s.conn.handshake_kind(),
+            Conn::Plain(_) => None,
+        }
+    }
+
     /// Over an already-connected socket (e.g. bound to a chosen loopback source address).
     pub fn from_tcp(tcp: TcpStream) -> Self {
         Self::from_stream(Conn::Plain(tcp))

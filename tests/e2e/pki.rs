@@ -1,10 +1,14 @@
 //! Test certificates made with rcgen: CAs and client certificates, valid or not.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-    date_time_ymd,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SerialNumber, date_time_ymd,
 };
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Serial numbers of test certificates: unique in the process, so a CRL can name one.
+static SERIAL: AtomicU64 = AtomicU64::new(1000);
 
 /// A certificate authority that can sign client certificates.
 pub struct TestCa {
@@ -48,11 +52,38 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, name);
         params.not_before = date_time_ymd(from, 1, 1);
         params.not_after = date_time_ymd(to, 1, 1);
+        let serial = SERIAL.fetch_add(1, Ordering::Relaxed);
+        params.serial_number = Some(SerialNumber::from(serial));
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         ClientCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial,
         }
+    }
+
+    /// A PEM CRL signed by this CA revoking `revoked` (none: a valid, empty CRL).
+    pub fn crl(&self, revoked: &[&ClientCert]) -> String {
+        CertificateRevocationListParams {
+            this_update: date_time_ymd(2024, 1, 1),
+            next_update: date_time_ymd(2099, 1, 1),
+            crl_number: SerialNumber::from(SERIAL.fetch_add(1, Ordering::Relaxed)),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|c| RevokedCertParams {
+                    serial_number: SerialNumber::from(c.serial),
+                    revocation_time: date_time_ymd(2024, 6, 1),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        }
+        .signed_by(&self.issuer)
+        .unwrap()
+        .pem()
+        .unwrap()
     }
 
     pub fn write(&self, path: &Path) -> PathBuf {
@@ -70,6 +101,7 @@ pub fn self_signed(name: &str) -> ClientCert {
     ClientCert {
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
+        serial: 0,
     }
 }
 
@@ -78,6 +110,8 @@ pub fn self_signed(name: &str) -> ClientCert {
 pub struct ClientCert {
     pub cert_pem: String,
     pub key_pem: String,
+    /// The serial number (0: self-signed, not chosen).
+    pub serial: u64,
 }
 
 impl ClientCert {

@@ -67,6 +67,9 @@ pub struct Metrics {
     // TLS.
     pub tls_handshakes: IntCounterVec,
     pub tls_handshake_seconds: HistogramVec,
+    pub tls_chain_cache_lookups: IntCounterVec,
+    pub tls_chain_cache_entries: IntGauge,
+    pub tls_tickets_declined: IntCounterVec,
     // AMTP.
     pub identity_checks: IntCounterVec,
     pub mpc_refusals: IntCounterVec,
@@ -269,6 +272,23 @@ impl Metrics {
                 "Inbound TLS handshake duration (successful handshakes), by listener.",
                 &["listener"],
                 LATENCY_BUCKETS,
+            ),
+            tls_chain_cache_lookups: counter_vec(
+                &r,
+                "amtp_tls_chain_cache_lookups_total",
+                "AMTP client chains looked up in the verified-chain cache (full handshakes and ticket re-checks), by result (hit: CA signatures and CRLs not checked again; miss: verified in full).",
+                &["result"],
+            ),
+            tls_chain_cache_entries: int_gauge(
+                &r,
+                "amtp_tls_chain_cache_entries",
+                "Verified AMTP client chains held for the current trust generation (emptied by every reload).",
+            ),
+            tls_tickets_declined: counter_vec(
+                &r,
+                "amtp_tls_tickets_declined_total",
+                "Session tickets decrypted but not resumed (the client does a full handshake instead), by reason (expired: older than the ticket lifetime; chain: the stored client chain no longer verifies against the current trust sets and CRLs; unreadable).",
+                &["reason"],
             ),
             identity_checks: counter_vec(
                 &r,
@@ -629,6 +649,23 @@ pub fn tls_handshake(listener: &str, result: Result<bool, &str>, took: Duration)
                     .inc();
             }
         }
+    }
+}
+
+/// A lookup in the verified-chain cache.
+#[inline]
+pub fn chain_cache(hit: bool) {
+    if let Some(m) = get() {
+        m.tls_chain_cache_lookups
+            .with_label_values(&[if hit { "hit" } else { "miss" }])
+            .inc();
+    }
+}
+
+/// A session ticket was declined (`reason`: expired, chain, unreadable).
+pub fn ticket_declined(reason: &str) {
+    if let Some(m) = get() {
+        m.tls_tickets_declined.with_label_values(&[reason]).inc();
     }
 }
 

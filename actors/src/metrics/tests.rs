@@ -20,6 +20,10 @@ fn recording_moves_the_right_series() {
     reply_sent("mx", 550);
     tls_handshake("amtp", Ok(true), Duration::from_millis(3));
     tls_handshake("amtp", Err("alert"), Duration::ZERO);
+    chain_cache(true);
+    chain_cache(true);
+    chain_cache(false);
+    ticket_declined("chain");
     let meter = pool::Meter::new("worker", 0);
     meter.queued();
     meter.queued();
@@ -65,6 +69,14 @@ fn recording_moves_the_right_series() {
         ),
         Some(1.0)
     );
+    // At least: handshake tests in this process may record too, once metrics are enabled.
+    for (series, least) in [
+        (r#"amtp_tls_chain_cache_lookups_total{result="hit"}"#, 2.0),
+        (r#"amtp_tls_chain_cache_lookups_total{result="miss"}"#, 1.0),
+        (r#"amtp_tls_tickets_declined_total{reason="chain"}"#, 1.0),
+    ] {
+        assert!(sample(&text, series).unwrap() >= least, "{series}: {text}");
+    }
     let busy = sample(
         &text,
         r#"amtp_pool_busy_seconds_total{member="0",pool="worker"}"#,
