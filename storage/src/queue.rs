@@ -1043,6 +1043,9 @@ impl Store {
     /// Open sled in `db_path`, mapping its refusals to [`StorageError::Locked`] and
     /// [`StorageError::Corrupt`].
     fn open(db_path: &Path) -> Result<Self, StorageError> {
+        // Measured (issue 12, docs/PERFORMANCE.md "Storage"): turning sled's background
+        // flusher off (we flush and fsync ourselves), `Mode::LowSpace` or a smaller cache made
+        // no difference beyond the noise, so sled keeps these settings.
         let config = sled::Config::new()
             .path(db_path)
             .mode(sled::Mode::HighThroughput)
