@@ -34,7 +34,7 @@ RELAY_BIN=${RELAY_BIN:-$PWD/target/release/amtp-relay}
 LOAD=$PWD/target/release/amtp-loadtest
 TOOL=$PWD/target/release/examples/queue_tool
 
-rm -rf "$OUT" && mkdir -p "$OUT"
+rm -rf "$OUT" && mkdir -p "$OUT/runs"
 OUT=$(cd "$OUT" && pwd)
 RELAY_PID=
 cleanup() {
@@ -111,10 +111,10 @@ run() { # run ROUND SIZE
     local rss_start; rss_start=$(rss_kib "$RELAY_PID")
     "$LOAD" blast --target "$SMTP" --connections "$CONCURRENCY" --messages "$MESSAGES" \
         --messages-per-connection 50 --size 1k --duration 300s --pid "$RELAY_PID" \
-        --label "backlog-$size-$n" --json > "$dir/blast-$n.json" || die "blast failed ($size $n)"
+        --label "backlog-$size-$n" --json > "$OUT/runs/blast-$size-$n.json" || die "blast failed ($size $n)"
     local rss_end; rss_end=$(rss_kib "$RELAY_PID")
     kill "$RELAY_PID"; wait "$RELAY_PID" 2>/dev/null || true; RELAY_PID=
-    python3 - "$dir/blast-$n.json" "$size" "$n" "$rss_start" "$rss_end" <<'PY'
+    python3 - "$OUT/runs/blast-$size-$n.json" "$size" "$n" "$rss_start" "$rss_end" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
 size, n, rss0, rss1 = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
@@ -136,7 +136,7 @@ done
 python3 - "$OUT" "$SIZES" <<'PY'
 import glob, json, os, statistics, sys
 out, sizes = sys.argv[1], [int(s) for s in sys.argv[2].split()]
-runs = {s: [json.load(open(f)) for f in glob.glob(os.path.join(out, f"queue-{s}/run-*.json"))] for s in sizes}
+runs = {s: [json.load(open(f)) for f in glob.glob(os.path.join(out, f"runs/run-{s}-*.json"))] for s in sizes}
 med = lambda xs: statistics.median(xs) if xs else float("nan")
 base = runs.get(0) or []
 base_rate = med([r["rate"] for r in base])
