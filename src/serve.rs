@@ -59,11 +59,12 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
         messages = report.messages,
         leases_reset = report.leases_reset,
         orphans_removed = report.orphans_removed,
+        segments_removed = report.segments_removed,
         recovered = report.recovered,
         "queue opened"
     );
     if !report.missing_bodies.is_empty() {
-        tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without a body file; inspect with `amtp-relay queue show`");
+        tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without their body (file or segment); inspect with `amtp-relay queue show`");
     }
     let delivery = reload::delivery_settings(&config)?;
     if delivery.is_none() {

@@ -3,7 +3,8 @@
 //! A message the relay has answered `250` to must survive `kill -9` and power loss. sled 0.34
 //! alone does not give that (its `flush()` is `sync_file_range`, large values go to blob
 //! files that are never fsynced, directories are never fsynced), so this crate makes it true
-//! itself: message bodies go to spool files that are fsynced together with their directory,
+//! itself: message bodies are appended to spool segment files that are fdatasynced (and their
+//! directory fsynced when a segment is new),
 //! the envelope goes into sled in one atomic batch, then sled is flushed and its log file
 //! fsynced through our own handle. Only then does the caller learn the queue id.
 //!
@@ -13,7 +14,8 @@
 //!
 //! # Layout
 //! - [`record`] — the on-disk envelope record (version byte, per-recipient status).
-//! - [`spool`] — body files and the directory fsync discipline.
+//! - [`spool`] — bodies appended to segment files, and the fsync discipline.
+//! - [`index`] — the due order, leases and body locations, in memory.
 //! - [`queue`] — [`Queue`], the store: enqueue, due, lease, complete, reschedule, remove.
 //! - [`census`] — messages per state (ready, deferred, delivering), kept current without scans.
 //! - [`committer`] — the group-commit thread and its bounded submission channel.
@@ -23,14 +25,17 @@
 pub mod census;
 pub mod committer;
 pub mod error;
+pub mod index;
 pub mod queue;
 pub mod record;
 pub mod spool;
 
 pub use committer::{CommitError, Committer, CommitterConfig, SubmitError};
 pub use error::StorageError;
-pub use queue::{Completion, Health, NewMessage, OpenReport, Queue, QueueId};
-pub use record::{BodyType, Envelope, MessageRecord, Origin, RecipientState, RecipientStatus};
+pub use queue::{Completion, Finish, Health, NewMessage, OpenReport, Queue, QueueId};
+pub use record::{
+    BodyAt, BodyType, Envelope, MessageRecord, Origin, RecipientState, RecipientStatus,
+};
 
 /// Milliseconds since the Unix epoch (the queue's clock unit).
 pub fn now_ms() -> u64 {

@@ -1,31 +1,39 @@
 //! [`Queue`]: the durable store behind the relay's `250`.
 //!
-//! One sled tree holds two kinds of keys, so that every change is one atomic `apply_batch`:
-//! - `m` + id (8 bytes BE) → the encoded [`MessageRecord`];
-//! - `d` + due time in ms (8 bytes BE) + id → empty: the due-time index, in time order.
+//! One sled tree holds the records: `m` + id (8 bytes BE) → the encoded [`MessageRecord`],
+//! including where its body is (a range of a spool segment, or a file of its own in queues
+//! written before segments). Everything else is memory rebuilt from the records at open:
+//! the due order and the leases ([`crate::index`]), each segment's live messages
+//! ([`crate::spool`]) and the census. So a message costs two database writes: its record at
+//! enqueue, and its removal (or its update, when recipients remain) at completion.
 //!
-//! A lease is a reschedule to the lease's expiry plus a mark on the record: if the worker that
-//! holds it dies, the message simply becomes due again when the lease runs out. Leases are
-//! also cleared at start-up, when no worker can hold one.
+//! A lease is in memory only: it moves the message to the lease's expiry in the due order and
+//! marks it as being delivered. If the worker that holds it dies, the message simply becomes
+//! due again when the lease runs out; a restart has no leases at all (no worker can hold one).
 //!
 //! # Contract per method
 //! - [`Queue::enqueue_batch`]: on `Ok`, every message (body and envelope) is on stable storage;
 //!   on `Err`, none is acknowledged (some may still appear after a restart; the caller said 451
 //!   so the client retries — a possible duplicate, never a loss).
-//! - [`Queue::lease`]: not flushed at all — leases are cleared at start-up, so a lease that
-//!   never reached the disk changes nothing.
-//! - [`Queue::reschedule`], and [`Queue::complete`] while recipients remain: flushed to the OS
-//!   (survive a process crash); a lost update after power loss means one more delivery attempt.
+//! - [`Queue::lease`]: no write at all — nothing of a lease outlives the process.
+//! - [`Queue::reschedule`], and [`Queue::complete_batch`] when no message of the batch is
+//!   removed: flushed to the OS (survive a process crash); a lost update after power loss
+//!   means one more delivery attempt.
 //! - Every read-modify-write of a record holds that record's lock (striped by id), so an update
 //!   racing a removal finds the record gone instead of writing it back.
-//! - [`Queue::remove`], and [`Queue::complete`] of the last recipient: the record removal is
-//!   fsynced before the body file is deleted. Concurrent callers share fsyncs (see
-//!   [`Queue::sync`]): the slowest step of delivery is paid once per group, not per message.
+//! - [`Queue::remove`], and [`Queue::complete_batch`] removing messages: the record removals
+//!   (one sled batch for the whole batch) are fsynced before any of their bodies is released.
+//!   A crash in between leaves bodies no record refers to, which [`Queue::open`] deletes; a
+//!   crash before leaves the messages queued, delivered again (a duplicate, never a loss, and
+//!   never forever). Concurrent callers share fsyncs (see [`Queue::sync`]): the slowest step
+//!   of delivery is paid once per group, not per message.
 
-use crate::census::{Census, Counts, state_of};
+use crate::census::{Census, Counts, State, state_of};
 use crate::error::StorageError;
-use crate::record::{Envelope, MessageRecord, RecipientState, RecipientStatus};
+use crate::index::{Index, Slot};
+use crate::record::{BodyAt, Envelope, MessageRecord, RecipientState, RecipientStatus};
 use crate::spool::{self, Spool};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -69,14 +77,32 @@ pub struct NewMessage {
 pub struct OpenReport {
     /// Messages in the queue.
     pub messages: usize,
-    /// Leases cleared (a previous process was delivering them).
+    /// Leases cleared: records an older build wrote while delivering them (this build keeps
+    /// leases in memory only).
     pub leases_reset: usize,
-    /// Body files without a record (crash between body write and commit), deleted.
+    /// Body files of the one-file-per-body layout without a record (crash between body write
+    /// and commit), deleted.
     pub orphans_removed: usize,
-    /// Records whose body file is missing (should never happen; reported, kept for the operator).
+    /// Segments no record refers to (a crash between a batch's body write and its commit, or
+    /// between its last message's removal and the segment's deletion), deleted.
+    pub segments_removed: usize,
+    /// Records whose body is missing — no file, no segment, or a segment too short for its
+    /// range (should never happen; reported, kept for the operator).
     pub missing_bodies: Vec<QueueId>,
     /// sled said it recovered an existing database.
     pub recovered: bool,
+}
+
+/// One message's delivery results, for [`Queue::complete_batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finish {
+    /// The message.
+    pub id: QueueId,
+    /// Per-recipient outcomes (address, state, last reply and status).
+    pub outcomes: Vec<RecipientStatus>,
+    /// When recipients remain pending: release the lease, count an attempt and try again at
+    /// this time (ms), as [`Queue::reschedule`]; `None` leaves schedule and lease as they are.
+    pub retry_at: Option<u64>,
 }
 
 /// The outcome of [`Queue::complete`].
@@ -116,6 +142,9 @@ pub struct Queue {
     record_locks: Vec<std::sync::Mutex<()>>,
     /// Messages per state, updated with every change (read by metrics without a scan).
     census: Census,
+    /// The due order, leases and body locations (see [`crate::index`]). Taken after a
+    /// record's lock, held only for the in-memory change.
+    index: std::sync::Mutex<Index>,
     /// Storage health and what a recovery must clean up.
     health: HealthState,
 }
@@ -168,12 +197,23 @@ fn message_key(id: u64) -> [u8; 9] {
     k
 }
 
-fn due_key(due: u64, id: u64) -> [u8; 17] {
-    let mut k = [0u8; 17];
-    k[0] = b'd';
-    k[1..9].copy_from_slice(&due.to_be_bytes());
-    k[9..].copy_from_slice(&id.to_be_bytes());
-    k
+/// Encode `rec` as stored: leases are never written (they live in the index).
+fn stored(rec: &mut MessageRecord, at: BodyAt) -> Vec<u8> {
+    let lease = std::mem::take(&mut rec.lease_until);
+    let bytes = rec.encode_at(at);
+    rec.lease_until = lease;
+    bytes
+}
+
+/// How [`Queue::load`] treats what it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Start-up: repair (reset old leases, drop the old due index, delete orphans).
+    Open,
+    /// `queue list` on a stopped relay: show what is there, change nothing.
+    Inspect,
+    /// After reopening the database in-process: rebuild, keeping this process's leases.
+    Reopen,
 }
 
 fn id_from_key(key: &[u8]) -> Option<u64> {
@@ -187,7 +227,7 @@ impl Queue {
     /// Refuses a corrupt database and one locked by another process.
     pub fn open(dir: &Path) -> Result<(Self, OpenReport), StorageError> {
         let queue = Self::open_raw(dir)?;
-        let report = queue.reconcile()?;
+        let report = queue.load(Load::Open)?;
         Ok((queue, report))
     }
 
@@ -200,7 +240,9 @@ impl Queue {
                 std::io::Error::new(std::io::ErrorKind::NotFound, "no queue database here"),
             ));
         }
-        Self::open_raw(dir)
+        let queue = Self::open_raw(dir)?;
+        queue.load(Load::Inspect)?;
+        Ok(queue)
     }
 
     fn open_raw(dir: &Path) -> Result<Self, StorageError> {
@@ -223,6 +265,7 @@ impl Queue {
                 .map(|_| std::sync::Mutex::new(()))
                 .collect(),
             census: Census::default(),
+            index: std::sync::Mutex::default(),
             health: HealthState::default(),
         };
         Ok(queue)
@@ -243,50 +286,124 @@ impl Queue {
         Ok(StoreRef(guard))
     }
 
-    fn reconcile(&self) -> Result<OpenReport, StorageError> {
+    fn index(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Read every record once and rebuild what memory keeps (due order, body locations,
+    /// segment live counts, census); at [`Load::Open`] also repair what an older build or a
+    /// crash left: leases written to records, the old due-index keys, bodies and segments no
+    /// record refers to. Records whose body is missing are reported, never deleted.
+    fn load(&self, mode: Load) -> Result<OpenReport, StorageError> {
         let store = self.store()?;
         let mut report = OpenReport {
             recovered: store.db.was_recovered(),
             ..OpenReport::default()
         };
+        let repair = mode == Load::Open;
         let now = crate::now_ms();
         let mut batch = sled::Batch::default();
-        let mut known = std::collections::HashSet::new();
+        let mut fixes = 0usize;
+        let mut index = Index::default();
+        let mut counts = Counts::default();
+        let mut arrivals = BTreeMap::new();
+        let mut live: HashMap<u64, u64> = HashMap::new();
+        let kept_leases: HashMap<u64, u64> = if mode == Load::Reopen {
+            self.index()
+                .iter()
+                .filter(|(_, s)| s.lease_until != 0)
+                .map(|(id, s)| (id, s.lease_until))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         for item in store.tree.scan_prefix(b"m") {
             let (key, value) = item?;
             let id = id_from_key(&key).ok_or_else(|| self.corrupt("bad message key"))?;
-            let mut rec = self.decode(id, &value)?;
-            known.insert(id);
+            let (mut rec, at) = self.decode(id, &value)?;
             report.messages += 1;
-            let was_leased = rec.lease_until != 0;
-            if was_leased {
-                batch.remove(&due_key(rec.next_attempt, id)[..]);
+            if rec.lease_until != 0 && repair {
                 rec.lease_until = 0;
                 rec.next_attempt = now;
-                batch.insert(&due_key(now, id)[..], &[][..]);
-                batch.insert(&message_key(id)[..], rec.encode());
+                batch.insert(&key, rec.encode_at(at));
+                fixes += 1;
                 report.leases_reset += 1;
             }
-            self.census.add(state_of(&rec), id, rec.received_at);
-        }
-        store.tree.apply_batch(batch)?;
-        let on_disk: std::collections::HashSet<u64> = self.spool.ids()?.into_iter().collect();
-        for id in &on_disk {
-            if !known.contains(id) {
-                self.spool.remove(*id)?;
-                report.orphans_removed += 1;
+            if let Some(&until) = kept_leases.get(&id) {
+                rec.lease_until = until;
+            }
+            if let BodyAt::Segment { segment, .. } = at {
+                *live.entry(segment).or_default() += 1;
+            }
+            index.insert(
+                id,
+                Slot {
+                    next_attempt: rec.next_attempt,
+                    lease_until: rec.lease_until,
+                    body: at,
+                },
+            );
+            arrivals.insert(id, rec.received_at);
+            match state_of(&rec) {
+                State::Ready => counts.ready += 1,
+                State::Deferred => counts.deferred += 1,
+                State::Delivering => counts.delivering += 1,
             }
         }
-        if report.orphans_removed > 0 {
+        if repair {
+            // The due index of older builds: the order is kept in memory now.
+            for item in store.tree.scan_prefix(b"d") {
+                batch.remove(item?.0);
+                fixes += 1;
+            }
+            if fixes > 0 {
+                store.tree.apply_batch(batch)?;
+            }
+        }
+        // One-file bodies (older builds): orphans deleted, missing ones reported.
+        let files: HashSet<u64> = self.spool.ids()?.into_iter().collect();
+        if repair {
+            for &id in &files {
+                if !matches!(
+                    index.get(id),
+                    Some(Slot {
+                        body: BodyAt::File,
+                        ..
+                    })
+                ) {
+                    self.spool.remove(id)?;
+                    report.orphans_removed += 1;
+                }
+            }
+        }
+        let spooled = self.spool.reconcile(live, repair)?;
+        report.segments_removed = spooled.segments_removed;
+        if report.orphans_removed + report.segments_removed > 0 {
             self.spool.sync_dir()?;
         }
-        report.missing_bodies = known
+        report.missing_bodies = index
             .iter()
-            .filter(|id| !on_disk.contains(id))
-            .map(|&id| QueueId(id))
+            .filter(|(id, slot)| match slot.body {
+                BodyAt::File => !files.contains(id),
+                BodyAt::Segment {
+                    segment,
+                    offset,
+                    len,
+                } => spooled
+                    .lengths
+                    .get(&segment)
+                    .is_none_or(|&have| have < offset + len),
+            })
+            .map(|(id, _)| QueueId(id))
             .collect();
         report.missing_bodies.sort();
-        self.sync(&store)?;
+        self.census.set(counts, arrivals);
+        *self.index() = index;
+        if repair {
+            self.sync(&store)?;
+        }
         Ok(report)
     }
 
@@ -297,8 +414,8 @@ impl Queue {
         }
     }
 
-    fn decode(&self, id: u64, bytes: &[u8]) -> Result<MessageRecord, StorageError> {
-        MessageRecord::decode(bytes).map_err(|detail| StorageError::Decode {
+    fn decode(&self, id: u64, bytes: &[u8]) -> Result<(MessageRecord, BodyAt), StorageError> {
+        MessageRecord::decode_at(bytes).map_err(|detail| StorageError::Decode {
             id: QueueId(id).to_string(),
             detail,
         })
@@ -401,30 +518,10 @@ impl Queue {
         tracing::warn!(path = %self.db_path.display(), "queue database reopened after a write failure");
         self.health.broken.store(false, Ordering::Release);
         let forgot = self.forget_refused();
-        // Updates that were not yet durable (leases are never flushed) may be gone after the
-        // reopen: count the records again rather than trust the census.
-        self.recount()?;
+        // Updates that were not yet durable may be gone after the reopen: rebuild what memory
+        // keeps from the records rather than trust it (this process's leases stay).
+        self.load(Load::Reopen)?;
         forgot
-    }
-
-    /// Rebuild the census from the records (after a reopen; a scan, so never per message).
-    fn recount(&self) -> Result<(), StorageError> {
-        let store = self.store()?;
-        let mut counts = Counts::default();
-        let mut arrivals = std::collections::BTreeMap::new();
-        for item in store.tree.scan_prefix(b"m") {
-            let (key, value) = item?;
-            let id = id_from_key(&key).ok_or_else(|| self.corrupt("bad message key"))?;
-            let rec = self.decode(id, &value)?;
-            arrivals.insert(id, rec.received_at);
-            match state_of(&rec) {
-                crate::census::State::Ready => counts.ready += 1,
-                crate::census::State::Deferred => counts.deferred += 1,
-                crate::census::State::Delivering => counts.delivering += 1,
-            }
-        }
-        self.census.set(counts, arrivals);
-        Ok(())
     }
 
     /// Remove the records of refused enqueues that reached the log before the failure.
@@ -444,8 +541,7 @@ impl Queue {
             let mut batch = sled::Batch::default();
             let mut found = 0usize;
             for &id in &refused {
-                if let Some(rec) = self.get_in(&store, QueueId(id))? {
-                    batch.remove(&due_key(rec.next_attempt, id)[..]);
+                if store.tree.contains_key(message_key(id))? {
                     batch.remove(&message_key(id)[..]);
                     found += 1;
                 }
@@ -504,36 +600,45 @@ impl Queue {
         }
     }
 
-    /// Store messages durably; returns their ids in order. Bodies synced concurrently, one
-    /// directory fsync, one sled batch and one flush+fsync for the whole batch (group commit).
+    /// Store messages durably; returns their ids in order. The bodies appended to the open
+    /// spool segment with one `fdatasync`, one sled batch and one flush+fsync for the whole
+    /// batch (group commit).
     ///
-    /// On failure the batch's body files are deleted and storage is unhealthy until a later
-    /// enqueue (or [`Queue::recover`]) succeeds; a database failure reopens the database
-    /// first.
+    /// On failure the batch's bodies are dropped from the spool and storage is unhealthy until
+    /// a later enqueue (or [`Queue::recover`]) succeeds; a database failure reopens the
+    /// database first.
     pub fn enqueue_batch(&self, messages: &[NewMessage]) -> Result<Vec<QueueId>, StorageError> {
         self.reopen_if_broken()?;
         let store = self.store()?;
         let mut ids = Vec::with_capacity(messages.len());
+        let mut bodies = Vec::new();
         let now = crate::now_ms();
-        let result = self.enqueue_in(&store, messages, &mut ids, now);
-        drop(store);
+        let result = self.enqueue_in(&store, messages, &mut ids, &mut bodies, now);
         match result {
             Ok(()) => {
+                drop(store);
                 self.succeeded();
-                for id in &ids {
-                    self.census.add(crate::census::State::Ready, id.0, now);
+                let mut index = self.index();
+                for (id, at) in ids.iter().zip(&bodies) {
+                    index.insert(
+                        id.0,
+                        Slot {
+                            next_attempt: now,
+                            lease_until: 0,
+                            body: *at,
+                        },
+                    );
+                    self.census.add(State::Ready, id.0, now);
                 }
                 Ok(ids)
             }
             Err(e) => {
+                // None of these was acknowledged: free their space now (under the store's
+                // lock, so that a reopen's recount of the segments never falls in between),
+                // and drop their records if they reached the database's log before it failed.
+                self.spool.abandon(&bodies);
+                drop(store);
                 let e = self.failed(e);
-                // None of these was acknowledged: free their space now, and drop their
-                // records if they reached the database's log before it failed.
-                for id in &ids {
-                    if let Err(e) = self.spool.remove(id.0) {
-                        tracing::warn!(error = %e, "removing the body of a refused message");
-                    }
-                }
                 if self
                     .health
                     .broken
@@ -555,14 +660,27 @@ impl Queue {
         store: &Store,
         messages: &[NewMessage],
         ids: &mut Vec<QueueId>,
+        bodies: &mut Vec<BodyAt>,
         now: u64,
     ) -> Result<(), StorageError> {
-        let mut batch = sled::Batch::default();
         for m in messages {
             let id = match m.id {
                 Some(id) => id.0,
                 None => store.db.generate_id().map_err(StorageError::from)?,
             };
+            ids.push(QueueId(id));
+        }
+        let Some(first) = ids.first() else {
+            return Ok(());
+        };
+        let contents: Vec<&[u8]> = messages.iter().map(|m| &m.body[..]).collect();
+        let (at, created) = self.spool.append_batch(first.0, &contents)?;
+        *bodies = at;
+        if created {
+            self.spool.sync_dir()?;
+        }
+        let mut batch = sled::Batch::default();
+        for ((m, id), at) in messages.iter().zip(ids.iter()).zip(bodies.iter()) {
             let rec = MessageRecord {
                 received_at: now,
                 envelope: m.envelope.clone(),
@@ -581,17 +699,8 @@ impl Queue {
                 next_attempt: now,
                 lease_until: 0,
             };
-            batch.insert(&message_key(id)[..], rec.encode());
-            batch.insert(&due_key(now, id)[..], &[][..]);
-            ids.push(QueueId(id));
+            batch.insert(&message_key(id.0)[..], rec.encode_at(*at));
         }
-        let bodies: Vec<(u64, &[u8])> = ids
-            .iter()
-            .zip(messages)
-            .map(|(id, m)| (id.0, &m.body[..]))
-            .collect();
-        self.spool.write_batch(&bodies)?;
-        self.spool.sync_dir()?;
         store.tree.apply_batch(batch).map_err(StorageError::from)?;
         self.sync(store)
     }
@@ -613,139 +722,176 @@ impl Queue {
         self.census.oldest_arrival()
     }
 
-    /// The record for `id`.
+    /// The record for `id` (with this process's lease on it, if any).
     pub fn get(&self, id: QueueId) -> Result<Option<MessageRecord>, StorageError> {
         let store = self.store()?;
-        self.get_in(&store, id)
+        Ok(self.get_in(&store, id)?.map(|(rec, _)| rec))
     }
 
-    fn get_in(&self, store: &Store, id: QueueId) -> Result<Option<MessageRecord>, StorageError> {
-        store
-            .tree
-            .get(message_key(id.0))?
-            .map(|v| self.decode(id.0, &v))
-            .transpose()
+    /// The record for `id` with its lease from the index, and where its body is.
+    fn get_in(
+        &self,
+        store: &Store,
+        id: QueueId,
+    ) -> Result<Option<(MessageRecord, BodyAt)>, StorageError> {
+        let Some(bytes) = store.tree.get(message_key(id.0))? else {
+            return Ok(None);
+        };
+        let (mut rec, at) = self.decode(id.0, &bytes)?;
+        if let Some(slot) = self.index().get(id.0) {
+            rec.lease_until = slot.lease_until;
+        }
+        Ok(Some((rec, at)))
+    }
+
+    fn body_at(&self, id: QueueId) -> Result<BodyAt, StorageError> {
+        self.index()
+            .get(id.0)
+            .map(|slot| slot.body)
+            .ok_or_else(|| StorageError::NotFound(id.to_string()))
     }
 
     /// The message body.
     pub fn body(&self, id: QueueId) -> Result<Vec<u8>, StorageError> {
-        self.spool.read(id.0)
+        self.spool.read(id.0, self.body_at(id)?)
     }
 
     /// At most `limit` bytes of the body.
     pub fn body_prefix(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, StorageError> {
-        self.spool.read_prefix(id.0, limit)
+        self.spool.read_prefix(id.0, self.body_at(id)?, limit)
     }
 
     /// Every message, in id order.
     pub fn list(&self) -> Result<Vec<(QueueId, MessageRecord)>, StorageError> {
         let store = self.store()?;
-        store
-            .tree
-            .scan_prefix(b"m")
-            .map(|item| {
-                let (k, v) = item?;
-                let id = id_from_key(&k).ok_or_else(|| self.corrupt("bad message key"))?;
-                Ok((QueueId(id), self.decode(id, &v)?))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for item in store.tree.scan_prefix(b"m") {
+            let (k, v) = item?;
+            let id = id_from_key(&k).ok_or_else(|| self.corrupt("bad message key"))?;
+            let (mut rec, _) = self.decode(id, &v)?;
+            if let Some(slot) = self.index().get(id) {
+                rec.lease_until = slot.lease_until;
+            }
+            out.push((QueueId(id), rec));
+        }
+        Ok(out)
     }
 
-    /// Number of messages (0 while the database cannot be opened).
+    /// Number of messages (from memory).
     pub fn len(&self) -> usize {
-        self.store()
-            .map_or(0, |store| store.tree.scan_prefix(b"m").count())
+        self.index().len()
     }
 
-    /// Whether the queue is empty (true while the database cannot be opened).
+    /// Whether the queue is empty (from memory).
     pub fn is_empty(&self) -> bool {
-        self.store()
-            .map_or(true, |store| store.tree.scan_prefix(b"m").next().is_none())
+        self.index().is_empty()
     }
 
-    /// Up to `limit` ids whose next attempt is at or before `now` (ms), oldest first.
-    /// Leased messages are not due until their lease expires.
+    /// Segment files in the spool and their total size in bytes (queues written before
+    /// segments also have one file per body, not counted here).
+    pub fn spool_usage(&self) -> Result<(usize, u64), StorageError> {
+        self.spool.usage()
+    }
+
+    /// Up to `limit` ids whose next attempt is at or before `now` (ms), soonest first.
+    /// Leased messages are not due until their lease expires. From memory.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<QueueId>, StorageError> {
-        let store = self.store()?;
-        let end = due_key(now, u64::MAX);
-        store
-            .tree
-            .range(&due_key(0, 0)[..]..=&end[..])
-            .take(limit)
-            .map(|item| Ok(QueueId(id_from_key(&item?.0).unwrap_or(0))))
-            .collect()
+        Ok(self
+            .index()
+            .due(now, limit)
+            .into_iter()
+            .map(QueueId)
+            .collect())
     }
 
-    /// Read-modify-write one record, moving its due-index entry; flushed to the OS (not
-    /// fsynced) when `flush`.
+    /// Read-modify-write one record (the index follows its schedule and lease); flushed to
+    /// the OS (not fsynced).
     fn update(
         &self,
         id: QueueId,
-        flush: bool,
         f: impl FnOnce(&mut MessageRecord) -> Result<(), StorageError>,
     ) -> Result<MessageRecord, StorageError> {
         let store = self.store()?;
         let guard = self.lock_record(id);
-        let mut rec = self
+        let (mut rec, at) = self
             .get_in(&store, id)?
             .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
-        let old_due = rec.next_attempt;
         let old_state = state_of(&rec);
         f(&mut rec)?;
-        let mut batch = sled::Batch::default();
-        batch.remove(&due_key(old_due, id.0)[..]);
-        batch.insert(&due_key(rec.next_attempt, id.0)[..], &[][..]);
-        batch.insert(&message_key(id.0)[..], rec.encode());
         store
             .tree
-            .apply_batch(batch)
+            .insert(message_key(id.0), stored(&mut rec, at))
             .map_err(|e| self.failed(e.into()))?;
+        self.index().update(id.0, |slot| {
+            slot.next_attempt = rec.next_attempt;
+            slot.lease_until = rec.lease_until;
+        });
         self.census.moved(old_state, state_of(&rec));
         drop(guard);
-        if flush {
-            store.db.flush().map_err(|e| self.failed(e.into()))?;
-        }
+        store.db.flush().map_err(|e| self.failed(e.into()))?;
         Ok(rec)
     }
 
     /// The lock for `id`'s read-modify-writes (held around the write, never around a sync;
     /// taken after the store's read lock).
     fn lock_record(&self, id: QueueId) -> std::sync::MutexGuard<'_, ()> {
-        let stripe = usize::try_from(id.0 % RECORD_LOCK_STRIPES as u64).unwrap_or(0);
-        self.record_locks[stripe]
+        self.record_locks[stripe(id)]
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+
+    /// The locks of every id in `ids`, taken in stripe order (so that two batches never wait
+    /// for each other; single-record callers hold one stripe at a time).
+    fn lock_records(
+        &self,
+        ids: impl Iterator<Item = QueueId>,
+    ) -> Vec<std::sync::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = ids.map(stripe).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes
+            .into_iter()
+            .map(|s| {
+                self.record_locks[s]
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            })
+            .collect()
+    }
+
     /// Take a delivery lease until `until` (ms). Returns `None` if another worker holds an
-    /// unexpired lease (`now` < its lease) — the caller skips the message.
+    /// unexpired lease (`now` < its lease) — the caller skips the message. Writes nothing: the
+    /// lease is in memory (see the module docs).
     pub fn lease(
         &self,
         id: QueueId,
         now: u64,
         until: u64,
     ) -> Result<Option<MessageRecord>, StorageError> {
-        let mut busy = false;
-        // Not flushed: start-up clears every lease, so its durability would buy nothing.
-        let rec = self.update(id, false, |rec| {
-            if rec.lease_until > now {
-                busy = true;
-            } else {
-                rec.lease_until = until;
-                rec.next_attempt = until;
-            }
-            Ok(())
-        })?;
-        Ok((!busy).then_some(rec))
+        let store = self.store()?;
+        let _guard = self.lock_record(id);
+        let (mut rec, _) = self
+            .get_in(&store, id)?
+            .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
+        if rec.lease_until > now {
+            return Ok(None);
+        }
+        let old_state = state_of(&rec);
+        rec.lease_until = until;
+        self.index().update(id.0, |slot| slot.lease_until = until);
+        self.census.moved(old_state, state_of(&rec));
+        Ok(Some(rec))
     }
 
     /// Make a message due now without counting an attempt (`queue retry`). Returns false when
     /// a delivery currently holds it (its lease has not expired): it is left alone.
     pub fn retry_now(&self, id: QueueId, now: u64) -> Result<bool, StorageError> {
         let mut busy = false;
-        self.update(id, true, |rec| {
+        self.update(id, |rec| {
             if rec.lease_until > now {
                 busy = true;
             } else {
+                rec.lease_until = 0;
                 rec.next_attempt = now;
             }
             Ok(())
@@ -759,7 +905,7 @@ impl Queue {
         id: QueueId,
         next_attempt: u64,
     ) -> Result<MessageRecord, StorageError> {
-        self.update(id, true, |rec| {
+        self.update(id, |rec| {
             rec.lease_until = 0;
             rec.next_attempt = next_attempt;
             rec.attempts = rec.attempts.saturating_add(1);
@@ -769,69 +915,119 @@ impl Queue {
 
     /// Record per-recipient outcomes (address, state, last reply and status). When no
     /// recipient is left pending the message is removed; otherwise it stays (the caller
-    /// reschedules it).
+    /// reschedules it). [`Queue::complete_batch`] for one message.
     pub fn complete(
         &self,
         id: QueueId,
         outcomes: &[RecipientStatus],
     ) -> Result<Completion, StorageError> {
-        let store = self.store()?;
-        let guard = self.lock_record(id);
-        let mut rec = self
-            .get_in(&store, id)?
-            .ok_or_else(|| StorageError::NotFound(id.to_string()))?;
-        for o in outcomes {
-            if let Some(r) = rec.recipients.iter_mut().find(|r| r.address == o.address) {
-                r.clone_from(o);
-            }
-        }
-        let mut batch = sled::Batch::default();
-        if rec.pending().next().is_none() {
-            // Nothing left to deliver: remove the record in the same batch (one write, one
-            // shared fsync), then the body.
-            batch.remove(&due_key(rec.next_attempt, id.0)[..]);
-            batch.remove(&message_key(id.0)[..]);
-            store
-                .tree
-                .apply_batch(batch)
-                .map_err(|e| self.failed(e.into()))?;
-            self.census.remove(state_of(&rec), id.0);
-            drop(guard);
-            self.sync(&store)?;
-            drop(store);
-            self.spool.remove(id.0)?;
-            Ok(Completion::Removed)
-        } else {
-            batch.insert(&message_key(id.0)[..], rec.encode());
-            store
-                .tree
-                .apply_batch(batch)
-                .map_err(|e| self.failed(e.into()))?;
-            drop(guard);
-            store.db.flush().map_err(|e| self.failed(e.into()))?;
-            Ok(Completion::Pending)
-        }
+        let finish = Finish {
+            id,
+            outcomes: outcomes.to_vec(),
+            retry_at: None,
+        };
+        self.complete_batch(std::slice::from_ref(&finish))?
+            .pop()
+            .unwrap_or_else(|| Err(StorageError::NotFound(id.to_string())))
     }
 
-    /// Remove a message: the record removal is made durable, then the body is deleted.
+    /// Record the outcomes of many messages at once (distinct ids): every message with no
+    /// recipient left pending is removed, the others updated (and rescheduled when their
+    /// [`Finish::retry_at`] says so) — one sled batch, then one shared fsync when anything
+    /// was removed (else a flush), then the removed messages' bodies are released.
+    ///
+    /// The outer error is the batch's (nothing or, after a failed sync, everything may be
+    /// written); the inner one a message's own (not found: removed meanwhile).
+    pub fn complete_batch(
+        &self,
+        finished: &[Finish],
+    ) -> Result<Vec<Result<Completion, StorageError>>, StorageError> {
+        if finished.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.store()?;
+        let guards = self.lock_records(finished.iter().map(|f| f.id));
+        let mut results = Vec::with_capacity(finished.len());
+        let mut batch = sled::Batch::default();
+        let mut removed: Vec<(u64, BodyAt, State)> = Vec::new();
+        let mut updated: Vec<(MessageRecord, u64, State)> = Vec::new();
+        for f in finished {
+            let Some((mut rec, at)) = self.get_in(&store, f.id)? else {
+                results.push(Err(StorageError::NotFound(f.id.to_string())));
+                continue;
+            };
+            let old_state = state_of(&rec);
+            for o in &f.outcomes {
+                if let Some(r) = rec.recipients.iter_mut().find(|r| r.address == o.address) {
+                    r.clone_from(o);
+                }
+            }
+            if rec.pending().next().is_none() {
+                batch.remove(&message_key(f.id.0)[..]);
+                removed.push((f.id.0, at, old_state));
+                results.push(Ok(Completion::Removed));
+            } else {
+                if let Some(t) = f.retry_at {
+                    rec.lease_until = 0;
+                    rec.next_attempt = t;
+                    rec.attempts = rec.attempts.saturating_add(1);
+                }
+                batch.insert(&message_key(f.id.0)[..], stored(&mut rec, at));
+                updated.push((rec, f.id.0, old_state));
+                results.push(Ok(Completion::Pending));
+            }
+        }
+        store
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| self.failed(e.into()))?;
+        {
+            let mut index = self.index();
+            for &(id, _, state) in &removed {
+                index.remove(id);
+                self.census.remove(state, id);
+            }
+            for (rec, id, state) in &updated {
+                index.update(*id, |slot| {
+                    slot.next_attempt = rec.next_attempt;
+                    slot.lease_until = rec.lease_until;
+                });
+                self.census.moved(*state, state_of(rec));
+            }
+        }
+        drop(guards);
+        if removed.is_empty() {
+            store.db.flush().map_err(|e| self.failed(e.into()))?;
+        } else {
+            self.sync(&store)?;
+            // Released under the store's lock: a reopen's recount of the segments never
+            // falls between the removal and the release.
+            let bodies: Vec<(u64, BodyAt)> = removed.iter().map(|r| (r.0, r.1)).collect();
+            self.spool.release(&bodies)?;
+        }
+        Ok(results)
+    }
+
+    /// Remove a message: the record removal is made durable, then the body is released.
     /// Removing a missing message is not an error.
     pub fn remove(&self, id: QueueId) -> Result<(), StorageError> {
         let store = self.store()?;
         let guard = self.lock_record(id);
-        if let Some(rec) = self.get_in(&store, id)? {
-            let mut batch = sled::Batch::default();
-            batch.remove(&due_key(rec.next_attempt, id.0)[..]);
-            batch.remove(&message_key(id.0)[..]);
+        if let Some((rec, at)) = self.get_in(&store, id)? {
             store
                 .tree
-                .apply_batch(batch)
+                .remove(message_key(id.0))
                 .map_err(|e| self.failed(e.into()))?;
+            self.index().remove(id.0);
             self.census.remove(state_of(&rec), id.0);
             drop(guard);
             self.sync(&store)?;
+            self.spool.release(&[(id.0, at)])
+        } else {
+            drop(guard);
+            // A body file left without its record (idempotent).
+            self.spool.remove(id.0)
         }
-        drop(store);
-        self.spool.remove(id.0)
     }
 
     /// Approximate bytes used by sled on disk (space amplification runs 2–3×).
@@ -840,10 +1036,17 @@ impl Queue {
     }
 }
 
+fn stripe(id: QueueId) -> usize {
+    usize::try_from(id.0 % RECORD_LOCK_STRIPES as u64).unwrap_or(0)
+}
+
 impl Store {
     /// Open sled in `db_path`, mapping its refusals to [`StorageError::Locked`] and
     /// [`StorageError::Corrupt`].
     fn open(db_path: &Path) -> Result<Self, StorageError> {
+        // Measured (issue 12, docs/PERFORMANCE.md "Storage"): turning sled's background
+        // flusher off (we flush and fsync ourselves), `Mode::LowSpace` or a smaller cache made
+        // no difference beyond the noise, so sled keeps these settings.
         let config = sled::Config::new()
             .path(db_path)
             .mode(sled::Mode::HighThroughput)

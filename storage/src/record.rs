@@ -7,10 +7,12 @@
 //! Versions: 1 (the first); 2 adds the body type and SMTPUTF8 flag to the envelope and the
 //! enhanced status to each recipient. Version 1 records still decode (a queue written by an
 //! older build is delivered by a newer one): body type unspecified, no SMTPUTF8, no status.
-//! They are written back as version 2 the next time they change.
+//! They are written back as version 2 the next time they change. 3 adds where the body is
+//! ([`BodyAt`]: its own spool file, as versions 1 and 2 always had, or a range of a segment
+//! file); versions 1 and 2 read as [`BodyAt::File`].
 
 /// Current record format.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 
 /// The oldest format this build still reads.
 pub const OLDEST_READABLE: u8 = 1;
@@ -153,6 +155,22 @@ pub struct Envelope {
     pub smtputf8: bool,
 }
 
+/// Where a message's body is stored (the record says; the spool reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyAt {
+    /// Its own spool file named by the queue id (every record before version 3).
+    File,
+    /// `len` bytes at `offset` of segment file `segment` (see [`crate::spool`]).
+    Segment {
+        /// The segment's number (its file name).
+        segment: u64,
+        /// Where the body starts in the segment.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+}
+
 /// Everything the queue knows about a message except its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageRecord {
@@ -180,8 +198,13 @@ impl MessageRecord {
             .filter(|r| r.state == RecipientState::Pending)
     }
 
-    /// Encode with the version byte.
+    /// Encode with the version byte, the body in its own file.
     pub fn encode(&self) -> Vec<u8> {
+        self.encode_at(BodyAt::File)
+    }
+
+    /// Encode with the version byte and where the body is.
+    pub fn encode_at(&self, at: BodyAt) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(128));
         w.u8(VERSION);
         w.u64(self.received_at);
@@ -210,12 +233,30 @@ impl MessageRecord {
         w.u32(self.attempts);
         w.u64(self.next_attempt);
         w.u64(self.lease_until);
+        match at {
+            BodyAt::File => w.u8(0),
+            BodyAt::Segment {
+                segment,
+                offset,
+                len,
+            } => {
+                w.u8(1);
+                w.u64(segment);
+                w.u64(offset);
+                w.u64(len);
+            }
+        }
         w.0
     }
 
     /// Decode the current version or an older one; refuses unknown versions and truncated or
     /// trailing data.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        Self::decode_at(bytes).map(|(rec, _)| rec)
+    }
+
+    /// [`MessageRecord::decode`], with where the body is.
+    pub fn decode_at(bytes: &[u8]) -> Result<(Self, BodyAt), String> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
         if !(OLDEST_READABLE..=VERSION).contains(&version) {
@@ -272,10 +313,23 @@ impl MessageRecord {
             next_attempt: r.u64()?,
             lease_until: r.u64()?,
         };
+        let at = if version >= 3 {
+            match r.u8()? {
+                0 => BodyAt::File,
+                1 => BodyAt::Segment {
+                    segment: r.u64()?,
+                    offset: r.u64()?,
+                    len: r.u64()?,
+                },
+                t => return Err(format!("bad body location tag {t}")),
+            }
+        } else {
+            BodyAt::File
+        };
         if !r.0.is_empty() {
             return Err(format!("{} trailing bytes", r.0.len()));
         }
-        Ok(rec)
+        Ok((rec, at))
     }
 }
 
@@ -389,6 +443,36 @@ mod tests {
     }
 
     #[test]
+    fn body_location_round_trips() {
+        let r = sample();
+        let at = BodyAt::Segment {
+            segment: 7,
+            offset: 4096,
+            len: 1234,
+        };
+        let bytes = r.encode_at(at);
+        assert_eq!(MessageRecord::decode_at(&bytes), Ok((r.clone(), at)));
+        assert_eq!(MessageRecord::decode(&bytes), Ok(r.clone()));
+        for cut in 0..bytes.len() {
+            assert!(
+                MessageRecord::decode_at(&bytes[..cut]).is_err(),
+                "cut at {cut}"
+            );
+        }
+        assert_eq!(MessageRecord::decode_at(&r.encode()), Ok((r, BodyAt::File)));
+    }
+
+    /// A version 2 record (the previous build's, body in its own file) still decodes.
+    #[test]
+    fn version_2_records_read_as_own_file() {
+        let r = sample();
+        let mut v2 = r.encode();
+        assert_eq!(v2.pop(), Some(0), "version 3 ends with the location tag");
+        v2[0] = 2;
+        assert_eq!(MessageRecord::decode_at(&v2), Ok((r, BodyAt::File)));
+    }
+
+    #[test]
     fn refuses_bad_input() {
         let bytes = sample().encode();
         for cut in 0..bytes.len() {
@@ -397,7 +481,7 @@ mod tests {
                 "truncated at {cut}"
             );
         }
-        for unknown in [0, 3] {
+        for unknown in [0, 4] {
             let mut v = bytes.clone();
             v[0] = unknown;
             assert!(

@@ -1,19 +1,67 @@
-//! Message bodies as one file per message, made durable before the envelope is committed.
+//! Message bodies on disk, made durable before the envelope is committed.
 //!
-//! Order matters: body written and `fdatasync`ed, directory fsynced (so the new name itself
-//! survives power loss), and only then the sled record that points at it. A crash in between
-//! leaves an orphan body with no record, which [`crate::Queue::open`] deletes; a record can
-//! never point at a body that was not durable.
+//! A commit batch's bodies are appended to one *segment* file (`s` + 16 hex digits), and the
+//! segment stays open for the next batches until it holds [`SEGMENT_BYTES`]: one write and
+//! one `fdatasync` per batch, and a file created (with its directory fsync) only once per
+//! segment, instead of a create, an fsync and an unlink per message. The record says which
+//! segment, offset and length ([`BodyAt::Segment`]).
+//!
+//! Order matters: bodies written and `fdatasync`ed (and the directory fsynced when the
+//! segment is new, so its name survives power loss), and only then the sled records that
+//! point at them. A crash in between leaves bytes no record refers to: at the end of a segment
+//! (ignored, the segment is never appended to again after a restart) or a whole segment no
+//! record refers to, which [`crate::Queue::open`] deletes. A record can never point at a body
+//! that was not durable.
+//!
+//! Reclaim: each segment's live messages are counted in memory (rebuilt at open from the
+//! records); a segment is deleted when its last message is completed or removed (and it is no
+//! longer the one being appended to). So a message deferred for a long time keeps its whole
+//! segment on disk: the worst case is [`SEGMENT_BYTES`] per such message (see the queue section
+//! of docs/ARCHITECTURE.md).
+//!
+//! Queues written before segments keep one file per body (named by the queue id,
+//! [`BodyAt::File`]): they are read, and deleted when their message leaves, as before.
 
 use crate::error::StorageError;
+use crate::record::BodyAt;
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+/// A segment takes new batches until it holds this much (a batch is never split, so a segment
+/// may end larger).
+pub const SEGMENT_BYTES: u64 = 8 << 20;
 
 /// The spool directory.
 #[derive(Debug)]
 pub struct Spool {
     dir: PathBuf,
+    segments: Mutex<Segments>,
+}
+
+/// The segment being appended to and every segment's live messages.
+#[derive(Debug, Default)]
+struct Segments {
+    open: Option<OpenSegment>,
+    live: HashMap<u64, u64>,
+}
+
+#[derive(Debug)]
+struct OpenSegment {
+    number: u64,
+    file: File,
+    len: u64,
+}
+
+/// What [`Spool::reconcile`] found.
+#[derive(Debug, Default)]
+pub struct SpoolReport {
+    /// Segments no record refers to, deleted.
+    pub segments_removed: usize,
+    /// Segment files and their lengths (for checking that every record's range is there).
+    pub lengths: HashMap<u64, u64>,
 }
 
 impl Spool {
@@ -22,80 +70,191 @@ impl Spool {
         fs::create_dir_all(&dir).map_err(|e| {
             StorageError::io(format!("creating spool directory {}", dir.display()), e)
         })?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            segments: Mutex::default(),
+        })
     }
 
-    /// The file holding message `id`.
+    fn segments(&self) -> MutexGuard<'_, Segments> {
+        self.segments
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The file holding message `id` in the one-file-per-body layout.
     pub fn path(&self, id: u64) -> PathBuf {
         self.dir.join(format!("{id:016x}"))
     }
 
-    /// Write several bodies, then `fdatasync` them concurrently: on a journalling file system
-    /// concurrent syncs share journal commits, so a batch costs little more than one sync.
-    /// Returns after every body is durable (the caller still owes one [`Spool::sync_dir`]).
+    /// The file of segment `number`.
+    pub fn segment_path(&self, number: u64) -> PathBuf {
+        self.dir.join(format!("s{number:016x}"))
+    }
+
+    /// Append a batch's bodies to the open segment (a new one, numbered `number`, when none is
+    /// open or it is full) and `fdatasync` it. Returns where each body is, and whether a new
+    /// segment file was created: its name is durable only after [`Spool::sync_dir`], which the
+    /// caller owes before any record refers to it.
     ///
-    /// On error, every file this call created is deleted again (including a partly written
-    /// or empty one): a full disk must not fill up further with bodies nobody will accept.
-    pub fn write_batch(&self, bodies: &[(u64, &[u8])]) -> Result<(), StorageError> {
-        let mut created = Vec::with_capacity(bodies.len());
-        let result = self.write_and_sync(bodies, &mut created);
-        if result.is_err() {
-            for id in created {
-                if let Err(e) = self.remove(id) {
-                    tracing::warn!(error = %e, "removing a body whose write failed");
+    /// On error nothing of the batch stays on disk (the segment is cut back to where the batch
+    /// began, or deleted if the batch created it), and the segment is no longer appended to:
+    /// a full disk must not fill up further with bodies nobody will accept.
+    pub fn append_batch(
+        &self,
+        number: u64,
+        bodies: &[&[u8]],
+    ) -> Result<(Vec<BodyAt>, bool), StorageError> {
+        let mut segs = self.segments();
+        let mut created = false;
+        if segs.open.as_ref().is_none_or(|s| s.len >= SEGMENT_BYTES) {
+            segs.close_open(self);
+            let path = self.segment_path(number);
+            let file = OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| StorageError::io(format!("creating segment {}", path.display()), e))?;
+            segs.open = Some(OpenSegment {
+                number,
+                file,
+                len: 0,
+            });
+            created = true;
+        }
+        let Some(open) = segs.open.as_mut() else {
+            unreachable!("a segment was just opened");
+        };
+        let start = open.len;
+        let result = write_bodies(&self.segment_path(open.number), open, bodies);
+        match result {
+            Ok(at) => {
+                let number = open.number;
+                *segs.live.entry(number).or_default() += at.len() as u64;
+                Ok((at, created))
+            }
+            Err(e) => {
+                // Cut the batch off, and append to a fresh segment from now on.
+                let _ = open.file.set_len(start);
+                segs.close_open(self);
+                Err(e)
+            }
+        }
+    }
+
+    /// A committed batch whose records failed: forget its bodies (cut them off the end of the
+    /// open segment when nothing was appended after them; delete a segment left empty).
+    pub fn abandon(&self, bodies: &[BodyAt]) {
+        let mut segs = self.segments();
+        let mut ranges: HashMap<u64, (u64, u64, u64)> = HashMap::new();
+        for at in bodies {
+            if let BodyAt::Segment {
+                segment,
+                offset,
+                len,
+            } = *at
+            {
+                let r = ranges.entry(segment).or_insert((u64::MAX, 0, 0));
+                r.0 = r.0.min(offset);
+                r.1 = r.1.max(offset + len);
+                r.2 += 1;
+            }
+        }
+        for (segment, (start, end, n)) in ranges {
+            if let Some(open) = segs.open.as_mut().filter(|o| o.number == segment)
+                && open.len == end
+                && open.file.set_len(start).is_ok()
+            {
+                open.len = start;
+            }
+            if let Err(e) = segs.release(self, segment, n) {
+                tracing::warn!(error = %e, "removing the segment of a refused batch");
+            }
+        }
+    }
+
+    /// The messages at `bodies` are gone for good (their records' removal is durable): delete
+    /// their files, and every segment they leave empty (except the one being appended to).
+    pub fn release(&self, bodies: &[(u64, BodyAt)]) -> Result<(), StorageError> {
+        let mut first_error = None;
+        let mut per_segment: HashMap<u64, u64> = HashMap::new();
+        for &(id, at) in bodies {
+            match at {
+                BodyAt::File => {
+                    if let Err(e) = self.remove(id) {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                BodyAt::Segment { segment, .. } => *per_segment.entry(segment).or_default() += 1,
+            }
+        }
+        if !per_segment.is_empty() {
+            let mut segs = self.segments();
+            for (segment, n) in per_segment {
+                if let Err(e) = segs.release(self, segment, n) {
+                    first_error.get_or_insert(e);
                 }
             }
         }
-        result
+        first_error.map_or(Ok(()), Err)
     }
 
-    fn write_and_sync(
+    /// At open: take every segment's live count (from the records), delete segments no record
+    /// refers to when `delete`, and report the lengths of the others.
+    pub fn reconcile(
         &self,
-        bodies: &[(u64, &[u8])],
-        created: &mut Vec<u64>,
-    ) -> Result<(), StorageError> {
-        /// Syncs in flight at once: enough to fill a journal commit, few enough threads.
-        const PARALLEL_SYNCS: usize = 8;
-        let mut files = Vec::with_capacity(bodies.len());
-        for (id, body) in bodies {
-            let path = self.path(*id);
-            let ctx = || format!("writing spool file {}", path.display());
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| StorageError::io(ctx(), e))?;
-            created.push(*id);
-            f.write_all(body)
-                .and_then(|()| f.flush())
-                .map_err(|e| StorageError::io(ctx(), e))?;
-            files.push((path, f));
+        live: HashMap<u64, u64>,
+        delete: bool,
+    ) -> Result<SpoolReport, StorageError> {
+        let mut report = SpoolReport::default();
+        for (number, len) in self.segment_files()? {
+            if live.contains_key(&number) || !delete {
+                report.lengths.insert(number, len);
+            } else {
+                remove_file(&self.segment_path(number))?;
+                report.segments_removed += 1;
+            }
         }
-        if files.len() <= 1 {
-            return files.iter().try_for_each(|(path, f)| sync_file(path, f));
+        let mut segs = self.segments();
+        segs.open = None;
+        segs.live = live;
+        Ok(report)
+    }
+
+    /// Segment files and their lengths.
+    fn segment_files(&self) -> Result<Vec<(u64, u64)>, StorageError> {
+        let ctx = || format!("listing spool directory {}", self.dir.display());
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| StorageError::io(ctx(), e))? {
+            let entry = entry.map_err(|e| StorageError::io(ctx(), e))?;
+            if let Some(number) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix('s'))
+                .filter(|n| n.len() == 16)
+                .and_then(|n| u64::from_str_radix(n, 16).ok())
+            {
+                let len = entry
+                    .metadata()
+                    .map_err(|e| StorageError::io(ctx(), e))?
+                    .len();
+                out.push((number, len));
+            }
         }
-        let per_thread = files.len().div_ceil(PARALLEL_SYNCS);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = files
-                .chunks(per_thread)
-                .map(|chunk| {
-                    scope.spawn(move || chunk.iter().try_for_each(|(path, f)| sync_file(path, f)))
-                })
-                .collect();
-            workers.into_iter().try_for_each(|w| {
-                w.join().unwrap_or_else(|_| {
-                    Err(StorageError::io(
-                        "fdatasync of spool files",
-                        std::io::Error::other("a sync thread panicked"),
-                    ))
-                })
-            })
-        })
+        Ok(out)
+    }
+
+    /// Segment files and their total size in bytes (for tests and tools).
+    pub fn usage(&self) -> Result<(usize, u64), StorageError> {
+        let files = self.segment_files()?;
+        Ok((files.len(), files.iter().map(|f| f.1).sum()))
     }
 
     /// Prove the spool can take a write again: write, `fdatasync` and delete a small file
     /// (its name is not a queue id, so a crash in between leaves nothing the queue reads).
     pub fn probe(&self) -> Result<(), StorageError> {
+        use std::io::Write;
         let path = self.dir.join("probe.tmp");
         let ctx = || format!("writing spool probe {}", path.display());
         let written = OpenOptions::new()
@@ -117,39 +276,48 @@ impl Spool {
         sync_dir(&self.dir)
     }
 
-    /// Read a body.
-    pub fn read(&self, id: u64) -> Result<Vec<u8>, StorageError> {
-        let path = self.path(id);
-        fs::read(&path)
-            .map_err(|e| StorageError::io(format!("reading spool file {}", path.display()), e))
+    /// Read message `id`'s body from `at`.
+    pub fn read(&self, id: u64, at: BodyAt) -> Result<Vec<u8>, StorageError> {
+        self.read_prefix(id, at, usize::MAX)
     }
 
-    /// Read at most `limit` bytes of a body (for showing headers).
-    pub fn read_prefix(&self, id: u64, limit: usize) -> Result<Vec<u8>, StorageError> {
+    /// Read at most `limit` bytes of message `id`'s body at `at` (for showing headers).
+    pub fn read_prefix(&self, id: u64, at: BodyAt, limit: usize) -> Result<Vec<u8>, StorageError> {
         use std::io::Read;
-        let path = self.path(id);
-        let ctx = || format!("reading spool file {}", path.display());
-        let f = File::open(&path).map_err(|e| StorageError::io(ctx(), e))?;
-        let mut out = Vec::new();
-        f.take(u64::try_from(limit).unwrap_or(u64::MAX))
-            .read_to_end(&mut out)
-            .map_err(|e| StorageError::io(ctx(), e))?;
-        Ok(out)
-    }
-
-    /// Delete a body (missing is fine: removal is idempotent).
-    pub fn remove(&self, id: u64) -> Result<(), StorageError> {
-        let path = self.path(id);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(
-                format!("removing spool file {}", path.display()),
-                e,
-            )),
-            _ => Ok(()),
+        match at {
+            BodyAt::File => {
+                let path = self.path(id);
+                let ctx = || format!("reading spool file {}", path.display());
+                let f = File::open(&path).map_err(|e| StorageError::io(ctx(), e))?;
+                let mut out = Vec::new();
+                f.take(u64::try_from(limit).unwrap_or(u64::MAX))
+                    .read_to_end(&mut out)
+                    .map_err(|e| StorageError::io(ctx(), e))?;
+                Ok(out)
+            }
+            BodyAt::Segment {
+                segment,
+                offset,
+                len,
+            } => {
+                let path = self.segment_path(segment);
+                let ctx = || format!("reading segment {} at {offset}", path.display());
+                let n = usize::try_from(len).unwrap_or(usize::MAX).min(limit);
+                let mut out = vec![0u8; n];
+                File::open(&path)
+                    .and_then(|f| f.read_exact_at(&mut out, offset))
+                    .map_err(|e| StorageError::io(ctx(), e))?;
+                Ok(out)
+            }
         }
     }
 
-    /// Every id with a body file (ignores files that are not ours).
+    /// Delete a one-file body (missing is fine: removal is idempotent).
+    pub fn remove(&self, id: u64) -> Result<(), StorageError> {
+        remove_file(&self.path(id))
+    }
+
+    /// Every id with a one-file body (ignores files that are not ours).
     pub fn ids(&self) -> Result<Vec<u64>, StorageError> {
         let ctx = || format!("listing spool directory {}", self.dir.display());
         let mut ids = Vec::new();
@@ -168,9 +336,83 @@ impl Spool {
     }
 }
 
-fn sync_file(path: &Path, f: &File) -> Result<(), StorageError> {
-    f.sync_data()
-        .map_err(|e| StorageError::io(format!("fdatasync of spool file {}", path.display()), e))
+impl Segments {
+    /// Stop appending to the open segment; delete it if nothing in it is live.
+    fn close_open(&mut self, spool: &Spool) {
+        if let Some(open) = self.open.take()
+            && self.live.get(&open.number).is_none_or(|&n| n == 0)
+        {
+            self.live.remove(&open.number);
+            if let Err(e) = remove_file(&spool.segment_path(open.number)) {
+                tracing::warn!(error = %e, "removing an empty segment");
+            }
+        }
+    }
+
+    /// `n` messages of `segment` are gone; delete it when none is left and it is not open.
+    fn release(&mut self, spool: &Spool, segment: u64, n: u64) -> Result<(), StorageError> {
+        let left = {
+            let live = self.live.entry(segment).or_default();
+            *live = live.saturating_sub(n);
+            *live
+        };
+        let is_open = self.open.as_ref().is_some_and(|o| o.number == segment);
+        if left == 0 && !is_open {
+            self.live.remove(&segment);
+            return remove_file(&spool.segment_path(segment));
+        }
+        if left == 0 && self.open.as_ref().is_some_and(|o| o.len == 0) {
+            // A batch that created the segment was refused: nothing to keep.
+            self.close_open(spool);
+        }
+        Ok(())
+    }
+}
+
+/// Write `bodies` at the end of `open`, then `fdatasync`. The segment's file must still be
+/// in the spool directory (a spool moved or deleted under a running relay is an error, not a
+/// file that silently takes writes nobody will find).
+fn write_bodies(
+    path: &Path,
+    open: &mut OpenSegment,
+    bodies: &[&[u8]],
+) -> Result<Vec<BodyAt>, StorageError> {
+    let ctx = || format!("writing segment {}", path.display());
+    fs::metadata(path).map_err(|e| StorageError::io(ctx(), e))?;
+    let mut at = Vec::with_capacity(bodies.len());
+    // One write for the batch (bodies are small next to the cost of a system call each).
+    let total: usize = bodies.iter().map(|b| b.len()).sum();
+    let mut buf = Vec::with_capacity(total);
+    let mut offset = open.len;
+    for body in bodies {
+        let len = body.len() as u64;
+        at.push(BodyAt::Segment {
+            segment: open.number,
+            offset,
+            len,
+        });
+        offset += len;
+        buf.extend_from_slice(body);
+    }
+    open.file
+        .write_all_at(&buf, open.len)
+        .map_err(|e| StorageError::io(ctx(), e))?;
+    open.file
+        .sync_data()
+        .map_err(|e| StorageError::io(format!("fdatasync of segment {}", path.display()), e))?;
+    open.len = offset;
+    Ok(at)
+}
+
+/// Delete a file (missing is fine: removal is idempotent).
+fn remove_file(path: &Path) -> Result<(), StorageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(
+            format!("removing spool file {}", path.display()),
+            e,
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// fsync a directory.

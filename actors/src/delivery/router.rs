@@ -28,7 +28,7 @@ use crate::resolver::ResolverHandle;
 use actix::dev::SendError;
 use actix::prelude::*;
 use amtp_proto::client::{Cause, Disposition};
-use amtp_storage::{Completion, MessageRecord, Queue, QueueId};
+use amtp_storage::{Finish, MessageRecord, Queue, QueueId};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -81,6 +81,20 @@ struct InFlight {
     outcomes: Vec<Attempted>,
 }
 
+/// A message whose attempt is over, waiting for its results to be written.
+struct Done {
+    id: QueueId,
+    record: MessageRecord,
+    outcomes: Vec<Attempted>,
+}
+
+/// Results waiting to be written, and how many writers are at work (see [`WRITERS`]).
+#[derive(Default)]
+struct Writes {
+    ready: Vec<Done>,
+    writers: usize,
+}
+
 /// See the module docs.
 pub struct Router {
     shared: Arc<RouterShared>,
@@ -92,15 +106,19 @@ pub struct Router {
     again: bool,
     /// Bodies of freshly committed messages, left by the commit (no read-back from the spool).
     fresh: Arc<Fresh>,
-    /// Bounds the results being written at once (see [`FINALIZE_CONCURRENCY`]).
-    finalizers: Arc<tokio::sync::Semaphore>,
+    /// Results ready to be written, shared with the writers.
+    writes: Arc<std::sync::Mutex<Writes>>,
 }
 
-/// Results written to the queue at once. Each write holds a blocking-pool thread for a sled
-/// batch and a (shared) fsync; more of them do not make the disk faster, they only grow
-/// tokio's blocking pool. Unbounded, 2,000 deferrals in flight grew it to about 270 threads
-/// and the relay to about 1.3 GiB (measured with 100,000 deferred messages, issue 4).
-const FINALIZE_CONCURRENCY: usize = 8;
+/// Writers of results at once. Each takes every result that is ready (up to
+/// [`WRITE_BATCH`]) and writes them with one [`Queue::complete_batch`]: one sled batch and
+/// one shared fsync for all. Two, so that one collects and writes while the other waits for
+/// its fsync; more would only split the batches (and, unbounded, grew tokio's blocking pool to
+/// about 270 threads and the relay to 1.3 GiB with 100,000 deferred messages, issue 4).
+const WRITERS: usize = 2;
+
+/// Most results in one write.
+const WRITE_BATCH: usize = 256;
 
 impl Router {
     /// A router over the shared settings, taking fresh bodies from `fresh`.
@@ -112,7 +130,7 @@ impl Router {
             ticking: false,
             again: false,
             fresh,
-            finalizers: Arc::new(tokio::sync::Semaphore::new(FINALIZE_CONCURRENCY)),
+            writes: Arc::default(),
         }
     }
 
@@ -289,24 +307,42 @@ impl Router {
         let Some(done) = self.in_flight.remove(&result.id) else {
             return;
         };
+        let start_writer = {
+            let mut w = lock(&self.writes);
+            w.ready.push(Done {
+                id: result.id,
+                record: done.record,
+                outcomes: done.outcomes,
+            });
+            let start = w.writers < WRITERS;
+            w.writers += usize::from(start);
+            start
+        };
+        if !start_writer {
+            // A running writer takes it with the next batch.
+            return;
+        }
         let shared = self.shared.clone();
-        let id = result.id;
-        let finalizers = self.finalizers.clone();
-        let finish = async move {
-            let s = shared.clone();
-            // Never closed, so acquiring cannot fail; waiting here keeps the write queued in
-            // this actor's task list, not in a thread.
-            let _permit = finalizers.acquire_owned().await;
-            if let Err(e) = tokio::task::spawn_blocking(move || {
-                write_results(&s, id, &done.record, done.outcomes)
-            })
-            .await
-            .unwrap_or_else(|e| Err(e.to_string()))
-            {
-                tracing::error!(id = %id, error = %e, "could not record delivery results; the lease will expire and the message is retried");
+        let writes = self.writes.clone();
+        let writer = async move {
+            loop {
+                let batch: Vec<Done> = {
+                    let mut w = lock(&writes);
+                    if w.ready.is_empty() {
+                        w.writers -= 1;
+                        break;
+                    }
+                    let n = w.ready.len().min(WRITE_BATCH);
+                    w.ready.drain(..n).collect()
+                };
+                let s = shared.clone();
+                if let Err(e) = tokio::task::spawn_blocking(move || write_results(&s, batch)).await
+                {
+                    tracing::error!(error = %e, "writing delivery results failed; their leases will expire and the messages are retried");
+                }
             }
         };
-        ctx.spawn(finish.into_actor(self));
+        ctx.spawn(writer.into_actor(self));
     }
 }
 
@@ -398,20 +434,35 @@ fn lease_due(
     out
 }
 
-/// Write the outcomes of one attempt as [`finalize::decide`] says: DSN first (durable), then
-/// the recipient states; reschedule what is deferred.
-fn write_results(
-    s: &RouterShared,
-    id: QueueId,
-    record: &MessageRecord,
-    attempted: Vec<Attempted>,
-) -> Result<(), String> {
+fn lock(writes: &std::sync::Mutex<Writes>) -> std::sync::MutexGuard<'_, Writes> {
+    writes
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Write the outcomes of finished attempts as [`finalize::decide`] says: the DSNs first (one
+/// durable enqueue for all of them), then every message's recipient states and retry in one
+/// [`Queue::complete_batch`]. A message whose DSN could not be queued is left alone: its lease
+/// expires and it is tried again.
+fn write_results(s: &RouterShared, batch: Vec<Done>) {
     let now = amtp_storage::now_ms();
-    let decision = finalize::decide(record, attempted, &s.retry, now);
-    log_outcomes(id, record, &decision, now);
-    if !decision.bounce.is_empty() {
+    let mut finishes = Vec::with_capacity(batch.len());
+    let mut dsns = Vec::new();
+    for done in batch {
+        let (id, record) = (done.id, &done.record);
+        let decision = finalize::decide(record, done.outcomes, &s.retry, now);
+        log_outcomes(id, record, &decision, now);
+        let finish = Finish {
+            id,
+            outcomes: decision.states,
+            retry_at: Some(decision.retry_at),
+        };
+        if decision.bounce.is_empty() {
+            finishes.push(finish);
+            continue;
+        }
         let original = s.queue.body_prefix(id, 64 * 1024).unwrap_or_default();
-        if let Some(dsn) = bounce::dsn(
+        match bounce::dsn(
             &s.hostname,
             id,
             record,
@@ -419,25 +470,45 @@ fn write_results(
             &original,
             now / 1000,
         ) {
-            let dsn_id = s
-                .queue
-                .enqueue_batch(&[dsn])
-                .map_err(|e| format!("cannot queue the DSN: {e}"))?;
-            metrics::dsn_generated();
-            tracing::info!(queue_id = %id, dsn_queue_id = %dsn_id.first().map(ToString::to_string).unwrap_or_default(), recipients = decision.bounce.len(), to = %record.envelope.sender, "bounce queued");
+            Some(dsn) => dsns.push((
+                finish,
+                decision.bounce.len(),
+                record.envelope.sender.clone(),
+                dsn,
+            )),
+            None => finishes.push(finish),
         }
     }
-    match s
-        .queue
-        .complete(id, &decision.states)
-        .map_err(|e| e.to_string())?
-    {
-        Completion::Removed => Ok(()),
-        Completion::Pending => s
-            .queue
-            .reschedule(id, decision.retry_at)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+    if !dsns.is_empty() {
+        let messages: Vec<_> = dsns.iter().map(|d| d.3.clone()).collect();
+        match s.queue.enqueue_batch(&messages) {
+            Ok(dsn_ids) => {
+                for ((finish, recipients, to, _), dsn_id) in dsns.into_iter().zip(dsn_ids) {
+                    metrics::dsn_generated();
+                    tracing::info!(queue_id = %finish.id, dsn_queue_id = %dsn_id, recipients, to = %to, "bounce queued");
+                    finishes.push(finish);
+                }
+            }
+            Err(e) => {
+                for (finish, ..) in &dsns {
+                    tracing::error!(id = %finish.id, error = %format!("cannot queue the DSN: {e}"), "could not record delivery results; the lease will expire and the message is retried");
+                }
+            }
+        }
+    }
+    match s.queue.complete_batch(&finishes) {
+        Ok(results) => {
+            for (finish, result) in finishes.iter().zip(results) {
+                if let Err(e) = result {
+                    tracing::error!(id = %finish.id, error = %e, "could not record delivery results; the lease will expire and the message is retried");
+                }
+            }
+        }
+        Err(e) => {
+            for finish in &finishes {
+                tracing::error!(id = %finish.id, error = %e, "could not record delivery results; the lease will expire and the message is retried");
+            }
+        }
     }
 }
 
