@@ -30,6 +30,8 @@ die() { echo "relay-ab: $*" >&2; exit 1; }
 LOAD_BIN=${LOAD_BIN:-$PWD/target/release/amtp-loadtest}
 [ -x "$LOAD_BIN" ] || cargo build --release --locked -q -p amtp-loadtest
 for bin in "$A" "$B"; do [ -x "$bin" ] || die "not an executable: $bin"; done
+# Each round runs in its own directory: make the binaries' paths absolute.
+A=$(realpath "$A") B=$(realpath "$B")
 
 rm -rf "$OUT" && mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
