@@ -76,13 +76,14 @@ impl Index {
         }
     }
 
-    /// Up to `limit` ids due at or before `now`, soonest first (leased messages are due when
-    /// their lease expires).
-    pub fn due(&self, now: u64, limit: usize) -> Vec<u64> {
+    /// Up to `limit` ids due at or before `now` for which `skip` is false, soonest first
+    /// (leased messages are due when their lease expires).
+    pub fn due(&self, now: u64, limit: usize, skip: impl Fn(u64) -> bool) -> Vec<u64> {
         self.due
             .range(..=(now, u64::MAX))
-            .take(limit)
             .map(|&(_, id)| id)
+            .filter(|&id| !skip(id))
+            .take(limit)
             .collect()
     }
 
@@ -119,20 +120,35 @@ mod tests {
         let mut index = Index::default();
         index.insert(1, slot(10, 0));
         index.insert(2, slot(20, 0));
-        assert_eq!(index.due(25, 10), vec![1, 2]);
+        assert_eq!(index.due(25, 10, |_| false), vec![1, 2]);
         index.update(1, |s| s.lease_until = 100);
-        assert_eq!(index.due(25, 10), vec![2], "leased: not due");
-        assert_eq!(index.due(100, 10), vec![2, 1], "expired lease: due again");
+        assert_eq!(index.due(25, 10, |_| false), vec![2], "leased: not due");
+        assert_eq!(
+            index.due(100, 10, |_| false),
+            vec![2, 1],
+            "expired lease: due again"
+        );
         index.update(1, |s| {
             s.lease_until = 0;
             s.next_attempt = 50;
         });
-        assert_eq!(index.due(49, 10), vec![2]);
-        assert_eq!(index.due(50, 1), vec![2], "limit");
+        assert_eq!(index.due(49, 10, |_| false), vec![2]);
+        assert_eq!(index.due(50, 1, |_| false), vec![2], "limit");
         assert_eq!(index.remove(2), Some(slot(20, 0)));
-        assert_eq!(index.due(u64::MAX, 10), vec![1]);
+        assert_eq!(index.due(u64::MAX, 10, |_| false), vec![1]);
         index.insert(1, slot(5, 0));
-        assert_eq!(index.due(u64::MAX, 10), vec![1], "replaced, not doubled");
+        assert_eq!(
+            index.due(u64::MAX, 10, |_| false),
+            vec![1],
+            "replaced, not doubled"
+        );
         assert_eq!(index.len(), 1);
+        index.insert(3, slot(1, 0));
+        assert_eq!(index.due(u64::MAX, 1, |_| false), vec![3]);
+        assert_eq!(
+            index.due(u64::MAX, 1, |id| id == 3),
+            vec![1],
+            "skipped ids do not take the limit's places"
+        );
     }
 }

@@ -298,6 +298,12 @@ impl Queue {
     /// record refers to. Records whose body is missing are reported, never deleted.
     fn load(&self, mode: Load) -> Result<OpenReport, StorageError> {
         let store = self.store()?;
+        self.load_from(&store, mode)
+    }
+
+    /// [`load`](Self::load) from `store`, which the caller holds (a reopen holds the write
+    /// lock, so that no write falls between the scan and the installation of its results).
+    fn load_from(&self, store: &Store, mode: Load) -> Result<OpenReport, StorageError> {
         let mut report = OpenReport {
             recovered: store.db.was_recovered(),
             ..OpenReport::default()
@@ -402,7 +408,7 @@ impl Queue {
         self.census.set(counts, arrivals);
         *self.index() = index;
         if repair {
-            self.sync(&store)?;
+            self.sync(store)?;
         }
         Ok(report)
     }
@@ -513,19 +519,28 @@ impl Queue {
         // The old handles must be gone before the new open: sled holds a file lock.
         drop(slot.take());
         let store = Store::open(&self.db_path).map_err(|e| self.failed(e))?;
-        *slot = Some(store);
-        drop(slot);
         tracing::warn!(path = %self.db_path.display(), "queue database reopened after a write failure");
+        // Cleared before the syncs below, which refuse to run while it is set; no other
+        // thread writes until the write lock is dropped.
         self.health.broken.store(false, Ordering::Release);
-        let forgot = self.forget_refused();
+        // Still under the write lock: the refused records' removal and the rebuild of what
+        // memory keeps (index, census, segment live counts) see the database as it is, and no
+        // enqueue or completion can fall between the scan and the installation of its result
+        // (a completion released between them would count a segment's message twice, and the
+        // segment could be deleted while a record still points into it).
+        let forgot = self.forget_refused_in(&store);
         // Updates that were not yet durable may be gone after the reopen: rebuild what memory
         // keeps from the records rather than trust it (this process's leases stay).
-        self.load(Load::Reopen)?;
+        let loaded = self.load_from(&store, Load::Reopen);
+        *slot = Some(store);
+        drop(slot);
+        loaded?;
         forgot
     }
 
-    /// Remove the records of refused enqueues that reached the log before the failure.
-    fn forget_refused(&self) -> Result<(), StorageError> {
+    /// Remove the records of refused enqueues that reached the log before the failure, from
+    /// `store` (the reopened database, not yet published).
+    fn forget_refused_in(&self, store: &Store) -> Result<(), StorageError> {
         let refused: Vec<u64> = std::mem::take(
             &mut *self
                 .health
@@ -537,7 +552,6 @@ impl Queue {
             return Ok(());
         }
         let result = (|| {
-            let store = self.store()?;
             let mut batch = sled::Batch::default();
             let mut found = 0usize;
             for &id in &refused {
@@ -548,7 +562,7 @@ impl Queue {
             }
             if found > 0 {
                 store.tree.apply_batch(batch)?;
-                self.sync(&store)?;
+                self.sync(store)?;
                 tracing::info!(records = found, "removed records of enqueues answered 451");
             }
             Ok(())
@@ -582,6 +596,18 @@ impl Queue {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if *synced >= mine {
             return Ok(());
+        }
+        // After a failed fsync, a second fsync of the same file can succeed although the
+        // pages the first one failed to write are lost (Linux reports a writeback error once
+        // per open file): nothing is durable again until the database has been reopened.
+        if self.health.broken.load(Ordering::Acquire) {
+            return Err(StorageError::io(
+                format!("fsync of {}", self.db_path.join("db").display()),
+                std::io::Error::other(format!(
+                    "an earlier write failed ({}); the database is reopened first",
+                    self.reason()
+                )),
+            ));
         }
         let covers = self.writes.load(Ordering::SeqCst);
         let result = store.db.flush().map_err(StorageError::from).and_then(|_| {
@@ -796,9 +822,22 @@ impl Queue {
     /// Up to `limit` ids whose next attempt is at or before `now` (ms), soonest first.
     /// Leased messages are not due until their lease expires. From memory.
     pub fn due(&self, now: u64, limit: usize) -> Result<Vec<QueueId>, StorageError> {
+        self.due_except(now, limit, &std::collections::HashSet::new())
+    }
+
+    /// [`due`](Self::due) without the messages in `skip` (those the caller already holds):
+    /// up to `limit` others, however many of `skip` are due before them. A caller that
+    /// filtered afterwards would find nothing else once `limit` of its own messages had
+    /// outlived their leases, and lease nothing at all.
+    pub fn due_except(
+        &self,
+        now: u64,
+        limit: usize,
+        skip: &std::collections::HashSet<QueueId>,
+    ) -> Result<Vec<QueueId>, StorageError> {
         Ok(self
             .index()
-            .due(now, limit)
+            .due(now, limit, |id| skip.contains(&QueueId(id)))
             .into_iter()
             .map(QueueId)
             .collect())
@@ -931,14 +970,48 @@ impl Queue {
             .unwrap_or_else(|| Err(StorageError::NotFound(id.to_string())))
     }
 
-    /// Record the outcomes of many messages at once (distinct ids): every message with no
+    /// Record the outcomes of many messages at once: every message with no
     /// recipient left pending is removed, the others updated (and rescheduled when their
     /// [`Finish::retry_at`] says so) — one sled batch, then one shared fsync when anything
     /// was removed (else a flush), then the removed messages' bodies are released.
     ///
     /// The outer error is the batch's (nothing or, after a failed sync, everything may be
     /// written); the inner one a message's own (not found: removed meanwhile).
+    ///
+    /// An id may appear more than once (a lease that expired while its result waited to be
+    /// written, and a second attempt's result): the finishes are then applied in rounds of
+    /// distinct ids, in order, exactly as separate calls would.
     pub fn complete_batch(
+        &self,
+        finished: &[Finish],
+    ) -> Result<Vec<Result<Completion, StorageError>>, StorageError> {
+        let mut seen = std::collections::HashSet::with_capacity(finished.len());
+        if finished.iter().all(|f| seen.insert(f.id)) {
+            return self.complete_distinct(finished);
+        }
+        let mut results: Vec<Option<Result<Completion, StorageError>>> =
+            (0..finished.len()).map(|_| None).collect();
+        let mut left: Vec<usize> = (0..finished.len()).collect();
+        while !left.is_empty() {
+            seen.clear();
+            let (round, rest): (Vec<usize>, Vec<usize>) =
+                left.iter().partition(|&&i| seen.insert(finished[i].id));
+            let batch: Vec<Finish> = round.iter().map(|&i| finished[i].clone()).collect();
+            for (i, r) in round.into_iter().zip(self.complete_distinct(&batch)?) {
+                results[i] = Some(r);
+            }
+            left = rest;
+        }
+        Ok(results
+            .into_iter()
+            .zip(finished)
+            .map(|(r, f)| r.unwrap_or_else(|| Err(StorageError::NotFound(f.id.to_string()))))
+            .collect())
+    }
+
+    /// [`complete_batch`](Self::complete_batch) of distinct ids: each record is read once,
+    /// changed once and written once.
+    fn complete_distinct(
         &self,
         finished: &[Finish],
     ) -> Result<Vec<Result<Completion, StorageError>>, StorageError> {
@@ -1040,10 +1113,27 @@ fn stripe(id: QueueId) -> usize {
     usize::try_from(id.0 % RECORD_LOCK_STRIPES as u64).unwrap_or(0)
 }
 
+/// How long [`Store::open`] waits for another handle's file lock to go.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Store {
     /// Open sled in `db_path`, mapping its refusals to [`StorageError::Locked`] and
-    /// [`StorageError::Corrupt`].
+    /// [`StorageError::Corrupt`]. A lock is waited for up to [`LOCK_WAIT`]: a database
+    /// closed a moment ago (this process's previous handle, or a relay that is just exiting)
+    /// holds its file lock until sled's I/O threads have let go of the file.
     fn open(db_path: &Path) -> Result<Self, StorageError> {
+        let start = std::time::Instant::now();
+        loop {
+            match Self::open_once(db_path) {
+                Err(StorageError::Locked(_)) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(db_path: &Path) -> Result<Self, StorageError> {
         // Measured (issue 12, docs/PERFORMANCE.md "Storage"): turning sled's background
         // flusher off (we flush and fsync ourselves), `Mode::LowSpace` or a smaller cache made
         // no difference beyond the noise, so sled keeps these settings.

@@ -143,30 +143,24 @@ impl Spool {
         }
     }
 
-    /// A committed batch whose records failed: forget its bodies (cut them off the end of the
-    /// open segment when nothing was appended after them; delete a segment left empty).
+    /// A committed batch whose records failed: forget its bodies, close the segment they were
+    /// appended to, and delete a segment left empty.
+    ///
+    /// The batch is never cut off the end for a later batch to append over it: if its records
+    /// reached the database before the failure, they may survive a crash until a reopen removes
+    /// them, and must then point at their own bytes, never at a later message's. Its space
+    /// comes back with the segment's last live message.
     pub fn abandon(&self, bodies: &[BodyAt]) {
         let mut segs = self.segments();
-        let mut ranges: HashMap<u64, (u64, u64, u64)> = HashMap::new();
+        let mut counts: HashMap<u64, u64> = HashMap::new();
         for at in bodies {
-            if let BodyAt::Segment {
-                segment,
-                offset,
-                len,
-            } = *at
-            {
-                let r = ranges.entry(segment).or_insert((u64::MAX, 0, 0));
-                r.0 = r.0.min(offset);
-                r.1 = r.1.max(offset + len);
-                r.2 += 1;
+            if let BodyAt::Segment { segment, .. } = *at {
+                *counts.entry(segment).or_default() += 1;
             }
         }
-        for (segment, (start, end, n)) in ranges {
-            if let Some(open) = segs.open.as_mut().filter(|o| o.number == segment)
-                && open.len == end
-                && open.file.set_len(start).is_ok()
-            {
-                open.len = start;
+        for (segment, n) in counts {
+            if segs.open.as_ref().is_some_and(|o| o.number == segment) {
+                segs.open = None;
             }
             if let Err(e) = segs.release(self, segment, n) {
                 tracing::warn!(error = %e, "removing the segment of a refused batch");

@@ -340,3 +340,34 @@ fn a_queue_written_by_the_previous_build_opens_and_delivers() {
     assert_eq!(tree.scan_prefix(b"d").count(), 0);
     assert_eq!(tree.scan_prefix(b"m").count(), 1);
 }
+
+/// One id twice in a completion batch (a lease that expired while its result waited to be
+/// written, then a second attempt's result in the same batch): the message is removed once.
+/// Applied as one round, both finishes read the same stored record, both removed it, and its
+/// segment's live count fell by two: the segment was deleted with another message's body
+/// still in it.
+#[test]
+fn an_id_twice_in_one_completion_batch_is_removed_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let ids = queue
+        .enqueue_batch(&[message(1, 2000), message(2, 2000)])
+        .unwrap();
+    drop(queue);
+    // After a restart the segment is closed: nothing keeps it but its live messages.
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let twice = delivered(&queue, ids[0], None);
+    let results = queue.complete_batch(&[twice.clone(), twice]).unwrap();
+    assert!(matches!(results[0], Ok(Completion::Removed)));
+    assert!(results[1].is_err(), "the second finds it gone: {results:?}");
+    assert_eq!(
+        queue.body(ids[1]).unwrap(),
+        body(2, 2000),
+        "the other message's body is still in its segment"
+    );
+    assert_eq!(segment_files(dir.path()).len(), 1);
+    drop(queue);
+    let (_queue, report) = Queue::open(dir.path()).unwrap();
+    assert!(report.missing_bodies.is_empty(), "{report:?}");
+    assert_eq!(report.messages, 1);
+}

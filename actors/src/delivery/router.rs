@@ -408,7 +408,7 @@ fn lease_due(
 ) -> Vec<(QueueId, MessageRecord, Bytes)> {
     let now = amtp_storage::now_ms();
     let until = now + u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX);
-    let due = match s.queue.due(now, BATCH) {
+    let due = match s.queue.due_except(now, BATCH, skip) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot read due messages");
@@ -416,7 +416,7 @@ fn lease_due(
         }
     };
     let mut out = Vec::new();
-    for id in due.into_iter().filter(|id| !skip.contains(id)).take(room) {
+    for id in due.into_iter().take(room) {
         match s.queue.lease(id, now, until) {
             Ok(Some(rec)) => match fresh
                 .take(id)
@@ -638,6 +638,30 @@ mod tests {
                 }),
             )],
         }
+    }
+
+    /// Messages the router holds (a destination throttled by a message rate keeps them in
+    /// flight) can outlive their leases and become due again; however many they are, the
+    /// other due messages must still be leased. Filtering after asking the queue for the
+    /// first `BATCH` due ids found none of the others and leased nothing at all.
+    #[test]
+    fn held_messages_past_their_lease_do_not_keep_the_others_from_being_leased() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let queue = Arc::new(queue);
+        let held = queue
+            .enqueue_batch(&(0..BATCH + 4).map(message).collect::<Vec<_>>())
+            .unwrap();
+        let now = amtp_storage::now_ms();
+        for &id in &held {
+            assert!(queue.lease(id, now, now + 1).unwrap().is_some());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        let other = queue.enqueue_batch(&[message(BATCH + 4)]).unwrap()[0];
+        let skip: HashSet<QueueId> = held.iter().copied().collect();
+        let leased = lease_due(&shared(queue), &Fresh::new(1 << 20), &skip, 10);
+        let ids: Vec<QueueId> = leased.iter().map(|(id, _, _)| *id).collect();
+        assert_eq!(ids, vec![other]);
     }
 
     /// Results arrive from a destination in batches: every message of a batch is finalized
