@@ -309,14 +309,23 @@ async fn control(
     }
 }
 
-/// Serve queries on a Unix socket until the task is dropped.
+/// Bind the admin socket at `path` (replacing a stale one). Done before the relay says it
+/// has started, so that `amtp-relay reload` or `queue` right after start-up (or after
+/// systemd's READY=1) finds the socket.
+pub fn bind(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = std::os::unix::net::UnixListener::bind(path)?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Serve queries on the socket [`bind`] made until the task is dropped.
 pub async fn serve(
-    path: &Path,
+    listener: std::os::unix::net::UnixListener,
     queue: Recipient<AdminQuery>,
     controls: Option<tokio::sync::mpsc::Sender<ControlRequest>>,
 ) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)?;
+    let listener = tokio::net::UnixListener::from_std(listener)?;
     loop {
         let (stream, _) = listener.accept().await?;
         let queue = queue.clone();

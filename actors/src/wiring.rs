@@ -393,14 +393,25 @@ pub fn start(settings: RelaySettings) -> std::io::Result<Relay> {
         });
         workers.push(arbiter);
     }
-    let admin = settings.admin_socket.map(|path| {
+    let admin = settings.admin_socket.and_then(|path| {
+        let shown = path.display().to_string();
+        let failed = move |e: std::io::Error| {
+            tracing::error!(path = %shown, error = %e, "admin socket failed; `amtp-relay queue` cannot reach this relay");
+        };
+        let listener = match crate::admin::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                failed(e);
+                return None;
+            }
+        };
         let queue = queue.recipient();
         let control = settings.control;
-        SpawnHandleTask(actix::spawn(async move {
-            if let Err(e) = crate::admin::serve(&path, queue, control).await {
-                tracing::error!(path = %path.display(), error = %e, "admin socket failed; `amtp-relay queue` cannot reach this relay");
+        Some(SpawnHandleTask(actix::spawn(async move {
+            if let Err(e) = crate::admin::serve(listener, queue, control).await {
+                failed(e);
             }
-        }))
+        })))
     });
     tracing::info!(connection_workers = n_workers, "relay started");
     Ok(Relay {
