@@ -169,10 +169,15 @@ tls = "none"
     let relay = Relay::start_config(&config);
     let endpoint = relay.addr("metrics");
     assert_eq!(http_get(endpoint, "/healthz/live").0, 200);
-    assert_eq!(
-        http_get(endpoint, "/healthz/ready"),
-        (200, "ready\n".into())
-    );
+    // Listeners count themselves up when their accept loop runs, which may be a moment after
+    // the start-up line (the sockets are already bound and queue connections meanwhile).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut ready = http_get(endpoint, "/healthz/ready");
+    while ready.0 != 200 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        ready = http_get(endpoint, "/healthz/ready");
+    }
+    assert_eq!(ready, (200, "ready\n".into()));
 
     // 1. SMTP: accepted and relayed to the sink.
     let mut c = Client::connect(relay.addr("mx"));
