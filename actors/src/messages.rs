@@ -108,6 +108,13 @@ pub struct DeliverJobs(pub Vec<crate::delivery::outbound::Job>);
 #[rtype(result = "()")]
 pub struct JobResults(pub Vec<JobResult>);
 
+/// Destination → router: jobs its message rate will not let through for a while, handed back
+/// untried (no attempt, no outcome): release each message's lease and make it due again at
+/// the given time (ms since the epoch), when the destination expects a token for it.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Postponed(pub Vec<(amtp_storage::QueueId, u64)>);
+
 /// What happened to one message's recipients at one destination.
 #[derive(Debug)]
 pub struct JobResult {

@@ -952,6 +952,47 @@ impl Queue {
         })
     }
 
+    /// Release the leases of `postponed` messages and set each one's next attempt (ms)
+    /// WITHOUT counting an attempt: nothing was tried (a destination's message rate held them
+    /// back, and the queue keeps them on disk rather than the relay in memory). One sled
+    /// batch, not synced: a postponement lost to a crash only makes the message due sooner.
+    /// Messages removed meanwhile are skipped. Returns how many were postponed.
+    pub fn postpone(&self, postponed: &[(QueueId, u64)]) -> Result<usize, StorageError> {
+        if postponed.is_empty() {
+            return Ok(0);
+        }
+        let store = self.store()?;
+        let guards = self.lock_records(postponed.iter().map(|p| p.0));
+        let mut batch = sled::Batch::default();
+        let mut updated: Vec<(MessageRecord, u64, State)> = Vec::with_capacity(postponed.len());
+        for &(id, until) in postponed {
+            let Some((mut rec, at)) = self.get_in(&store, id)? else {
+                continue;
+            };
+            let old_state = state_of(&rec);
+            rec.lease_until = 0;
+            rec.next_attempt = until;
+            batch.insert(&message_key(id.0)[..], stored(&mut rec, at));
+            updated.push((rec, id.0, old_state));
+        }
+        store
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| self.failed(e.into()))?;
+        {
+            let mut index = self.index();
+            for (rec, id, state) in &updated {
+                index.update(*id, |slot| {
+                    slot.next_attempt = rec.next_attempt;
+                    slot.lease_until = rec.lease_until;
+                });
+                self.census.moved(*state, state_of(rec));
+            }
+        }
+        drop(guards);
+        Ok(updated.len())
+    }
+
     /// Record per-recipient outcomes (address, state, last reply and status). When no
     /// recipient is left pending the message is removed; otherwise it stays (the caller
     /// reschedules it). [`Queue::complete_batch`] for one message.

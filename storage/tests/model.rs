@@ -414,3 +414,44 @@ fn updates_racing_removals_never_resurrect_a_record() {
         "no stale due entries"
     );
 }
+
+/// A postponed message (held back by its destination's message rate, never tried) loses its
+/// lease and is not due before its time, is due after it, and has no attempt counted; the
+/// census counts it ready (never attempted), not delivering. Survives a reopen the same way.
+#[test]
+fn a_postponed_message_waits_without_an_attempt_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let ids = queue
+        .enqueue_batch(&[new_message(&mut rng), new_message(&mut rng)])
+        .unwrap();
+    let (id, other) = (ids[0], ids[1]);
+    let now = amtp_storage::now_ms();
+    let lease = now + 600_000;
+    assert!(queue.lease(id, now, lease).unwrap().is_some());
+    assert_eq!(queue.census().delivering, 1);
+    let until = now + 60_000;
+    assert_eq!(queue.postpone(&[(id, until)]).unwrap(), 1);
+    let rec = queue.get(id).unwrap().unwrap();
+    assert_eq!(rec.attempts, 0, "no attempt counted");
+    assert_eq!(rec.lease_until, 0, "the lease is released");
+    assert_eq!(rec.next_attempt, until);
+    let census = queue.census();
+    assert_eq!((census.delivering, census.ready), (0, 2), "{census:?}");
+    assert_eq!(queue.due(now, 10).unwrap(), vec![other], "not due before");
+    assert_eq!(queue.due(until - 1, 10).unwrap(), vec![other]);
+    let mut due = queue.due(until, 10).unwrap();
+    due.sort_unstable();
+    assert_eq!(due, vec![id, other], "due at its time");
+    // Not leased any more: anyone may lease it once it is due.
+    assert!(queue.lease(id, until, until + 1000).unwrap().is_some());
+    // A message removed meanwhile is skipped, not an error.
+    queue.remove(other).unwrap();
+    assert_eq!(queue.postpone(&[(other, until)]).unwrap(), 0);
+    drop(queue);
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let rec = queue.get(id).unwrap().unwrap();
+    assert_eq!((rec.attempts, rec.next_attempt), (0, until));
+    assert!(queue.due(now, 10).unwrap().is_empty());
+}

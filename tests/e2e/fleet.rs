@@ -839,3 +839,87 @@ fn a_destination_whose_fleet_slots_were_full_keeps_trying_after_its_last_connect
         "every message is delivered through the one free slot"
     );
 }
+
+/// One node (the rate works per node without `[cluster]`; no HAProxy or Redis needed), two
+/// next hops, a small in-flight set: a backlog to a throttled hop far bigger than
+/// `max_in_flight` must not keep mail for another hop waiting. The throttled hop holds only
+/// a few seconds' worth; the rest goes back to the queue untried (no attempt counted), so
+/// the router leases the other hop's mail. Every throttled message is delivered exactly once
+/// or still queued, never deferred. (Before, the held mail filled the in-flight set and the
+/// other hop's message waited for the whole backlog: about 40 s here.)
+#[test]
+fn a_throttled_hop_with_a_backlog_does_not_stall_the_other_hops() {
+    let slow = crate::sink::Sink::start("127.0.0.1:0");
+    let other = crate::sink::Sink::start("127.0.0.1:0");
+    let route = |domain: &str, sink: &crate::sink::Sink| {
+        format!(
+            "\n[[delivery.route]]\ndomains = [\"{domain}\"]\nhost = \"127.0.0.1\"\nport = {}\nprotocol = \"smtp\"\ntls = \"none\"\n",
+            sink.addr.port()
+        )
+    };
+    let relay = Relay::start_config(&format!(
+        "{}\n[delivery]\nserver_ca = \"{}\"\npoll_interval = \"200ms\"\nmax_in_flight = 8\nmax_messages_per_destination = \"1/s\"\n{}{}\n[resolver]\nservers = [\"127.0.0.1:9\"]\ntimeout = \"1s\"\nattempts = 1\n",
+        crate::harness::SERVER.replace(
+            "local_domains = [\"example.test\"]",
+            "local_domains = [\"slow.test\", \"other.test\"]"
+        ),
+        crate::harness::unused_roots().display(),
+        route("slow.test", &slow),
+        route("other.test", &other),
+    ));
+    const BACKLOG: usize = 40;
+    let mut c = Client::connect(relay.addr("mx"));
+    c.expect("EHLO client.test", 250);
+    for n in 0..BACKLOG {
+        let r = send(
+            &mut c,
+            "MAIL FROM:<a@client.test>",
+            "RCPT TO:<bob@slow.test>",
+            &format!("slow-{n}"),
+        );
+        assert_eq!(r.code, 250, "{r}");
+    }
+    let r = send(
+        &mut c,
+        "MAIL FROM:<a@client.test>",
+        "RCPT TO:<bob@other.test>",
+        "other",
+    );
+    assert_eq!(r.code, 250, "{r}");
+    c.expect("QUIT", 221);
+
+    // A generous bound: at 1/s the backlog alone takes 40 s.
+    assert!(
+        wait_until(15, || arrivals(&other, "other").0.len() == 1),
+        "the other hop's message is stuck behind the throttled hop: {} of {BACKLOG} throttled messages delivered meanwhile",
+        arrivals(&slow, "slow").0.len()
+    );
+    // Let a few more of the backlog go, then take stock.
+    wait_until(3, || arrivals(&slow, "slow").0.len() >= 3);
+    let (ok, stats, err) = relay.queue_cli(&["stats"]);
+    assert!(ok, "{err}");
+    let (delivered, _) = arrivals(&slow, "slow");
+    let mut unique = delivered.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), delivered.len(), "sent twice: {delivered:?}");
+    let queued = relay.queued();
+    assert!(
+        delivered.len() + queued >= BACKLOG && delivered.len() + queued <= BACKLOG + 2,
+        "every throttled message is delivered or still queued: {} delivered, {queued} queued\n{stats}",
+        delivered.len()
+    );
+    // Waiting, held or postponed, is never an attempt: nothing deferred, every delivery the
+    // message's first attempt.
+    assert!(log_events(&relay, "deferred").is_empty(), "{stats}");
+    assert!(stats.contains("deferred:  0"), "{stats}");
+    let outcomes = log_events(&relay, "delivered");
+    assert!(
+        outcomes.iter().all(|o| o["attempt"] == 1),
+        "held mail is not counted as an attempt: {outcomes:?}"
+    );
+    assert!(
+        relay.logged(&["destination message rate reached"]),
+        "the throttling episode is logged"
+    );
+}

@@ -5,7 +5,8 @@
 //! fleet-wide: each connection first takes a lease ([`crate::cluster::lease`]). Jobs arrive in
 //! batches ([`DeliverJobs`], one per router tick). With `max_messages_per_destination`, a job
 //! reaches the connections only with a token of the destination's message rate; until then it
-//! waits here ([`throttle`]). Results go back to the router as they happen, through one
+//! waits here ([`throttle`]), or — when a few seconds' worth wait already — goes back to the
+//! queue untried ([`Postponed`]). Results go back to the router as they happen, through one
 //! forwarder per destination that sends whatever results are ready together as one
 //! [`JobResults`] (one router wake-up for many messages). An idle destination stops itself;
 //! the router makes a new one on demand.
@@ -19,7 +20,7 @@
 
 use super::outbound::{HopTarget, Job, OutboundContext, run_connection};
 use crate::cluster::lease::LeaseOutcome;
-use crate::messages::{DeliverJobs, JobResult, JobResults, NextHop};
+use crate::messages::{DeliverJobs, JobResult, JobResults, NextHop, Postponed};
 use crate::metrics::{self, pool::Meter};
 use actix::prelude::*;
 use amtp_proto::client::{Cause, Disposition};
@@ -69,6 +70,8 @@ pub struct Destination {
     meter: Meter,
     /// With a message rate: the jobs waiting for its tokens.
     throttle: Option<throttle::Throttle>,
+    /// With a message rate: where postponed jobs go (the router).
+    postpone_to: Option<Recipient<Postponed>>,
 }
 
 impl Destination {
@@ -97,13 +100,20 @@ impl Destination {
             last_busy: Instant::now(),
             meter,
             throttle: None,
+            postpone_to: None,
         }
     }
 
-    /// Send at most `rate` messages (`None`: no limit); see [`throttle`].
+    /// Send at most `rate` messages (`None`: no limit), handing the jobs it will not hold
+    /// back to `router`; see [`throttle`].
     #[must_use]
-    pub fn with_message_rate(mut self, rate: Option<crate::units::Rate>) -> Self {
+    pub fn with_message_rate(
+        mut self,
+        rate: Option<crate::units::Rate>,
+        router: Recipient<Postponed>,
+    ) -> Self {
         self.throttle = rate.map(throttle::Throttle::new);
+        self.postpone_to = rate.map(|_| router);
         self
     }
 
@@ -367,12 +377,19 @@ impl Handler<DeliverJobs> for Destination {
         self.last_busy = Instant::now();
         // With a message rate, each job waits for its token in the throttle first.
         let mut ready = Vec::with_capacity(n);
+        let mut postponed = Vec::new();
         for job in msg.0 {
             self.meter.queued();
-            if let Err(job) = self.hold(job, ctx) {
-                ready.push(job);
+            match self.hold(job, ctx) {
+                throttle::Held::Ready(job) => ready.push(job),
+                throttle::Held::Waiting => {}
+                throttle::Held::Postponed(id, until) => {
+                    self.meter.not_queued();
+                    postponed.push((id, until));
+                }
             }
         }
+        self.postpone(postponed);
         if !ready.is_empty() {
             let mut jobs = self
                 .jobs

@@ -22,7 +22,7 @@ use super::outbound::{HopTarget, Job, OutboundContext};
 use super::plan::Plan;
 use super::schedule::RetryPolicy;
 use crate::config::{HopTls, RouteConfig};
-use crate::messages::{DeliverJobs, JobResult, JobResults, WakeRouter};
+use crate::messages::{DeliverJobs, JobResult, JobResults, Postponed, WakeRouter};
 use crate::metrics::{self, pool::Meter};
 use crate::resolver::ResolverHandle;
 use actix::dev::SendError;
@@ -79,6 +79,9 @@ struct InFlight {
     record: MessageRecord,
     outstanding: usize,
     outcomes: Vec<Attempted>,
+    /// A destination's message rate handed (some of) its recipients back untried: not
+    /// before this time (ms since the epoch).
+    postponed: Option<u64>,
 }
 
 /// A message whose attempt is over, waiting for its results to be written.
@@ -86,6 +89,10 @@ struct Done {
     id: QueueId,
     record: MessageRecord,
     outcomes: Vec<Attempted>,
+    /// See [`InFlight::postponed`]. With no outcomes, nothing was tried: the message is
+    /// postponed ([`Queue::postpone`], no attempt counted); with some, the attempt is
+    /// recorded and the retry is no earlier than this.
+    postponed: Option<u64>,
 }
 
 /// Results waiting to be written, and how many writers are at work (see [`WRITERS`]).
@@ -194,7 +201,7 @@ impl Router {
             ctx.address().recipient(),
             s.destination_meter.clone(),
         )
-        .with_message_rate(s.message_rate)
+        .with_message_rate(s.message_rate, ctx.address().recipient())
         .start();
         self.destinations.insert(key.to_string(), addr.clone());
         addr
@@ -212,6 +219,7 @@ impl Router {
                     record: plan.record,
                     outstanding,
                     outcomes: Vec::new(),
+                    postponed: None,
                 },
             );
             if !plan.immediate.is_empty() {
@@ -301,18 +309,35 @@ impl Router {
                     }),
             );
         entry.outstanding = entry.outstanding.saturating_sub(1);
-        if entry.outstanding > 0 {
-            return;
+        if entry.outstanding == 0 {
+            self.finished(result.id, ctx);
         }
-        let Some(done) = self.in_flight.remove(&result.id) else {
+    }
+
+    /// A destination handed `id`'s recipients back untried, not to be tried before `until`.
+    fn record_postponed(&mut self, id: QueueId, until: u64, ctx: &mut Context<Self>) {
+        let Some(entry) = self.in_flight.get_mut(&id) else {
+            return;
+        };
+        entry.postponed = Some(entry.postponed.map_or(until, |t| t.max(until)));
+        entry.outstanding = entry.outstanding.saturating_sub(1);
+        if entry.outstanding == 0 {
+            self.finished(id, ctx);
+        }
+    }
+
+    /// Every destination has answered for `id`: out of flight, and its results to a writer.
+    fn finished(&mut self, id: QueueId, ctx: &mut Context<Self>) {
+        let Some(done) = self.in_flight.remove(&id) else {
             return;
         };
         let start_writer = {
             let mut w = lock(&self.writes);
             w.ready.push(Done {
-                id: result.id,
+                id,
                 record: done.record,
                 outcomes: done.outcomes,
+                postponed: done.postponed,
             });
             let start = w.writers < WRITERS;
             w.writers += usize::from(start);
@@ -365,6 +390,21 @@ impl Handler<WakeRouter> for Router {
         meter.add_handled(1);
         // Taken before the tick: a commit from now on wakes us again.
         self.fresh.woken();
+        self.tick(ctx);
+    }
+}
+
+impl Handler<Postponed> for Router {
+    type Result = ();
+
+    fn handle(&mut self, msg: Postponed, ctx: &mut Self::Context) {
+        let meter = self.shared.meter.clone();
+        let _busy = meter.busy();
+        meter.add_handled(u64::try_from(msg.0.len()).unwrap_or(u64::MAX));
+        for (id, until) in msg.0 {
+            self.record_postponed(id, until, ctx);
+        }
+        // Room in flight again: lease what else is due (postponed mail is not, until its time).
         self.tick(ctx);
     }
 }
@@ -443,19 +483,28 @@ fn lock(writes: &std::sync::Mutex<Writes>) -> std::sync::MutexGuard<'_, Writes> 
 /// Write the outcomes of finished attempts as [`finalize::decide`] says: the DSNs first (one
 /// durable enqueue for all of them), then every message's recipient states and retry in one
 /// [`Queue::complete_batch`]. A message whose DSN could not be queued is left alone: its lease
-/// expires and it is tried again.
+/// expires and it is tried again. Messages no destination tried (all postponed by a message
+/// rate) are only postponed, with one [`Queue::postpone`]: no attempt, no log line.
 fn write_results(s: &RouterShared, batch: Vec<Done>) {
     let now = amtp_storage::now_ms();
     let mut finishes = Vec::with_capacity(batch.len());
     let mut dsns = Vec::new();
+    let mut postponed = Vec::new();
     for done in batch {
         let (id, record) = (done.id, &done.record);
+        if let (true, Some(until)) = (done.outcomes.is_empty(), done.postponed) {
+            postponed.push((id, until));
+            continue;
+        }
         let decision = finalize::decide(record, done.outcomes, &s.retry, now);
         log_outcomes(id, record, &decision, now);
         let finish = Finish {
             id,
             outcomes: decision.states,
-            retry_at: Some(decision.retry_at),
+            retry_at: Some(
+                done.postponed
+                    .map_or(decision.retry_at, |t| t.max(decision.retry_at)),
+            ),
         };
         if decision.bounce.is_empty() {
             finishes.push(finish);
@@ -495,6 +544,9 @@ fn write_results(s: &RouterShared, batch: Vec<Done>) {
                 }
             }
         }
+    }
+    if let Err(e) = s.queue.postpone(&postponed) {
+        tracing::error!(messages = postponed.len(), error = %e, "could not postpone messages held back by a destination's message rate; their leases will expire and they are tried again");
     }
     match s.queue.complete_batch(&finishes) {
         Ok(results) => {
@@ -687,6 +739,7 @@ mod tests {
                     record,
                     outstanding,
                     outcomes: Vec::new(),
+                    postponed: None,
                 },
             );
         }
@@ -713,5 +766,58 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A message a destination's message rate handed back untried leaves the in-flight set
+    /// and is postponed: its lease released, due at the given time, no attempt counted. A
+    /// message with recipients at two destinations, one tried and one postponed, records
+    /// the attempt and is retried no earlier than the postponement.
+    #[actix_rt::test]
+    async fn postponed_messages_leave_flight_and_wait_without_an_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let queue = Arc::new(queue);
+        let ids = queue.enqueue_batch(&[message(0), message(3)]).unwrap();
+        let now = amtp_storage::now_ms();
+        let mut router = Router::new(shared(queue.clone()), Arc::new(Fresh::new(1 << 20)));
+        for (id, outstanding) in [(ids[0], 1), (ids[1], 2)] {
+            let record = queue.lease(id, now, now + 600_000).unwrap().unwrap();
+            router.in_flight.insert(
+                id,
+                InFlight {
+                    record,
+                    outstanding,
+                    outcomes: Vec::new(),
+                    postponed: None,
+                },
+            );
+        }
+        let addr = router.start();
+        let until = now + 30_000;
+        addr.send(Postponed(vec![(ids[0], until), (ids[1], until)]))
+            .await
+            .unwrap();
+        addr.send(JobResults(vec![delivered(ids[1], "r3@dst.test")]))
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let settled = |id: QueueId| queue.get(id).unwrap().unwrap().lease_until == 0;
+        while !(settled(ids[0]) && settled(ids[1])) {
+            assert!(std::time::Instant::now() < deadline, "not written");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let untried = queue.get(ids[0]).unwrap().unwrap();
+        assert_eq!((untried.attempts, untried.next_attempt), (0, until));
+        let mixed = queue.get(ids[1]).unwrap().unwrap();
+        assert_eq!(mixed.attempts, 1, "one recipient was tried");
+        assert!(mixed.next_attempt >= until, "not before the postponement");
+        assert_eq!(
+            mixed
+                .pending()
+                .map(|r| r.address.as_str())
+                .collect::<Vec<_>>(),
+            ["r3@other.test"]
+        );
+        assert!(queue.due(now + 1000, 10).unwrap().is_empty());
     }
 }

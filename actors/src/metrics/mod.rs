@@ -99,6 +99,7 @@ pub struct Metrics {
     pub destinations: IntGauge,
     pub delivery_rate_limited: IntCounterVec,
     pub delivery_rate_waiting: IntGauge,
+    pub delivery_rate_postponed: IntCounter,
     // Resolver.
     pub dns_cache_lookups: IntCounterVec,
     pub dns_cache_entries: IntGauge,
@@ -424,6 +425,11 @@ impl Metrics {
                 &r,
                 "amtp_delivery_rate_waiting",
                 "Messages waiting now for their destination's message rate (leased, not attempted).",
+            ),
+            delivery_rate_postponed: counter(
+                &r,
+                "amtp_delivery_rate_postponed_total",
+                "Messages handed back to the queue untried (no attempt counted) because their destination already held as many as its message rate sends in the next few seconds; each is due again when a token is expected.",
             ),
             dns_cache_lookups: counter_vec(
                 &r,
@@ -806,6 +812,17 @@ pub fn delivery_rate_limited(scope: &str, n: usize) {
 pub fn delivery_rate_waiting(delta: i64) {
     if let Some(m) = get() {
         m.delivery_rate_waiting.add(delta);
+    }
+}
+
+/// `n` messages were handed back to the queue by their destination's message rate.
+pub fn delivery_rate_postponed(n: usize) {
+    if n == 0 {
+        return;
+    }
+    if let Some(m) = get() {
+        m.delivery_rate_postponed
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
     }
 }
 

@@ -7,6 +7,14 @@
 //! sees every job for its next hop, so it holds them: a job enters [`Throttle::waiting`] and
 //! moves to the connections' queue only with a token.
 //!
+//! But only a few: at most [`hold_at_most`] jobs (about the next five seconds of the rate)
+//! wait here. A job beyond that is *postponed*: handed back to the router untried (no attempt
+//! counted, no DSN, no log line of its own), which releases its lease and makes it due again
+//! when the bucket is expected to have a token for it (now + its place in line / the rate).
+//! Held jobs count towards `[delivery] max_in_flight` and keep their bodies in memory; without
+//! the cap, a backlog to one throttled hop filled the in-flight set and the router leased
+//! nothing for any other hop. The queue keeps postponed mail on disk instead.
+//!
 //! Tokens come from a local token bucket ([`Bucket`]: `burst` at most, refilled at the rate),
 //! or with `[cluster]` from the fleet's bucket in Redis ([`crate::cluster::destination_rate`]),
 //! claimed in batches for jobs already waiting. When Redis is away the local bucket decides
@@ -17,9 +25,11 @@
 
 use super::{Destination, Job};
 use crate::cluster::destination_rate::burst;
+use crate::messages::Postponed;
 use crate::metrics;
 use crate::units::Rate;
 use actix::prelude::*;
+use amtp_storage::QueueId;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -30,6 +40,19 @@ static HELD: AtomicUsize = AtomicUsize::new(0);
 /// How many jobs wait for their destination's message rate now, in this process.
 pub fn held_now() -> usize {
     HELD.load(Ordering::Relaxed)
+}
+
+/// Most jobs a throttled destination holds, however slow its rate (each keeps its body in
+/// memory and a place in `[delivery] max_in_flight`).
+const HOLD_CEILING: usize = 500;
+
+/// How many jobs may wait for `rate`'s tokens at one destination: enough for the next five
+/// seconds of the rate and two bursts (so a burst never finds the line empty), at least one,
+/// at most [`HOLD_CEILING`]. The rest are postponed (see the module docs).
+pub fn hold_at_most(rate: Rate) -> usize {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let five_seconds = (rate.per_ms() * 5000.0).ceil() as usize;
+    (2 * burst(rate)).max(five_seconds).clamp(1, HOLD_CEILING)
 }
 
 /// A token bucket: at most `capacity` tokens, refilled at the rate.
@@ -126,6 +149,13 @@ pub struct Throttle {
     timer: bool,
     /// Since when mail has been held back (the current episode), and how many messages.
     episode: Option<(Instant, usize)>,
+    /// Most jobs in `waiting`; see [`hold_at_most`].
+    cap: usize,
+    /// Tokens are promised to postponed jobs up to this time (ms since the epoch): the next
+    /// one is due after it, so postponed mail comes back spread at the rate, in order.
+    promised: u64,
+    /// Jobs postponed in the current episode (for its closing log line).
+    postponed: usize,
 }
 
 impl Throttle {
@@ -139,7 +169,32 @@ impl Throttle {
             claiming: false,
             timer: false,
             episode: None,
+            cap: hold_at_most(rate),
+            promised: 0,
+            postponed: 0,
         }
+    }
+
+    /// When a job that finds `waiting` full, at `now` (ms since the epoch), is expected to
+    /// have a token: after every waiting job and every one postponed before it.
+    fn postpone_until(&mut self, now: u64) -> u64 {
+        let gap = 1.0 / self.rate.per_ms();
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            clippy::cast_precision_loss
+        )]
+        let (ahead, gap) = (
+            (self.waiting.len() as f64 * gap).ceil() as u64,
+            gap.ceil() as u64,
+        );
+        let until = self
+            .promised
+            .max(now.saturating_add(ahead))
+            .saturating_add(gap);
+        self.promised = until;
+        self.postponed += 1;
+        until
     }
 
     /// Jobs waiting for tokens.
@@ -175,10 +230,12 @@ impl Throttle {
     fn drained(&mut self, destination: &str) {
         if let Some((since, held)) = self.episode.take() {
             let waited_s = since.elapsed().as_secs_f64();
+            let postponed = std::mem::take(&mut self.postponed);
             tracing::info!(
                 destination,
                 rate = %self.rate,
                 held,
+                postponed,
                 waited_s,
                 "destination message rate: the held mail has gone to the connections"
             );
@@ -186,17 +243,48 @@ impl Throttle {
     }
 }
 
+/// What became of a job handed to a destination.
+pub(super) enum Held {
+    /// No message rate: to the connections now.
+    Ready(Job),
+    /// Waiting here for a token (or already gone to the connections with one).
+    Waiting,
+    /// Too many wait already: back to the queue untried, due again at this time (ms since
+    /// the epoch).
+    Postponed(QueueId, u64),
+}
+
 impl Destination {
-    /// With a message rate: hold `job` until it has a token. `Err(job)` without one.
-    pub(super) fn hold(&mut self, job: Job, ctx: &mut Context<Self>) -> Result<(), Job> {
+    /// With a message rate: hold `job` until it has a token, or postpone it when
+    /// [`hold_at_most`] jobs wait already.
+    pub(super) fn hold(&mut self, job: Job, ctx: &mut Context<Self>) -> Held {
         let Some(t) = self.throttle.as_mut() else {
-            return Err(job);
+            return Held::Ready(job);
         };
+        if t.waiting.len() >= t.cap {
+            return Held::Postponed(job.id, t.postpone_until(amtp_storage::now_ms()));
+        }
         t.waiting.push_back(job);
         metrics::delivery_rate_waiting(1);
         HELD.fetch_add(1, Ordering::Relaxed);
         self.release(ctx);
-        Ok(())
+        Held::Waiting
+    }
+
+    /// Hand `postponed` jobs back to the router, which releases their leases and writes
+    /// their next attempts. Waits for room in its mailbox rather than dropping any (a
+    /// dropped one would stay in flight until the relay restarts).
+    pub(super) fn postpone(&mut self, postponed: Vec<(QueueId, u64)>) {
+        if postponed.is_empty() {
+            return;
+        }
+        metrics::delivery_rate_postponed(postponed.len());
+        let Some(router) = self.postpone_to.clone() else {
+            return;
+        };
+        actix::spawn(async move {
+            let _ = router.send(Postponed(postponed)).await;
+        });
     }
 
     /// Give waiting jobs the tokens there are (the fleet's with `[cluster]` and Redis up,
@@ -352,5 +440,25 @@ mod tests {
         assert_eq!(t.pop(10).len(), 3);
         t.drained("d");
         assert!(t.episode.is_none());
+    }
+
+    #[test]
+    fn a_destination_holds_a_few_seconds_of_its_rate_and_postpones_the_rest_in_order() {
+        let at_most = |r: &str| hold_at_most(parse_rate(r).unwrap());
+        assert_eq!(at_most("1/s"), 5, "five seconds' worth");
+        assert_eq!(at_most("1/h"), 2, "two bursts");
+        assert_eq!(at_most("1000/s"), 500, "never more than the ceiling");
+        assert_eq!(at_most("60/s"), 300);
+        let mut t = Throttle::new(parse_rate("2/s").unwrap());
+        for id in 0..3 {
+            t.waiting.push_back(super::super::tests::job(id));
+        }
+        // After the three waiting (1.5 s at 2/s), half a second each, in order.
+        assert_eq!(t.postpone_until(10_000), 12_000);
+        assert_eq!(t.postpone_until(10_000), 12_500);
+        assert_eq!(t.postpone_until(11_000), 13_000);
+        // Once the promised time has passed, from the line that waits now.
+        assert_eq!(t.postpone_until(20_000), 22_000);
+        assert_eq!(t.postponed, 4);
     }
 }
