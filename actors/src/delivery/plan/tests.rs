@@ -268,7 +268,8 @@ fn routed(key: &str, amtp: bool) -> Result<Routed, Disposition> {
         key: key.into(),
         targets: vec![HopTarget {
             host: "h.test".into(),
-            addr: "127.0.0.1:25".parse().unwrap(),
+            // Planning only: nothing connects to it (port 0, never a well-known port).
+            addr: "127.0.0.1:0".parse().unwrap(),
             amtp,
             tls: TlsPolicy::Never,
         }],
