@@ -18,12 +18,14 @@ fn fixtures(dir: &Path, clients: u32) -> PathBuf {
         out: out.clone(),
         clients,
         domain: "load.test".into(),
-        relay_amtp: "127.0.0.1:3025".parse().unwrap(),
-        relay_smtp: "127.0.0.1:2525".parse().unwrap(),
-        relay_tls: "127.0.0.1:2465".parse().unwrap(),
-        dns: "127.0.0.1:5353".parse().unwrap(),
-        sink: "127.0.0.1:2526".parse().unwrap(),
-        relay_metrics: "127.0.0.1:9425".parse().unwrap(),
+        // Only written into the generated files; every server these tests start binds
+        // port 0 itself, so no fixed port is ever used.
+        relay_amtp: "127.0.0.1:0".parse().unwrap(),
+        relay_smtp: "127.0.0.1:0".parse().unwrap(),
+        relay_tls: "127.0.0.1:0".parse().unwrap(),
+        dns: "127.0.0.1:0".parse().unwrap(),
+        sink: "127.0.0.1:0".parse().unwrap(),
+        relay_metrics: "127.0.0.1:0".parse().unwrap(),
     })
     .unwrap();
     out
