@@ -36,6 +36,7 @@ pub fn live_settings(config: &Config) -> Result<LiveSettings> {
         kx_groups: file.tls.kx_groups(),
         tickets: TicketKeys::shared(TicketUse::Smtp, file.tls.ticket_lifetime)
             .context("session ticket keys")?,
+        ..TlsOptions::default()
     };
     let tls = match &config.tls_files {
         Some((cert, key)) => Some(amtp_actors::tls::server_config(cert, key, &smtp_options)?),
@@ -53,6 +54,7 @@ pub fn live_settings(config: &Config) -> Result<LiveSettings> {
                 kx_groups: file.tls.kx_groups(),
                 tickets: TicketKeys::shared(TicketUse::Amtp, a.ticket_lifetime)
                     .context("session ticket keys")?,
+                resumption_kx: a.resumption_kx,
             };
             let trust = AmtpTrust::load(files, cert, key, &options)
                 .context("loading the AMTP trust sets")?;

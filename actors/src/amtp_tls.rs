@@ -153,6 +153,10 @@ impl ClientCertVerifier for DepthLimited {
 pub struct AmtpTrust {
     /// The server configuration (mandatory client certificates).
     pub server_config: Arc<ServerConfig>,
+    /// The configuration for a peer resuming with a valid ticket, and the ticket gate both
+    /// share (see [`crate::tls_accept`]); `None` without tickets or with
+    /// `resumption_kx = "as-full"`.
+    pub resumption: Option<(Arc<ServerConfig>, Arc<TicketGate>)>,
     /// The verifier the server config uses (either set, depth limit, CRLs, chain cache).
     either: Arc<CachingVerifier>,
     /// `None` when no public set is configured: every client is private.
@@ -255,25 +259,42 @@ impl AmtpTrust {
             })?;
         let key = PrivateKeyDer::from_pem_file(key)
             .map_err(|e| AmtpTlsError::Config(format!("private key {}: {e}", key.display())))?;
-        let mut server_config = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|e| AmtpTlsError::Config(e.to_string()))?
-            .with_client_cert_verifier(either.clone())
-            .with_single_cert(chain, key)
-            .map_err(|e| AmtpTlsError::Config(e.to_string()))?;
-        crate::tls::prefer_server_order(&mut server_config);
-        // Resumption by tickets only: a server-side session cache would resume without the
-        // ticket gate's re-check of the stored chain.
-        server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-        match &options.tickets {
-            Some(keys) => {
-                server_config.ticketer = TicketGate::checking_chains(keys.clone(), either.clone());
+        let build = |provider: Arc<rustls::crypto::CryptoProvider>| {
+            let mut config = ServerConfig::builder_with_provider(provider)
+                .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+                .map_err(|e| AmtpTlsError::Config(e.to_string()))?
+                .with_client_cert_verifier(either.clone())
+                .with_single_cert(chain.clone(), key.clone_key())
+                .map_err(|e| AmtpTlsError::Config(e.to_string()))?;
+            crate::tls::prefer_server_order(&mut config);
+            // Resumption by tickets only: a server-side session cache would resume without
+            // the ticket gate's re-check of the stored chain.
+            config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+            Ok::<_, AmtpTlsError>(config)
+        };
+        let mut server_config = build(provider.clone())?;
+        let gate = options
+            .tickets
+            .as_ref()
+            .map(|keys| TicketGate::checking_chains(keys.clone(), either.clone()));
+        let mut resumption = None;
+        match &gate {
+            Some(gate) => {
+                server_config.ticketer = gate.clone();
+                // Returning peers: the same configuration over the classical groups (the
+                // ticket gate is shared, so tickets from either resume on either).
+                if let Some(groups) = options.resumption_kx.groups(&options.kx_groups) {
+                    let mut config = build(Arc::new(crate::tls::provider(&groups)))?;
+                    config.ticketer = gate.clone();
+                    resumption = Some((Arc::new(config), gate.clone()));
+                }
             }
             // Nothing could resume: do not derive, encode and discard tickets per handshake.
             None => server_config.send_tls13_tickets = 0,
         }
         Ok(Self {
             server_config: Arc::new(server_config),
+            resumption,
             either,
             public_only,
             classes: TtlCache::new(100_000, 16),

@@ -265,6 +265,11 @@ pub struct AmtpConfig {
     /// again against the current trust sets and CRLs.
     #[serde(default)]
     pub ticket_lifetime: crate::tickets::TicketLifetime,
+    /// The key exchange of a peer resuming with a valid ticket: `"classical"` (default:
+    /// `[tls] kx_groups` without the post-quantum hybrids; the session keys still descend
+    /// from the hybrid exchange of the peer's full handshake) or `"as-full"`.
+    #[serde(default)]
+    pub resumption_kx: crate::tls::ResumptionKx,
     /// Also require the PTR name to resolve back to the client address.
     #[serde(default)]
     pub require_forward_confirmation: bool,

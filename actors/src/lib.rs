@@ -25,6 +25,8 @@
 //! - [`resolver`] — the DNS/rDNS caching resolver (shared sharded cache + actor for misses).
 //! - [`tls`] — certificate loading and rustls configuration: cipher preference, key-exchange groups.
 //! - [`tickets`] — stateless session tickets: keys, lifetime, the re-check of a resumed AMTP chain.
+//! - [`tls_accept`] — the implicit-TLS AMTP accept: a returning peer's ClientHello ([`client_hello`])
+//!   picks the classical-groups configuration.
 //! - [`chain_cache`] — verified AMTP client chains, so a known peer's full handshake skips the CA signatures.
 //! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
 //! - [`amtp_tls`] — AMTP mutual TLS: public/private trust sets, depth limit, CRLs, classification.
@@ -40,6 +42,7 @@ pub mod amtp_policy;
 pub mod amtp_tls;
 pub mod auth;
 pub mod chain_cache;
+pub mod client_hello;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
@@ -58,6 +61,7 @@ pub mod runtime;
 pub mod session;
 pub mod tickets;
 pub mod tls;
+pub mod tls_accept;
 pub mod ttl_cache;
 pub mod units;
 pub mod validate;

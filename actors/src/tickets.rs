@@ -229,6 +229,16 @@ impl TicketGate {
         })
     }
 
+    /// Whether rustls would resume from this ticket now (it decrypts, is within its lifetime
+    /// and, for AMTP, its chain verifies): the check [`ProducesTickets::decrypt`] makes,
+    /// without counting a decline. For choosing a configuration before rustls decides.
+    pub fn honours(&self, cipher: &[u8]) -> bool {
+        self.keys
+            .rotator
+            .decrypt(cipher)
+            .is_some_and(|plain| self.admit(&plain, UnixTime::now()).is_ok())
+    }
+
     /// Whether a decrypted session state may be resumed now.
     fn admit(&self, plain: &[u8], now: UnixTime) -> Result<(), Declined> {
         let stored = StoredSession::read(plain).ok_or(Declined::Unreadable)?;

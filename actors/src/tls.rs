@@ -128,6 +128,8 @@ pub struct TlsOptions {
     pub kx_groups: Vec<KxGroup>,
     /// Session ticket keys; `None`: tickets off.
     pub tickets: Option<Arc<TicketKeys>>,
+    /// The key exchange of a resumed session (AMTP listeners; see [`crate::tls_accept`]).
+    pub resumption_kx: ResumptionKx,
 }
 
 impl Default for TlsOptions {
@@ -135,7 +137,37 @@ impl Default for TlsOptions {
         Self {
             kx_groups: KxGroup::DEFAULT.to_vec(),
             tickets: None,
+            resumption_kx: ResumptionKx::default(),
         }
+    }
+}
+
+/// `[amtp] resumption_kx`: which key-exchange groups a peer resuming with a valid ticket may
+/// use (see [`crate::tls_accept`] for the reasoning).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResumptionKx {
+    /// `kx_groups` without the post-quantum hybrids (the session's keys still descend from
+    /// the hybrid exchange of its full handshake, through the ticket).
+    #[default]
+    Classical,
+    /// The same groups as a full handshake.
+    AsFull,
+}
+
+impl ResumptionKx {
+    /// The groups of the configuration for returning peers, or `None` when there is to be no
+    /// such configuration (`as-full`, or only hybrids configured).
+    pub fn groups(self, kx_groups: &[KxGroup]) -> Option<Vec<KxGroup>> {
+        if self == Self::AsFull {
+            return None;
+        }
+        let classical: Vec<KxGroup> = kx_groups
+            .iter()
+            .copied()
+            .filter(|g| !matches!(g, KxGroup::X25519MlKem768 | KxGroup::Secp256r1MlKem768))
+            .collect();
+        (!classical.is_empty() && classical.len() < kx_groups.len()).then_some(classical)
     }
 }
 
@@ -243,6 +275,25 @@ mod tests {
             p.kx_groups.iter().map(|g| g.name()).collect::<Vec<_>>(),
             [rustls::NamedGroup::X25519, rustls::NamedGroup::secp256r1]
         );
+    }
+
+    #[test]
+    fn classical_resumption_drops_only_the_hybrids_and_only_when_something_is_left() {
+        assert_eq!(
+            ResumptionKx::Classical.groups(&KxGroup::DEFAULT),
+            Some(vec![
+                KxGroup::X25519,
+                KxGroup::Secp256r1,
+                KxGroup::Secp384r1
+            ])
+        );
+        assert_eq!(ResumptionKx::AsFull.groups(&KxGroup::DEFAULT), None);
+        // Only hybrids: resumption stays post-quantum; no hybrid at all: nothing to change.
+        assert_eq!(
+            ResumptionKx::Classical.groups(&[KxGroup::X25519MlKem768]),
+            None
+        );
+        assert_eq!(ResumptionKx::Classical.groups(&[KxGroup::X25519]), None);
     }
 
     #[test]

@@ -486,7 +486,10 @@ fn worker_shared(deps: SessionDeps, mailbox: usize, live: &LiveSettings) -> Work
         user_mpcs: Arc::new(live.users.mpcs()),
         mailbox,
         amtp: live.amtp.as_ref().map(|a| AmtpShared {
-            acceptor: tokio_rustls::TlsAcceptor::from(a.trust.server_config.clone()),
+            acceptors: crate::tls_accept::Acceptors::new(
+                a.trust.server_config.clone(),
+                a.trust.resumption.clone(),
+            ),
             trust: a.trust.clone(),
             policy: a.policy.clone(),
         }),

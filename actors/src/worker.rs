@@ -19,11 +19,11 @@ use crate::session::amtp::AmtpContext;
 use crate::session::driver::{self, SessionDeps};
 use crate::session::stream::{MaybeTls, handshake_failure, resumed, tls_info};
 use crate::session::{Session, SessionContext};
+use crate::tls_accept::{Acceptors, Chosen, Prefixed};
 use actix::prelude::*;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio_rustls::TlsAcceptor;
 
 /// What every session on every worker shares.
 pub struct WorkerShared {
@@ -49,8 +49,8 @@ pub struct WorkerShared {
 pub struct AmtpShared {
     /// Trust sets, the AMTP server config and the classifier.
     pub trust: Arc<AmtpTrust>,
-    /// Acceptor over `trust.server_config`.
-    pub acceptor: TlsAcceptor,
+    /// Acceptors over `trust.server_config` and, for returning peers, `trust.resumption`.
+    pub acceptors: Acceptors,
     /// The listener policy.
     pub policy: Arc<AmtpPolicy>,
 }
@@ -128,25 +128,34 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
     };
     let _ = stream.set_nodelay(true);
     let is_amtp = listener.role == ListenerRole::Amtp;
-    let acceptor = if is_amtp {
-        shared.amtp.as_ref().map(|a| a.acceptor.clone())
-    } else {
-        shared.deps.tls.clone()
-    };
     let (io, tls) = if listener.role.implicit_tls() {
-        let Some(acceptor) = acceptor else {
-            tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
-            return;
-        };
         let handshake = Instant::now();
-        match tokio::time::timeout(
-            shared.limits.tls_handshake_timeout.0,
-            acceptor.accept(stream),
-        )
-        .await
-        {
-            Ok(Ok(tls)) => {
+        let accepted = match (is_amtp, &shared.amtp, &shared.deps.tls) {
+            (true, Some(a), _) => {
+                tokio::time::timeout(
+                    shared.limits.tls_handshake_timeout.0,
+                    a.acceptors.accept(stream),
+                )
+                .await
+            }
+            (false, _, Some(acceptor)) => {
+                tokio::time::timeout(shared.limits.tls_handshake_timeout.0, async {
+                    let tls = acceptor.accept(Prefixed::new(stream, Vec::new())).await?;
+                    Ok((tls, Chosen::Full))
+                })
+                .await
+            }
+            _ => {
+                tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
+                return;
+            }
+        };
+        match accepted {
+            Ok(Ok((tls, chosen))) => {
                 metrics::tls_handshake(&listener.name, Ok(resumed(&tls)), handshake.elapsed());
+                if chosen == Chosen::Resuming {
+                    metrics::tls_classical_resumption();
+                }
                 let info = tls_info(&tls);
                 (MaybeTls::Tls(Box::new(tls)), Some(info))
             }
@@ -166,7 +175,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
             }
         }
     } else {
-        (MaybeTls::Plain(stream), None)
+        (MaybeTls::Plain(Prefixed::new(stream, Vec::new())), None)
     };
     let amtp = match (&io, &shared.amtp) {
         (MaybeTls::Tls(tls), Some(a)) if is_amtp => {

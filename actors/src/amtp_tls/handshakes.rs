@@ -65,6 +65,16 @@ impl Pki {
 
     /// One trust generation: the CA as the public set, `revoked` serials on a CRL.
     fn trust(&self, revoked: &[u64], tickets: Option<Arc<TicketKeys>>) -> AmtpTrust {
+        self.trust_with(revoked, tickets, crate::tls::ResumptionKx::default())
+    }
+
+    /// [`Pki::trust`] with a choice of `resumption_kx`.
+    fn trust_with(
+        &self,
+        revoked: &[u64],
+        tickets: Option<Arc<TicketKeys>>,
+        resumption_kx: crate::tls::ResumptionKx,
+    ) -> AmtpTrust {
         let crl = (!revoked.is_empty()).then(|| {
             let crl = CertificateRevocationListParams {
                 this_update: date_time_ymd(2024, 1, 1),
@@ -94,6 +104,7 @@ impl Pki {
         };
         let options = TlsOptions {
             tickets,
+            resumption_kx,
             ..TlsOptions::default()
         };
         AmtpTrust::load(
@@ -361,4 +372,234 @@ fn a_trust_reload_empties_the_chain_cache() {
     assert!(revoked_alert(&handshake(&after.server_config, &client)));
     assert_eq!(after.chain_cache_len(), 0, "refused chains are not cached");
     assert!(after.verify_chain(&[cert]).is_err());
+}
+
+mod resumption_kx {
+    //! [`crate::tls_accept::Acceptors`] over real sockets' stand-in (an in-memory pipe): which
+    //! configuration, handshake kind and key-exchange group each connection ends up with.
+
+    use super::*;
+    use crate::tls::ResumptionKx;
+    use crate::tls_accept::{Acceptors, Chosen};
+    use rustls::NamedGroup;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf};
+
+    /// The server's end of the pipe, handing out at most 100 bytes per read (a ClientHello
+    /// that arrives in pieces).
+    struct Trickle(DuplexStream);
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let mut tmp = [0u8; 100];
+            let n = buf.remaining().min(tmp.len());
+            let mut small = ReadBuf::new(&mut tmp[..n]);
+            let r = Pin::new(&mut self.0).poll_read(cx, &mut small);
+            buf.put_slice(small.filled());
+            r
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, b)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    struct Seen {
+        chosen: Chosen,
+        kind: Option<HandshakeKind>,
+        group: Option<NamedGroup>,
+    }
+
+    /// One connection: handshake, a line from the server (so the client takes its tickets
+    /// in), close. `Err` carries the server's handshake error.
+    async fn connect(
+        acceptors: &Acceptors,
+        client: &Arc<ClientConfig>,
+    ) -> Result<Seen, std::io::Error> {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let connector = tokio_rustls::TlsConnector::from(client.clone());
+        let client_side = async move {
+            let mut tls = connector
+                .connect("relay.test".try_into().unwrap(), client_io)
+                .await?;
+            let mut all = Vec::new();
+            tls.read_to_end(&mut all).await?;
+            Ok::<_, std::io::Error>(all)
+        };
+        let server_side = async {
+            let (mut tls, chosen) = acceptors.accept(Trickle(server_io)).await?;
+            let conn = tls.get_ref().1;
+            let seen = Seen {
+                chosen,
+                kind: conn.handshake_kind(),
+                group: conn.negotiated_key_exchange_group().map(|g| g.name()),
+            };
+            tls.write_all(b"220 relay.test\r\n").await?;
+            tls.shutdown().await?;
+            Ok::<_, std::io::Error>(seen)
+        };
+        let (c, s) = tokio::join!(client_side, server_side);
+        let seen = s?;
+        assert_eq!(c.expect("client side"), b"220 relay.test\r\n");
+        Ok(seen)
+    }
+
+    fn acceptors(trust: &AmtpTrust) -> Acceptors {
+        Acceptors::new(trust.server_config.clone(), trust.resumption.clone())
+    }
+
+    const HYBRID: Option<NamedGroup> = Some(NamedGroup::X25519MLKEM768);
+
+    #[tokio::test]
+    async fn a_returning_peer_resumes_over_x25519_and_a_first_contact_keeps_the_hybrid() {
+        let pki = Pki::new();
+        let trust = pki.trust(
+            &[],
+            Some(TicketKeys::new(Duration::from_secs(3600)).unwrap()),
+        );
+        let a = acceptors(&trust);
+        let (cert, key) = pki.client("host1.amtp.test", 1);
+        let client = pki.client_config(&cert, &key);
+        let first = connect(&a, &client).await.unwrap();
+        assert_eq!(
+            first,
+            Seen {
+                chosen: Chosen::Full,
+                kind: Some(HandshakeKind::Full),
+                group: HYBRID
+            }
+        );
+        for _ in 0..2 {
+            let again = connect(&a, &client).await.unwrap();
+            assert_eq!(
+                again,
+                Seen {
+                    chosen: Chosen::Resuming,
+                    kind: Some(HandshakeKind::Resumed),
+                    group: Some(NamedGroup::X25519)
+                }
+            );
+        }
+        // Another peer's first contact still gets the hybrid.
+        let (cert2, key2) = pki.client("host2.amtp.test", 2);
+        let other = connect(&a, &pki.client_config(&cert2, &key2))
+            .await
+            .unwrap();
+        assert_eq!((other.chosen, other.group), (Chosen::Full, HYBRID));
+    }
+
+    #[tokio::test]
+    async fn as_full_resumes_with_the_hybrid() {
+        let pki = Pki::new();
+        let keys = TicketKeys::new(Duration::from_secs(3600)).unwrap();
+        let trust = pki.trust_with(&[], Some(keys), ResumptionKx::AsFull);
+        assert!(trust.resumption.is_none());
+        let a = acceptors(&trust);
+        let (cert, key) = pki.client("host1.amtp.test", 1);
+        let client = pki.client_config(&cert, &key);
+        connect(&a, &client).await.unwrap();
+        let again = connect(&a, &client).await.unwrap();
+        assert_eq!(
+            again,
+            Seen {
+                chosen: Chosen::Full,
+                kind: Some(HandshakeKind::Resumed),
+                group: HYBRID
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ticket_the_relay_will_not_honour_gets_the_full_configuration() {
+        let pki = Pki::new();
+        let (cert, key) = pki.client("host1.amtp.test", 7);
+        let client = pki.client_config(&cert, &key);
+        let keys = TicketKeys::new(Duration::from_secs(3600)).unwrap();
+        let before = pki.trust(&[], Some(keys.clone()));
+        connect(&acceptors(&before), &client).await.unwrap();
+        // Other ticket keys (a restarted relay): the ticket does not decrypt. The full
+        // handshake that follows keeps the hybrid.
+        let restarted = pki.trust(
+            &[],
+            Some(TicketKeys::new(Duration::from_secs(3600)).unwrap()),
+        );
+        let seen = connect(&acceptors(&restarted), &client).await.unwrap();
+        assert_eq!(
+            seen,
+            Seen {
+                chosen: Chosen::Full,
+                kind: Some(HandshakeKind::Full),
+                group: HYBRID
+            }
+        );
+        // Same keys, but the peer has been revoked since: refused, as a full handshake is.
+        let revoked = pki.trust(&[7], Some(keys));
+        let e = connect(&acceptors(&revoked), &client).await.unwrap_err();
+        assert!(
+            matches!(
+                e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+                Some(rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::Revoked
+                ))
+            ),
+            "{e}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_client_without_a_classical_key_share_resumes_with_the_hybrid_not_a_retry() {
+        let pki = Pki::new();
+        let trust = pki.trust(
+            &[],
+            Some(TicketKeys::new(Duration::from_secs(3600)).unwrap()),
+        );
+        let a = acceptors(&trust);
+        let (cert, key) = pki.client("host1.amtp.test", 1);
+        let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+        provider
+            .kx_groups
+            .retain(|g| g.name() == NamedGroup::X25519MLKEM768);
+        let hybrid_only = Arc::new(
+            ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(pki.server_ca.clone())
+                .with_client_auth_cert(
+                    vec![cert.clone()],
+                    rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+                )
+                .unwrap(),
+        );
+        connect(&a, &hybrid_only).await.unwrap();
+        let again = connect(&a, &hybrid_only).await.unwrap();
+        assert_eq!(
+            again,
+            Seen {
+                chosen: Chosen::Full,
+                kind: Some(HandshakeKind::Resumed),
+                group: HYBRID
+            }
+        );
+    }
 }

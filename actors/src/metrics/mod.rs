@@ -70,6 +70,7 @@ pub struct Metrics {
     pub tls_chain_cache_lookups: IntCounterVec,
     pub tls_chain_cache_entries: IntGauge,
     pub tls_tickets_declined: IntCounterVec,
+    pub tls_classical_resumptions: IntCounter,
     // AMTP.
     pub identity_checks: IntCounterVec,
     pub mpc_refusals: IntCounterVec,
@@ -290,6 +291,11 @@ impl Metrics {
                 "amtp_tls_tickets_declined_total",
                 "Session tickets decrypted but not resumed (the client does a full handshake instead), by reason (expired: older than the ticket lifetime; chain: the stored client chain no longer verifies against the current trust sets and CRLs; unreadable).",
                 &["reason"],
+            ),
+            tls_classical_resumptions: counter(
+                &r,
+                "amtp_tls_classical_resumptions_total",
+                "AMTP handshakes answered from the classical-groups configuration because the client offered a ticket the relay honours ([amtp] resumption_kx = \"classical\"); the rest of amtp_tls_handshakes_total{kind=\"resumed\"} used the full handshake's groups.",
             ),
             identity_checks: counter_vec(
                 &r,
@@ -655,6 +661,14 @@ pub fn tls_handshake(listener: &str, result: Result<bool, &str>, took: Duration)
                     .inc();
             }
         }
+    }
+}
+
+/// An AMTP handshake answered from the classical-groups configuration for returning peers.
+#[inline]
+pub fn tls_classical_resumption() {
+    if let Some(m) = get() {
+        m.tls_classical_resumptions.inc();
     }
 }
 
