@@ -324,6 +324,12 @@ fn tls_groups_and_ticket_lifetimes_are_checked() {
             Some(11),
             "longer than 7 days",
         ),
+        (
+            "[amtp]\npublic_ca = \"ca.pem\"\nresumption_kx = \"pq\"\n",
+            "resumption_kx",
+            Some(11),
+            "unknown variant `pq`, expected `classical` or `as-full`",
+        ),
     ] {
         let all = parse(&format!("{base}{extra}"), "t", Path::new("/")).unwrap_err();
         let e = &all.0[0];
