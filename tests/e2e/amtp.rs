@@ -189,10 +189,14 @@ fn returning_peers_resume_and_a_crl_added_by_reload_refuses_them() {
     for (i, tls) in [(1, &revoked_tls), (2, &kept_tls)] {
         let mut first = session(&host_ip(i), tls).expect("full handshake");
         assert_eq!(first.handshake_kind(), Some(rustls::HandshakeKind::Full));
+        // A full handshake keeps the post-quantum hybrid; a resumed one (`resumption_kx`
+        // default) uses x25519, its keys still descending from the hybrid through the ticket.
+        assert_eq!(first.kx_group(), Some(rustls::NamedGroup::X25519MLKEM768));
         first.expect(&format!("EHLO {}", host_name(i)), 250);
         first.expect("QUIT", 221);
         let mut again = session(&host_ip(i), tls).expect("resumed handshake");
         assert_eq!(again.handshake_kind(), Some(rustls::HandshakeKind::Resumed));
+        assert_eq!(again.kx_group(), Some(rustls::NamedGroup::X25519));
         // The identity check still runs on a resumed session: EHLO must name the certificate.
         again.expect(&format!("EHLO {}", host_name(i + 1)), 504);
         again.expect(&format!("EHLO {}", host_name(i)), 250);

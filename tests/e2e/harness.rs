@@ -437,6 +437,14 @@ impl Client {
         }
     }
 
+    /// The key-exchange group the TLS handshake used.
+    pub fn kx_group(&self) -> Option<rustls::NamedGroup> {
+        match &self.stream {
+            Conn::Tls(s) => s.conn.negotiated_key_exchange_group().map(|g| g.name()),
+            Conn::Plain(_) => None,
+        }
+    }
+
     /// Over an already-connected socket (e.g. bound to a chosen loopback source address).
     pub fn from_tcp(tcp: TcpStream) -> Self {
         Self::from_stream(Conn::Plain(tcp))
