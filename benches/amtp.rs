@@ -14,16 +14,21 @@
 //!   from a returning peer (`amtp_mutual_tls`: its chain is in the verified-chain cache), from a
 //!   new peer (`amtp_mutual_tls_cold`: empty cache, the chain verified in full), mutual TLS plus
 //!   the post-handshake work (leaf parse, trust classification, warm identity cache), and a
-//!   returning peer resuming with a session ticket (`amtp_resumed`, the stored chain re-checked).
+//!   returning peer resuming with a session ticket (`amtp_resumed`, the stored chain re-checked),
+//!   the same over the classical-groups configuration such a peer gets by default
+//!   (`amtp_resumed_classical`), and what choosing that configuration costs per connection
+//!   (`resumption_choice`: read the ClientHello, decrypt and re-check the ticket).
 //! - `tls_parallel/threads_{1,2}`: 64 full mutual-TLS handshakes (client and server sides) spread
 //!   over 1 or 2 threads — models 1 vs 2 connection-worker arbiters; the ratio shows scaling.
 
 use amtp_actors::amtp_policy::{AmtpPolicy, MpcRule};
 use amtp_actors::amtp_tls::{AmtpTrust, TrustFiles};
+use amtp_actors::client_hello;
 use amtp_actors::identity::{IdentityCache, PeerCertificate, check_ehlo};
 use amtp_actors::resolver::{Answer, DnsCache, DnsQuery, Records};
 use amtp_actors::tickets::TicketKeys;
 use amtp_actors::tls::{self, KxGroup, TlsOptions};
+use amtp_actors::tls_accept::{Acceptors, Chosen};
 use amtp_proto::mpc::{Mpc, MpcPolicy};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rustls::client::Resumption;
@@ -285,6 +290,50 @@ fn hot_path(c: &mut Criterion) {
                     t
                 })
                 .sum()
+        })
+    });
+    // The same over the classical-groups configuration a returning peer gets
+    // (`[amtp] resumption_kx = "classical"`): x25519 instead of the hybrid.
+    let (resuming_config, _) = p.trust.resumption.clone().expect("tickets on");
+    g.bench_function("amtp_resumed_classical", |b| {
+        b.iter_custom(|n| {
+            (0..n)
+                .map(|_| {
+                    let (t, server) = handshake(&resuming_config, &p.resuming_client);
+                    assert_eq!(
+                        server.handshake_kind(),
+                        Some(rustls::HandshakeKind::Resumed)
+                    );
+                    assert_eq!(
+                        server.negotiated_key_exchange_group().map(|g| g.name()),
+                        Some(rustls::NamedGroup::X25519)
+                    );
+                    t
+                })
+                .sum()
+        })
+    });
+    // What choosing it costs: read the ClientHello, decrypt and re-check the ticket.
+    let acceptors = Acceptors::new(p.trust.server_config.clone(), p.trust.resumption.clone());
+    let hello = {
+        let mut c = ClientConnection::new(
+            p.resuming_client.clone(),
+            ServerName::try_from("relay.test").unwrap(),
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        while c.wants_write() {
+            c.write_tls(&mut out).unwrap();
+        }
+        out
+    };
+    g.bench_function("resumption_choice", |b| {
+        b.iter(|| {
+            let client_hello::Progress::Complete(facts) = client_hello::read(black_box(&hello))
+            else {
+                panic!("unreadable ClientHello");
+            };
+            assert_eq!(acceptors.choose(&facts), Chosen::Resuming);
         })
     });
     g.bench_function("amtp_mutual_tls_identity", |b| {
