@@ -129,4 +129,19 @@ for r in range(1, rounds + 1):
         rate = get(r, side, "amtp-resumed")["sessions_per_s"] / get(r, side, "amtp-full")["sessions_per_s"]
         print(f'{r:<6}{side:<5}{tls:7.0f}{cpu["cold"]:7.0f}{cpu["warm"]:7.0f}{cpu["full"]:7.0f}{cpu["resumed"]:8.0f}'
               f'{cpu["warm"]/tls:10.2f}{cpu["cold"]/tls:10.2f}{rate:19.2f}')
+
+# Returning peers: what a resumed session costs against a full one, as relay capacity (relay
+# CPU per session: full / resumed; how many more sessions a relay core carries) and as the
+# sessions/s of this run (generator and relay share the machine, so the generator's own
+# handshake costs are in it too). "old full" is the old binary's amtp-full run.
+print("\n== returning peers: capacity (full CPU / resumed CPU) and rate (resumed / full sessions/s)")
+print(f'{"round":<6}{"new resumed us":>15}{"new full us":>12}{"old full us":>12}'
+      f'{"cap vs new full":>16}{"cap vs old full":>16}{"rate vs new full":>17}{"rate vs old full":>17}')
+for r in range(1, rounds + 1):
+    res, full_new, full_old = get(r, "new", "amtp-resumed"), get(r, "new", "amtp-full"), get(r, "old", "amtp-full")
+    cpu = lambda x: x["relay_cpu_us_per_unit"]
+    rate = lambda x: x["sessions_per_s"]
+    print(f'{r:<6}{cpu(res):15.0f}{cpu(full_new):12.0f}{cpu(full_old):12.0f}'
+          f'{cpu(full_new)/cpu(res):16.2f}{cpu(full_old)/cpu(res):16.2f}'
+          f'{rate(res)/rate(full_new):17.2f}{rate(res)/rate(full_old):17.2f}')
 PY
