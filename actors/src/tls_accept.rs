@@ -24,7 +24,7 @@
 
 use crate::client_hello::{self, ClientHelloFacts, Progress};
 use crate::tickets::TicketGate;
-use rustls::ServerConfig;
+use rustls::{ServerConfig, ServerConnection};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -102,14 +102,23 @@ impl Acceptors {
         Chosen::Resuming
     }
 
-    /// Read the ClientHello, choose, and run the handshake. The caller bounds the whole
-    /// (`tls_handshake_timeout`).
-    pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Read the ClientHello, choose, and run the handshake; `before` gets the rustls
+    /// connection before the handshake starts (to queue the greeting). The caller bounds the
+    /// whole (`tls_handshake_timeout`).
+    pub async fn accept<S, F>(
         &self,
         mut stream: S,
-    ) -> io::Result<(TlsStream<Prefixed<S>>, Chosen)> {
+        before: F,
+    ) -> io::Result<(TlsStream<Prefixed<S>>, Chosen)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(&mut ServerConnection),
+    {
         if self.resuming.is_none() {
-            let tls = self.full.accept(Prefixed::new(stream, Vec::new())).await?;
+            let tls = self
+                .full
+                .accept_with(Prefixed::new(stream, Vec::new()), before)
+                .await?;
             return Ok((tls, Chosen::Full));
         }
         let mut received = Vec::with_capacity(2048);
@@ -134,7 +143,9 @@ impl Acceptors {
             (Some(r), Chosen::Resuming) => &r.acceptor,
             _ => &self.full,
         };
-        let tls = acceptor.accept(Prefixed::new(stream, received)).await?;
+        let tls = acceptor
+            .accept_with(Prefixed::new(stream, received), before)
+            .await?;
         Ok((tls, chosen))
     }
 

@@ -5,6 +5,10 @@
 //! performs the implicit-TLS handshake when the listener asks for it, and runs the session
 //! there (STARTTLS upgrades happen on the same thread). It logs one line per session.
 //!
+//! An implicit-TLS handshake carries the session's `220` greeting: it is written into the
+//! rustls connection before the handshake, which sends it only once the client is verified,
+//! in the same write as the session tickets (one write per session fewer).
+//!
 //! The settings a connection runs under are read from the [`Runtime`] swap point when it
 //! arrives and kept to the session's end, so a reload never changes an open session.
 
@@ -16,9 +20,9 @@ use crate::messages::Connection;
 use crate::metrics::{self, pool::Meter};
 use crate::runtime::Runtime;
 use crate::session::amtp::AmtpContext;
-use crate::session::driver::{self, SessionDeps};
-use crate::session::stream::{MaybeTls, handshake_failure, resumed, tls_info};
-use crate::session::{Session, SessionContext};
+use crate::session::driver::{self, Banner, SessionDeps};
+use crate::session::stream::{MaybeTls, handshake_failure, queue_greeting, resumed, tls_info};
+use crate::session::{Session, SessionContext, greeting};
 use crate::tls_accept::{Acceptors, Chosen, Prefixed};
 use actix::prelude::*;
 use std::collections::HashSet;
@@ -110,6 +114,15 @@ fn nonce() -> String {
     crate::auth::cram::hex(&b)
 }
 
+/// What an AMTP client whose verified certificate we cannot read is told before we close.
+fn unusable_certificate(hostname: &str) -> amtp_proto::Reply {
+    amtp_proto::Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} Client certificate not usable"),
+    )
+}
+
 async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
     let started = Instant::now();
     let Connection {
@@ -128,19 +141,30 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
     };
     let _ = stream.set_nodelay(true);
     let is_amtp = listener.role == ListenerRole::Amtp;
+    let mut banner = Banner::Write;
     let (io, tls) = if listener.role.implicit_tls() {
         let handshake = Instant::now();
+        let mut hello = Vec::with_capacity(64);
+        greeting(&shared.hostname).write_to(&mut hello);
+        // Queued, not sent: see `queue_greeting` (a failed handshake never shows it).
+        let queue = |conn: &mut rustls::ServerConnection| {
+            if queue_greeting(conn, &hello) {
+                banner = Banner::Queued;
+            }
+        };
         let accepted = match (is_amtp, &shared.amtp, &shared.deps.tls) {
             (true, Some(a), _) => {
                 tokio::time::timeout(
                     shared.limits.tls_handshake_timeout.0,
-                    a.acceptors.accept(stream),
+                    a.acceptors.accept(stream, queue),
                 )
                 .await
             }
             (false, _, Some(acceptor)) => {
                 tokio::time::timeout(shared.limits.tls_handshake_timeout.0, async {
-                    let tls = acceptor.accept(Prefixed::new(stream, Vec::new())).await?;
+                    let tls = acceptor
+                        .accept_with(Prefixed::new(stream, Vec::new()), queue)
+                        .await?;
                     Ok((tls, Chosen::Full))
                 })
                 .await
@@ -182,12 +206,23 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
             let chain = tls.get_ref().1.peer_certificates().unwrap_or_default();
             let peer_cert = match chain.first().map(|leaf| PeerCertificate::from_der(leaf)) {
                 Some(Ok(c)) => c,
-                Some(Err(e)) => {
-                    tracing::info!(listener = %listener.name, %peer, error = %e, outcome = "bad-client-certificate", "session");
-                    return;
-                }
-                None => {
-                    tracing::info!(listener = %listener.name, %peer, outcome = "no-client-certificate", "session");
+                refused => {
+                    match refused {
+                        Some(Err(e)) => {
+                            tracing::info!(listener = %listener.name, %peer, error = %e, outcome = "bad-client-certificate", "session");
+                        }
+                        _ => {
+                            tracing::info!(listener = %listener.name, %peer, outcome = "no-client-certificate", "session");
+                        }
+                    }
+                    // The client has read the greeting that came with the handshake: it is
+                    // told why the session ends rather than seeing a silent close.
+                    let reply = unusable_certificate(&shared.hostname);
+                    let limit = shared.limits.command_timeout.0;
+                    driver::refuse(io, banner, &reply, &listener.name, limit)
+                        .await
+                        .linger()
+                        .await;
                     return;
                 }
             };
@@ -214,7 +249,7 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
     };
     let mut session = Session::new(ctx, tls);
     metrics::session_started(&listener.name);
-    let (outcome, closing) = driver::serve(io, &mut session, &shared.deps).await;
+    let (outcome, closing) = driver::serve(io, &mut session, &shared.deps, banner).await;
     metrics::session_ended(&listener.name, outcome.as_str());
     tracing::info!(
         listener = %listener.name,

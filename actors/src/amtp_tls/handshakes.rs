@@ -448,7 +448,7 @@ mod resumption_kx {
             Ok::<_, std::io::Error>(all)
         };
         let server_side = async {
-            let (mut tls, chosen) = acceptors.accept(Trickle(server_io)).await?;
+            let (mut tls, chosen) = acceptors.accept(Trickle(server_io), |_| ()).await?;
             let conn = tls.get_ref().1;
             let seen = Seen {
                 chosen,

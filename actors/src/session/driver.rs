@@ -4,6 +4,11 @@
 //!
 //! Replies to pipelined commands are written in order and flushed when no further complete
 //! command is buffered (RFC 2920), and always before waiting on the client.
+//!
+//! Each write to a loopback or LAN socket costs the relay kernel time (it also runs the
+//! receiver's TCP path), so a TLS session spends as few as it can: on implicit-TLS listeners the
+//! greeting was queued into the handshake ([`Banner::Queued`]) and leaves with the session
+//! tickets, and the last reply leaves in one write with the TLS close_notify.
 
 use super::stream::{MaybeTls, handshake_failure, resumed, tls_info};
 use super::{Action, Session};
@@ -76,6 +81,17 @@ impl Outcome {
     }
 }
 
+/// Who puts the session's `220` greeting on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Banner {
+    /// The driver writes it first (plain sessions, and STARTTLS listeners).
+    Write,
+    /// It is already queued on the stream: an implicit-TLS worker wrote it into the handshake
+    /// (see [`super::stream::queue_greeting`]), so it left with the session tickets. The driver
+    /// only counts it.
+    Queued,
+}
+
 const READ_CHUNK: usize = 16 * 1024;
 
 /// Run `session` on `io` until it ends, then close lingeringly (see [`Closing`]).
@@ -83,8 +99,9 @@ pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(
     io: MaybeTls<S>,
     session: &mut Session,
     deps: &SessionDeps,
+    banner: Banner,
 ) -> Outcome {
-    let (outcome, closing) = serve(io, session, deps).await;
+    let (outcome, closing) = serve(io, session, deps, banner).await;
     closing.linger().await;
     outcome
 }
@@ -95,11 +112,13 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     io: MaybeTls<S>,
     session: &mut Session,
     deps: &SessionDeps,
+    banner: Banner,
 ) -> (Outcome, Closing<S>) {
     let mut d = Driver {
         io,
         session,
         deps,
+        banner,
         lines: LineBuffer::new(limits::AUTH_LINE),
         out: Vec::with_capacity(1024),
         buf: vec![0; READ_CHUNK],
@@ -111,6 +130,59 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     (outcome, closing)
 }
 
+/// End a session that never ran: say `reply` on `io` and close. For an implicit-TLS
+/// connection refused after its handshake (the client has read the greeting queued into the
+/// handshake, so it gets a reply rather than a silent close). Counted as sent replies, the
+/// queued greeting too.
+pub async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    mut io: MaybeTls<S>,
+    banner: Banner,
+    reply: &amtp_proto::Reply,
+    listener: &str,
+    write_timeout: Duration,
+) -> Closing<S> {
+    if banner == Banner::Queued {
+        metrics::reply_sent(listener, 220);
+    }
+    metrics::reply_sent(listener, reply.code);
+    let mut out = Vec::with_capacity(128);
+    reply.write_to(&mut out);
+    let outcome = match write_closing(&mut io, &mut out, write_timeout).await {
+        Ok(()) => Outcome::Closed,
+        Err(_) => Outcome::IoError,
+    };
+    Closing::start(io, vec![0; 4096], outcome).await
+}
+
+/// Write `out` (then empty it) as the session's last words: on TLS, the replies and the
+/// close_notify leave in one write (instead of one for the replies and one when the stream
+/// is shut down); plain TCP writes them as usual (the FIN follows in [`Closing::start`]).
+/// Bounded by `limit`, as every flush (a client that stops reading cannot hold us).
+async fn write_closing<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut MaybeTls<S>,
+    out: &mut Vec<u8>,
+    limit: Duration,
+) -> std::io::Result<()> {
+    if let MaybeTls::Tls(tls) = io {
+        let conn = tls.get_mut().1;
+        // rustls encrypts into its own (bounded) buffer; what it does not take is written
+        // the normal way below, and the close_notify then follows at shutdown.
+        let taken = std::io::Write::write(&mut conn.writer(), out).unwrap_or(0);
+        out.drain(..taken);
+        if out.is_empty() {
+            // The shutdown in `Closing::start` asks again; rustls sends it once.
+            conn.send_close_notify();
+        }
+    }
+    let write = async {
+        io.write_all(out).await?;
+        io.flush().await
+    };
+    let result = timeout(limit, write).await;
+    out.clear();
+    result.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
+}
+
 /// A session's connection on its way out, so that our last reply (`221`, or a `421`)
 /// reaches the client.
 ///
@@ -118,8 +190,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 /// a reset discards whatever we wrote that the client has not yet received: a client that
 /// pipelined more than we read (or kept sending past a timeout) would see the connection
 /// reset instead of our reply. So: our FIN goes out after the reply (TLS: close_notify
-/// first), then [`Closing::linger`] reads and discards input until the client closes too,
-/// for at most [`LINGER`] and [`LINGER_BYTES`], and only then is the socket closed.
+/// first, in the reply's own write), then [`Closing::linger`] reads and discards input until
+/// the client closes too, for at most [`LINGER`] and [`LINGER_BYTES`], and only then is the
+/// socket closed.
 pub struct Closing<S> {
     io: MaybeTls<S>,
     buf: Vec<u8>,
@@ -166,6 +239,8 @@ struct Driver<'a, S> {
     io: MaybeTls<S>,
     session: &'a mut Session,
     deps: &'a SessionDeps,
+    /// Whether the greeting is ours to write.
+    banner: Banner,
     lines: LineBuffer,
     out: Vec<u8>,
     buf: Vec<u8>,
@@ -205,7 +280,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
     async fn serve(&mut self) -> Outcome {
         let greeting = self.session.greeting();
         self.record_reply(&greeting);
-        greeting.write_to(&mut self.out);
+        if self.banner == Banner::Write {
+            greeting.write_to(&mut self.out);
+        }
         let command_timeout = self.session.ctx.limits.command_timeout.0;
         // The deadline for the command line being received: it starts when we begin waiting
         // for a line and does not move while bytes trickle in (a per-read timeout alone lets
@@ -233,7 +310,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                         {
                             // SIGTERM: no new transaction starts.
                             self.say_shutting_down();
-                            let _ = self.flush().await;
+                            let _ = self.flush_closing().await;
                             return Outcome::Shutdown;
                         }
                         if let Ok(Command::Mail { .. }) = &parsed {
@@ -255,7 +332,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                 r = timeout_at(deadline, self.io.read(&mut self.buf)) => r,
                 () = self.deps.lifecycle.closing() => {
                     self.say_shutting_down();
-                    let _ = self.flush().await;
+                    let _ = self.flush_closing().await;
                     return Outcome::Shutdown;
                 }
             };
@@ -303,6 +380,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
         result.map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out"))?
     }
 
+    /// Write buffered replies as the session's last (see [`write_closing`]): the caller ends
+    /// the session.
+    async fn flush_closing(&mut self) -> std::io::Result<()> {
+        let limit = self.session.ctx.limits.command_timeout.0;
+        write_closing(&mut self.io, &mut self.out, limit).await
+    }
+
     /// Perform actions in order; follow-up actions from the session run before the rest.
     /// Returns `Some` when the session is over.
     async fn perform(&mut self, actions: Vec<Action>) -> Option<Outcome> {
@@ -316,7 +400,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                         continue;
                     }
                     Action::Close => {
-                        let _ = self.flush().await;
+                        let _ = self.flush_closing().await;
                         return Some(Outcome::Closed);
                     }
                     Action::StartTls => {
@@ -541,7 +625,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<'_, S> {
                     // The grace period is over in the middle of DATA: nothing was
                     // acknowledged, so the client keeps the message and retries.
                     self.say_shutting_down();
-                    let _ = self.flush().await;
+                    let _ = self.flush_closing().await;
                     return Err(Outcome::Shutdown);
                 }
             };

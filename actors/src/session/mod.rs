@@ -28,6 +28,12 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+/// The 220 banner of a session on `hostname`. It depends on nothing the client says, so an
+/// implicit-TLS worker queues it into the handshake (see [`stream::queue_greeting`]).
+pub fn greeting(hostname: &str) -> Reply {
+    Reply::new(220, "", format!("{hostname} ESMTP amtp-relay"))
+}
+
 /// Facts fixed for the whole session.
 #[derive(Debug, Clone)]
 pub struct SessionContext {
@@ -183,7 +189,7 @@ impl Session {
 
     /// The 220 banner.
     pub fn greeting(&self) -> Reply {
-        Reply::new(220, "", format!("{} ESMTP amtp-relay", self.ctx.hostname))
+        greeting(&self.ctx.hostname)
     }
 
     /// Current phase (for tests and logs).

@@ -38,6 +38,25 @@ pub fn resumed<S>(tls: &TlsStream<S>) -> bool {
     tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
 }
 
+/// Queue the session's greeting on a server connection whose handshake has not started (the
+/// closure of `TlsAcceptor::accept_with`), so it leaves in the same write as the session tickets
+/// instead of one of its own. Returns whether it was queued (whole); if not, nothing was and
+/// the driver writes it.
+///
+/// rustls holds plaintext written during the handshake and encrypts it only when traffic starts:
+/// after the client's Finished (and, with client certificates, its Certificate and
+/// CertificateVerify) were verified. Our server configurations leave `send_half_rtt_data` off,
+/// so nothing goes out earlier, and a handshake that fails never sends the greeting.
+pub fn queue_greeting(conn: &mut rustls::ServerConnection, greeting: &[u8]) -> bool {
+    use std::io::Write;
+    // A fresh connection's plaintext buffer is empty and holds 64 KiB: a greeting (a host name
+    // and a few words) goes in whole or, past this bound, not at all.
+    const MAX: usize = 16 * 1024;
+    conn.is_handshaking()
+        && greeting.len() <= MAX
+        && conn.writer().write(greeting).ok() == Some(greeting.len())
+}
+
 /// A bounded metric label for a failed handshake (never the peer's free text).
 pub fn handshake_failure(e: &io::Error) -> &'static str {
     use rustls::Error as E;

@@ -790,10 +790,15 @@ async fn dialogue(
     let deps = test_deps(enqueued.clone());
     let (client, server) = tokio::io::duplex(1 << 20);
     let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
-    let server_task =
-        actix::spawn(
-            async move { driver::run(MaybeTls::Plain(server), &mut session, &deps).await },
-        );
+    let server_task = actix::spawn(async move {
+        driver::run(
+            MaybeTls::Plain(server),
+            &mut session,
+            &deps,
+            driver::Banner::Write,
+        )
+        .await
+    });
     let (mut rd, mut wr) = tokio::io::split(client);
     wr.write_all(&input).await.unwrap();
     if !hold_open {
@@ -826,10 +831,15 @@ async fn trickle(
     let deps = test_deps(Arc::new(AtomicUsize::new(0)));
     let (client, server) = tokio::io::duplex(1 << 20);
     let mut session = Session::new(ctx(ListenerRole::Mx, limits), None);
-    let server_task =
-        actix::spawn(
-            async move { driver::run(MaybeTls::Plain(server), &mut session, &deps).await },
-        );
+    let server_task = actix::spawn(async move {
+        driver::run(
+            MaybeTls::Plain(server),
+            &mut session,
+            &deps,
+            driver::Banner::Write,
+        )
+        .await
+    });
     let (mut rd, mut wr) = tokio::io::split(client);
     wr.write_all(prefix).await.unwrap();
     let started = tokio::time::Instant::now();
@@ -1030,3 +1040,5 @@ async fn over_long_lines_are_refused_and_the_session_continues() {
     assert!(wire.contains("Line too long"));
     assert!(wire.contains("NUL character"));
 }
+
+mod tls_writes;
