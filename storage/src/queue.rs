@@ -7,6 +7,10 @@
 //! ([`crate::spool`]) and the census. So a message costs two database writes: its record at
 //! enqueue, and its removal (or its update, when recipients remain) at completion.
 //!
+//! Sparse segments (a few long-deferred messages among delivered ones) are compacted by
+//! [`compaction`]: their live bodies are copied to the open segment and their records
+//! repointed, so that the old segment leaves with its last message.
+//!
 //! A lease is in memory only: it moves the message to the lease's expiry in the due order and
 //! marks it as being delivered. If the worker that holds it dies, the message simply becomes
 //! due again when the lease runs out; a restart has no leases at all (no worker can hold one).
