@@ -799,7 +799,17 @@ impl Queue {
     /// body is and reading it, and its old segment deleted: a failed read is retried at the
     /// new location when the message has moved meanwhile (a leased message is never moved).
     pub fn body_prefix(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, StorageError> {
-        let mut at = self.body_at(id)?;
+        self.read_body(id, self.body_at(id)?, limit)
+    }
+
+    /// Read message `id`'s body, looked up at `at`; again at its new location if it moved
+    /// and the read failed (see [`Queue::body_prefix`]).
+    fn read_body(
+        &self,
+        id: QueueId,
+        mut at: BodyAt,
+        limit: usize,
+    ) -> Result<Vec<u8>, StorageError> {
         let mut tries = 0;
         loop {
             match self.spool.read_prefix(id.0, at, limit) {

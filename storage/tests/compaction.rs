@@ -355,3 +355,48 @@ fn compaction_racing_completions_loses_and_resurrects_nothing() {
         expected.len()
     );
 }
+
+/// While its body is being moved, a message is neither due nor leasable (a delivery would
+/// read it from a segment about to go); once the move ends it is both again.
+#[test]
+fn a_message_being_moved_is_not_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let (queue, _) = Queue::open(dir.path()).unwrap();
+    let queue = Arc::new(queue);
+    let all = fill(&queue, 9);
+    let (moving, seed) = all[2];
+    let done: Vec<Finish> = all[..128]
+        .iter()
+        .filter(|(id, _)| *id != moving)
+        .map(|(id, _)| delivered(&queue, *id))
+        .collect();
+    queue.complete_batch(&done).unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (q, s) = (queue.clone(), seen.clone());
+    queue.set_compaction_hook(Some(Arc::new(move |step| {
+        let q = q.clone();
+        let (leased, due) = std::thread::spawn(move || {
+            let now = amtp_storage::now_ms();
+            let due = q.due(now, usize::MAX).unwrap().contains(&moving);
+            (q.lease(moving, now, now + 1_000).unwrap().is_some(), due)
+        })
+        .join()
+        .unwrap();
+        s.lock().unwrap().push((step, leased, due));
+    })));
+    let report = queue.compact_with(&eager()).unwrap();
+    queue.set_compaction_hook(None);
+    assert_eq!(report.messages, 1);
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![
+            (MoveStep::Marked, false, false),
+            (MoveStep::Appended, false, false),
+            (MoveStep::Synced, false, false),
+        ]
+    );
+    let now = amtp_storage::now_ms();
+    assert!(queue.due(now, usize::MAX).unwrap().contains(&moving));
+    assert!(queue.lease(moving, now, now + 1_000).unwrap().is_some());
+    assert_eq!(queue.body(moving).unwrap(), body(seed, 64 << 10));
+}

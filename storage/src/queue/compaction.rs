@@ -236,6 +236,7 @@ impl Queue {
         report: &mut CompactionReport,
     ) -> Result<(), StorageError> {
         let store = self.store()?;
+        let moved_before = report.messages;
         // Read in file order.
         candidates.sort_unstable_by_key(|&(_, at)| match at {
             BodyAt::Segment { offset, .. } => offset,
@@ -258,7 +259,8 @@ impl Queue {
             chunk_bytes = 0;
         }
         drop(store);
-        if !self.spool.has_segment(victim.segment) {
+        // Deleted by this pass's releases (not by completions that emptied it first).
+        if report.messages > moved_before && !self.spool.has_segment(victim.segment) {
             report.segments_deleted += 1;
             report.bytes_freed += victim.len;
         }
@@ -367,5 +369,74 @@ fn body_len(at: BodyAt) -> u64 {
     match at {
         BodyAt::Segment { len, .. } => len,
         BodyAt::File => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{NewMessage, QueueId};
+    use crate::record::{BodyType, Envelope, Origin, RecipientState, RecipientStatus};
+
+    fn message(n: u8) -> NewMessage {
+        NewMessage {
+            id: None,
+            envelope: Envelope {
+                sender: "s@a.test".into(),
+                mpc: None,
+                origin: Origin::Smtp,
+                listener: "mx".into(),
+                client_ip: "127.0.0.1".into(),
+                auth_user: None,
+                message_id: None,
+                body: BodyType::Unspecified,
+                smtputf8: false,
+            },
+            recipients: vec!["r@b.test".into()],
+            body: vec![n; 64 << 10].into(),
+        }
+    }
+
+    /// A reader that looked up a body's location just before a move deleted that segment
+    /// (`queue show` of an unleased message) reads the body at its new location.
+    #[test]
+    fn a_read_from_a_segment_deleted_by_a_move_is_retried_where_the_body_went() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let mut kept = None;
+        for b in 0..9u8 {
+            let batch: Vec<NewMessage> = (0..16).map(|i| message(b * 16 + i)).collect();
+            for (i, id) in queue.enqueue_batch(&batch).unwrap().into_iter().enumerate() {
+                if b == 0 && i == 1 {
+                    kept = Some(id);
+                } else if b < 8 {
+                    let done = RecipientStatus {
+                        address: "r@b.test".into(),
+                        state: RecipientState::Delivered,
+                        last_reply: None,
+                        status: None,
+                    };
+                    queue.complete(id, &[done]).unwrap();
+                }
+            }
+        }
+        let kept: QueueId = kept.unwrap();
+        let looked_up = queue.body_at(kept).unwrap();
+        let report = queue
+            .compact_with(&CompactionPolicy {
+                min_age: Duration::ZERO,
+                ..CompactionPolicy::default()
+            })
+            .unwrap();
+        assert_eq!(report.segments_deleted, 1, "{report:?}");
+        assert_ne!(queue.body_at(kept).unwrap(), looked_up, "moved");
+        assert!(
+            queue.spool.read(kept.0, looked_up).is_err(),
+            "old segment gone"
+        );
+        assert_eq!(
+            queue.read_body(kept, looked_up, usize::MAX).unwrap(),
+            vec![1u8; 64 << 10]
+        );
     }
 }
