@@ -104,7 +104,7 @@ impl Index {
         self.due
             .range(..=(now, u64::MAX))
             .map(|&(_, id)| id)
-            .filter(|&id| !skip(id) && !self.moving.contains(&id))
+            .filter(|&id| !skip(id) && (self.moving.is_empty() || !self.moving.contains(&id)))
             .take(limit)
             .collect()
     }
