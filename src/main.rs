@@ -157,6 +157,8 @@ enum QueueAction {
         /// The queue id.
         id: String,
     },
+    /// Compact the spool now: move the last live bodies out of sparse segments.
+    Compact,
 }
 
 fn main() -> ExitCode {
@@ -225,6 +227,7 @@ fn main() -> ExitCode {
                 QueueAction::Retry { id, .. } => format!("retry {}", id.unwrap_or_default()),
                 QueueAction::Delete { id } => format!("delete {id}"),
                 QueueAction::Bounce { id } => format!("bounce {id}"),
+                QueueAction::Compact => "compact".to_string(),
             };
             match queue_cmd::run(&data_dir, &query, &hostname) {
                 Ok(text) => {

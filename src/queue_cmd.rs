@@ -1,4 +1,4 @@
-//! `amtp-relay queue list|show|stats|retry|delete|bounce`: queue administration.
+//! `amtp-relay queue list|show|stats|retry|delete|bounce|compact`: queue administration.
 //!
 //! While `serve` runs, sled's lock keeps other processes out of the database, so the command
 //! asks the running relay over its admin socket. When no relay answers, it opens the queue

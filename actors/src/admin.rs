@@ -28,7 +28,8 @@ const HEADER_LIMIT: usize = 64 * 1024;
 
 /// Answer one query against an open queue. `hostname` names us in DSNs (`bounce`).
 ///
-/// Queries: `list`, `show ID`, `stats`, `retry ID`, `retry --all`, `delete ID`, `bounce ID`.
+/// Queries: `list`, `show ID`, `stats`, `retry ID`, `retry --all`, `delete ID`, `bounce ID`,
+/// `compact` (one spool compaction pass now, without the pass's usual minimum segment age).
 pub fn answer(queue: &Queue, query: &str, hostname: &str) -> Result<String, String> {
     let words: Vec<&str> = query.split_whitespace().collect();
     let id = |w: &str| -> Result<QueueId, String> { w.parse() };
@@ -113,10 +114,31 @@ pub fn answer(queue: &Queue, query: &str, hostname: &str) -> Result<String, Stri
                 }
             ))
         }
+        ["compact"] => queue
+            .compact_with(&amtp_storage::CompactionPolicy {
+                min_age: Duration::ZERO,
+                ..amtp_storage::CompactionPolicy::default()
+            })
+            .map(|r| format_compaction(&r))
+            .map_err(|e| e.to_string()),
         _ => Err(format!(
-            "unknown query {query:?} (expected list, show ID, stats, retry ID|--all, delete ID, bounce ID)"
+            "unknown query {query:?} (expected list, show ID, stats, retry ID|--all, delete ID, bounce ID, compact)"
         )),
     }
+}
+
+/// What a compaction pass did, for `queue compact`.
+pub fn format_compaction(r: &amtp_storage::CompactionReport) -> String {
+    format!(
+        "{} sparse segment(s): {} message(s) moved ({} bytes copied), {} segment(s) deleted ({} bytes freed), {} left in place while being delivered, {} ms\n",
+        r.segments,
+        r.messages,
+        r.bytes_copied,
+        r.segments_deleted,
+        r.bytes_freed,
+        r.leased_skipped,
+        r.duration.as_millis()
+    )
 }
 
 /// Counts by state and by destination domain, and the oldest message's age.

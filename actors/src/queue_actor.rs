@@ -7,7 +7,9 @@
 //! nothing and wakes nobody. The session's future is woken by the commit thread directly: no
 //! actor in between, so no other thread wakes per message.
 //!
-//! The queue actor answers the admin socket's read-only queries off the reactor.
+//! The queue actor answers the admin socket's read-only queries off the reactor, and runs
+//! the spool's compaction every [`COMPACT_EVERY`] on the blocking pool (see
+//! `amtp_storage::queue::compaction`): off the sessions' and the committer's threads.
 
 use crate::admin;
 use crate::delivery::fresh::Handoff;
@@ -16,6 +18,11 @@ use crate::metrics::pool::Meter;
 use actix::prelude::*;
 use amtp_storage::{Committer, NewMessage, Queue, QueueId, SubmitError};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// How often the spool's sparse segments are compacted.
+pub const COMPACT_EVERY: Duration = Duration::from_secs(60);
 
 /// See the module docs.
 #[derive(Clone)]
@@ -88,6 +95,8 @@ pub struct QueueActor {
     hostname: Arc<str>,
     /// Woken after `retry`/`bounce` may have made messages due.
     router: Option<Recipient<WakeRouter>>,
+    /// A compaction pass is running (a slow one is never doubled by the next tick).
+    compacting: Arc<AtomicBool>,
 }
 
 impl QueueActor {
@@ -101,12 +110,42 @@ impl QueueActor {
             queue,
             hostname,
             router,
+            compacting: Arc::default(),
         }
+    }
+
+    /// One compaction pass on the blocking pool, unless one is still running. The pass logs
+    /// what it moved; the metrics count it.
+    fn compact(&self) {
+        if self.compacting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (queue, busy) = (self.queue.clone(), self.compacting.clone());
+        actix::spawn(async move {
+            let pass = tokio::task::spawn_blocking(move || queue.compact()).await;
+            busy.store(false, Ordering::Release);
+            match pass {
+                Ok(Ok(report)) => {
+                    if let Some(m) = crate::metrics::get() {
+                        m.compaction_copied_bytes.inc_by(report.bytes_copied);
+                        m.compaction_freed_bytes.inc_by(report.bytes_freed);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "spool compaction failed; retried next pass")
+                }
+                Err(e) => tracing::error!(error = %e, "spool compaction stopped"),
+            }
+        });
     }
 }
 
 impl Actor for QueueActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(COMPACT_EVERY, |act, _| act.compact());
+    }
 }
 
 impl Handler<AdminQuery> for QueueActor {
@@ -204,6 +243,77 @@ mod tests {
             Meter::new("queue", 0),
         );
         (intake, queue, fresh, wakes)
+    }
+
+    /// The periodic pass compacts with the default policy: a segment that has not been
+    /// written for over a minute and holds one live message of 128 is emptied and deleted,
+    /// and the message keeps its exact body.
+    #[actix_rt::test]
+    async fn the_periodic_pass_reclaims_a_segment_pinned_by_one_message() {
+        use amtp_storage::{RecipientState, RecipientStatus};
+        let dir = tempfile::tempdir().unwrap();
+        // Distinct bytes per message (a simple LCG from its number).
+        let body = |n: u64| -> Vec<u8> {
+            let mut x = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            (0..64 << 10)
+                .map(|_| {
+                    x = x
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (x >> 56) as u8
+                })
+                .collect()
+        };
+        let mut pinned = None;
+        {
+            let (queue, _) = Queue::open(dir.path()).unwrap();
+            for b in 0..9u64 {
+                let batch: Vec<NewMessage> = (0..16)
+                    .map(|i| NewMessage {
+                        body: body(b * 16 + i).into(),
+                        ..*message(0)
+                    })
+                    .collect();
+                for (i, id) in queue.enqueue_batch(&batch).unwrap().into_iter().enumerate() {
+                    if b * 16 + i as u64 == 7 {
+                        pinned = Some(id);
+                    } else if b < 8 {
+                        let done = RecipientStatus {
+                            address: "r0@dst.test".into(),
+                            state: RecipientState::Delivered,
+                            last_reply: None,
+                            status: None,
+                        };
+                        queue.complete(id, &[done]).unwrap();
+                    }
+                }
+            }
+            // Nothing written to the segments for two minutes.
+            let old = std::time::SystemTime::now() - Duration::from_secs(120);
+            for e in std::fs::read_dir(dir.path().join("spool")).unwrap() {
+                let f = std::fs::File::options()
+                    .write(true)
+                    .open(e.unwrap().path())
+                    .unwrap();
+                f.set_modified(old).unwrap();
+            }
+        }
+        let pinned = pinned.unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let queue = Arc::new(queue);
+        let before = queue.spool_usage().unwrap().1;
+        let actor = QueueActor::new(queue.clone(), Arc::from("relay.test"), None);
+        actor.compact();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while queue.spool_usage().unwrap().1 + (7 << 20) > before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "not compacted: {before} bytes"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(queue.body(pinned).unwrap(), body(7));
+        assert_eq!(queue.len(), 1 + 16);
     }
 
     /// Every message handed in before any is awaited, as concurrent sessions do.

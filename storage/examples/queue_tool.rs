@@ -9,6 +9,11 @@
 //! - `cycle DIR SECONDS BATCH SIZE`: for `SECONDS`, enqueue `BATCH` messages of `SIZE` bytes,
 //!   lease them and complete them in one batch, over and over; prints messages/s and the
 //!   process's CPU time per message (user + system, all threads, sled's included).
+//! - `pinned DIR COUNT SIZE EVERY`: commit `COUNT` messages of `SIZE` bytes in batches of
+//!   1,000 and deliver all of them but every `EVERY`-th, which is deferred for 2 h (a healthy
+//!   stream with a few dead destinations mixed in: each deferred message pins its segment).
+//! - `compact DIR [MIN_AGE_SECS]`: one compaction pass (default policy, minimum age
+//!   `MIN_AGE_SECS`, default 0); prints what it did and how long it took.
 //!
 //! Run: `cargo run --release -p amtp-storage --example queue_tool -- prefill /tmp/q 100000 1024 dead.test 7200`.
 
@@ -151,6 +156,91 @@ fn cycle(dir: &Path, seconds: u64, batch: u64, size: usize) {
     println!("cycle: {done} messages in {secs:.1} s = {rate:.0}/s; CPU {per:.0} µs/message");
 }
 
+fn delivered(recipients: &[RecipientStatus]) -> Vec<RecipientStatus> {
+    recipients
+        .iter()
+        .map(|r| RecipientStatus {
+            state: RecipientState::Delivered,
+            last_reply: Some("250 2.0.0 ok".into()),
+            status: Some("2.0.0".into()),
+            ..r.clone()
+        })
+        .collect()
+}
+
+fn pinned(dir: &Path, count: u64, size: usize, every: u64) {
+    let (queue, _) = Queue::open(dir).expect("open the queue");
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut kept = 0u64;
+    while n < count {
+        let batch: Vec<NewMessage> = (n..count.min(n + 1000))
+            .map(|i| message(i, size, "mixed.test"))
+            .collect();
+        let ids = queue.enqueue_batch(&batch).expect("enqueue");
+        let retry_at = amtp_storage::now_ms() + 7_200_000;
+        let finish: Vec<Finish> = ids
+            .iter()
+            .zip(n..)
+            .map(|(&id, i)| {
+                let rec = queue.get(id).expect("read").expect("just enqueued");
+                if i % every == 0 {
+                    kept += 1;
+                    Finish {
+                        id,
+                        outcomes: deferred(&rec.recipients),
+                        retry_at: Some(retry_at),
+                    }
+                } else {
+                    Finish {
+                        id,
+                        outcomes: delivered(&rec.recipients),
+                        retry_at: None,
+                    }
+                }
+            })
+            .collect();
+        for r in queue.complete_batch(&finish).expect("complete") {
+            r.expect("complete one");
+        }
+        n += batch.len() as u64;
+    }
+    let (segments, bytes) = queue.spool_usage().expect("spool usage");
+    println!(
+        "pinned: {count} messages of {size} bytes in {:.1} s, {kept} deferred; spool: {segments} segments, {bytes} bytes",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+fn compact(dir: &Path, min_age_secs: u64) {
+    let (queue, _) = Queue::open(dir).expect("open the queue");
+    let (segments, bytes) = queue.spool_usage().expect("spool usage");
+    println!(
+        "before: {} messages, {segments} segments, {bytes} bytes",
+        queue.len()
+    );
+    let report = queue
+        .compact_with(&amtp_storage::CompactionPolicy {
+            min_age: Duration::from_secs(min_age_secs),
+            ..amtp_storage::CompactionPolicy::default()
+        })
+        .expect("compact");
+    let (segments, bytes) = queue.spool_usage().expect("spool usage");
+    println!(
+        "pass: {} segments ({} deleted), {} messages, {} bytes copied, {} bytes freed, {:.1} ms",
+        report.segments,
+        report.segments_deleted,
+        report.messages,
+        report.bytes_copied,
+        report.bytes_freed,
+        report.duration.as_secs_f64() * 1000.0
+    );
+    println!(
+        "after: {} messages, {segments} segments, {bytes} bytes",
+        queue.len()
+    );
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = |i: usize| -> &str { args.get(i).map_or("", String::as_str) };
@@ -173,9 +263,16 @@ fn main() {
             num(3),
             usize::try_from(num(4)).unwrap_or(usize::MAX),
         ),
+        "pinned" => pinned(
+            Path::new(arg(1)),
+            num(2),
+            usize::try_from(num(3)).unwrap_or(usize::MAX),
+            num(4),
+        ),
+        "compact" => compact(Path::new(arg(1)), args.get(2).map_or(0, |_| num(2))),
         _ => {
             eprintln!(
-                "usage: queue_tool prefill DIR COUNT SIZE DOMAIN [RETRY_SECS] | cycle DIR SECONDS BATCH SIZE"
+                "usage: queue_tool prefill DIR COUNT SIZE DOMAIN [RETRY_SECS] | cycle DIR SECONDS BATCH SIZE | pinned DIR COUNT SIZE EVERY | compact DIR [MIN_AGE_SECS]"
             );
             std::process::exit(2);
         }

@@ -8,10 +8,14 @@
 //! A lease moves the message's due time to the lease's expiry: if its holder dies, the message
 //! becomes due again by itself when the lease runs out.
 //!
+//! It also knows which messages compaction is moving to another segment: those are not
+//! leased (nor offered as due) until the move ends, so that no delivery reads a body from a
+//! segment the move is about to delete.
+//!
 //! Cost: one hash entry and one ordered-set entry per message (about 100 bytes).
 
 use crate::record::BodyAt;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// What the index knows about one message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,6 +44,8 @@ impl Slot {
 pub struct Index {
     slots: HashMap<u64, Slot>,
     due: BTreeSet<(u64, u64)>,
+    /// Messages whose body compaction is moving: not leasable, not due.
+    moving: HashSet<u64>,
 }
 
 impl Index {
@@ -76,13 +82,29 @@ impl Index {
         }
     }
 
+    /// Mark message `id` as being moved by compaction (it must not be leased meanwhile).
+    pub fn start_moving(&mut self, id: u64) {
+        self.moving.insert(id);
+    }
+
+    /// The move of message `id` ended (done or given up).
+    pub fn stop_moving(&mut self, id: u64) {
+        self.moving.remove(&id);
+    }
+
+    /// Whether compaction is moving message `id`'s body.
+    pub fn is_moving(&self, id: u64) -> bool {
+        self.moving.contains(&id)
+    }
+
     /// Up to `limit` ids due at or before `now` for which `skip` is false, soonest first
-    /// (leased messages are due when their lease expires).
+    /// (leased messages are due when their lease expires; messages being moved are not due
+    /// until the move ends).
     pub fn due(&self, now: u64, limit: usize, skip: impl Fn(u64) -> bool) -> Vec<u64> {
         self.due
             .range(..=(now, u64::MAX))
             .map(|&(_, id)| id)
-            .filter(|&id| !skip(id))
+            .filter(|&id| !skip(id) && (self.moving.is_empty() || !self.moving.contains(&id)))
             .take(limit)
             .collect()
     }
@@ -150,5 +172,13 @@ mod tests {
             vec![1],
             "skipped ids do not take the limit's places"
         );
+        index.start_moving(3);
+        assert_eq!(
+            index.due(u64::MAX, 1, |_| false),
+            vec![1],
+            "moving: not due"
+        );
+        index.stop_moving(3);
+        assert_eq!(index.due(u64::MAX, 1, |_| false), vec![3]);
     }
 }

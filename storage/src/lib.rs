@@ -16,7 +16,8 @@
 //! - [`record`] — the on-disk envelope record (version byte, per-recipient status).
 //! - [`spool`] — bodies appended to segment files, and the fsync discipline.
 //! - [`index`] — the due order, leases and body locations, in memory.
-//! - [`queue`] — [`Queue`], the store: enqueue, due, lease, complete, reschedule, remove.
+//! - [`queue`] — [`Queue`], the store: enqueue, due, lease, complete, reschedule, remove;
+//!   [`queue::compaction`] moves the last live bodies out of sparse segments.
 //! - [`census`] — messages per state (ready, deferred, delivering), kept current without scans.
 //! - [`committer`] — the group-commit thread and its bounded submission channel.
 //! - [`error`] — [`StorageError`].
@@ -32,6 +33,7 @@ pub mod spool;
 
 pub use committer::{CommitError, Committer, CommitterConfig, SubmitError};
 pub use error::StorageError;
+pub use queue::compaction::{CompactionPolicy, CompactionReport};
 pub use queue::{Completion, Finish, Health, NewMessage, OpenReport, Queue, QueueId};
 pub use record::{
     BodyAt, BodyType, Envelope, MessageRecord, Origin, RecipientState, RecipientStatus,

@@ -7,6 +7,10 @@
 //! ([`crate::spool`]) and the census. So a message costs two database writes: its record at
 //! enqueue, and its removal (or its update, when recipients remain) at completion.
 //!
+//! Sparse segments (a few long-deferred messages among delivered ones) are compacted by
+//! [`compaction`]: their live bodies are copied to the open segment and their records
+//! repointed, so that the old segment leaves with its last message.
+//!
 //! A lease is in memory only: it moves the message to the lease's expiry in the due order and
 //! marks it as being delivered. If the worker that holds it dies, the message simply becomes
 //! due again when the lease runs out; a restart has no leases at all (no worker can hold one).
@@ -27,6 +31,8 @@
 //!   crash before leaves the messages queued, delivered again (a duplicate, never a loss, and
 //!   never forever). Concurrent callers share fsyncs (see [`Queue::sync`]): the slowest step
 //!   of delivery is paid once per group, not per message.
+
+pub mod compaction;
 
 use crate::census::{Census, Counts, State, state_of};
 use crate::error::StorageError;
@@ -147,6 +153,8 @@ pub struct Queue {
     index: std::sync::Mutex<Index>,
     /// Storage health and what a recovery must clean up.
     health: HealthState,
+    /// Compaction of sparse segments (see [`compaction`]).
+    compactor: compaction::Compactor,
 }
 
 /// sled 0.34 keeps the first I/O error of its log writer for good: every later write fails,
@@ -267,6 +275,7 @@ impl Queue {
             census: Census::default(),
             index: std::sync::Mutex::default(),
             health: HealthState::default(),
+            compactor: compaction::Compactor::default(),
         };
         Ok(queue)
     }
@@ -315,7 +324,7 @@ impl Queue {
         let mut index = Index::default();
         let mut counts = Counts::default();
         let mut arrivals = BTreeMap::new();
-        let mut live: HashMap<u64, u64> = HashMap::new();
+        let mut live: HashMap<u64, spool::LiveCount> = HashMap::new();
         let kept_leases: HashMap<u64, u64> = if mode == Load::Reopen {
             self.index()
                 .iter()
@@ -340,8 +349,10 @@ impl Queue {
             if let Some(&until) = kept_leases.get(&id) {
                 rec.lease_until = until;
             }
-            if let BodyAt::Segment { segment, .. } = at {
-                *live.entry(segment).or_default() += 1;
+            if let BodyAt::Segment { segment, len, .. } = at {
+                let c = live.entry(segment).or_default();
+                c.count += 1;
+                c.bytes += len;
             }
             index.insert(
                 id,
@@ -779,12 +790,40 @@ impl Queue {
 
     /// The message body.
     pub fn body(&self, id: QueueId) -> Result<Vec<u8>, StorageError> {
-        self.spool.read(id.0, self.body_at(id)?)
+        self.body_prefix(id, usize::MAX)
     }
 
     /// At most `limit` bytes of the body.
+    ///
+    /// A message that is not leased may be moved by compaction between looking up where its
+    /// body is and reading it, and its old segment deleted: a failed read is retried at the
+    /// new location when the message has moved meanwhile (a leased message is never moved).
     pub fn body_prefix(&self, id: QueueId, limit: usize) -> Result<Vec<u8>, StorageError> {
-        self.spool.read_prefix(id.0, self.body_at(id)?, limit)
+        self.read_body(id, self.body_at(id)?, limit)
+    }
+
+    /// Read message `id`'s body, looked up at `at`; again at its new location if it moved
+    /// and the read failed (see [`Queue::body_prefix`]).
+    fn read_body(
+        &self,
+        id: QueueId,
+        mut at: BodyAt,
+        limit: usize,
+    ) -> Result<Vec<u8>, StorageError> {
+        let mut tries = 0;
+        loop {
+            match self.spool.read_prefix(id.0, at, limit) {
+                Ok(body) => return Ok(body),
+                Err(e) => {
+                    tries += 1;
+                    let now = self.body_at(id)?;
+                    if now == at || tries >= 4 {
+                        return Err(e);
+                    }
+                    at = now;
+                }
+            }
+        }
     }
 
     /// Every message, in id order.
@@ -899,8 +938,8 @@ impl Queue {
     }
 
     /// Take a delivery lease until `until` (ms). Returns `None` if another worker holds an
-    /// unexpired lease (`now` < its lease) — the caller skips the message. Writes nothing: the
-    /// lease is in memory (see the module docs).
+    /// unexpired lease (`now` < its lease), or compaction is moving its body right now — the
+    /// caller skips the message. Writes nothing: the lease is in memory (see the module docs).
     pub fn lease(
         &self,
         id: QueueId,
@@ -917,7 +956,15 @@ impl Queue {
         }
         let old_state = state_of(&rec);
         rec.lease_until = until;
-        self.index().update(id.0, |slot| slot.lease_until = until);
+        {
+            // Checked and taken under one index lock: compaction marks only unleased
+            // messages, under the same lock.
+            let mut index = self.index();
+            if index.is_moving(id.0) {
+                return Ok(None);
+            }
+            index.update(id.0, |slot| slot.lease_until = until);
+        }
         self.census.moved(old_state, state_of(&rec));
         Ok(Some(rec))
     }

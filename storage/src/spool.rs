@@ -13,11 +13,12 @@
 //! record refers to, which [`crate::Queue::open`] deletes. A record can never point at a body
 //! that was not durable.
 //!
-//! Reclaim: each segment's live messages are counted in memory (rebuilt at open from the
-//! records); a segment is deleted when its last message is completed or removed (and it is no
-//! longer the one being appended to). So a message deferred for a long time keeps its whole
-//! segment on disk: the worst case is [`SEGMENT_BYTES`] per such message (see the queue section
-//! of docs/ARCHITECTURE.md).
+//! Reclaim: each segment's live messages and live bytes are counted in memory (rebuilt at open
+//! from the records); a segment is deleted when its last message is completed or removed (and
+//! it is no longer the one being appended to). A message deferred for a long time would keep
+//! its whole segment on disk; compaction ([`crate::queue::compaction`]) moves the few live
+//! bodies of such sparse segments ([`Spool::victims`]) to the open segment, so that the
+//! segment's last message leaves with the move.
 //!
 //! Queues written before segments keep one file per body (named by the queue id,
 //! [`BodyAt::File`]): they are read, and deleted when their message leaves, as before.
@@ -29,6 +30,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 /// A segment takes new batches until it holds this much (a batch is never split, so a segment
 /// may end larger).
@@ -45,7 +47,51 @@ pub struct Spool {
 #[derive(Debug, Default)]
 struct Segments {
     open: Option<OpenSegment>,
-    live: HashMap<u64, u64>,
+    live: HashMap<u64, Live>,
+}
+
+/// What is known about one segment in memory.
+#[derive(Debug, Clone, Copy)]
+struct Live {
+    /// Messages whose record points into it.
+    count: u64,
+    /// Their bytes.
+    bytes: u64,
+    /// The file's length (bytes no record refers to included).
+    len: u64,
+    /// When a batch was last appended to it (at open: the file's modification time).
+    written: SystemTime,
+}
+
+impl Default for Live {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            bytes: 0,
+            len: 0,
+            written: SystemTime::now(),
+        }
+    }
+}
+
+/// Live messages and bytes of one segment, as counted from the records at open.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LiveCount {
+    /// Messages.
+    pub count: u64,
+    /// Their body bytes.
+    pub bytes: u64,
+}
+
+/// A sparse closed segment worth compacting (see [`Spool::victims`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Victim {
+    /// The segment's number.
+    pub segment: u64,
+    /// Its file's length.
+    pub len: u64,
+    /// Bytes of it that records still refer to.
+    pub live_bytes: u64,
 }
 
 #[derive(Debug)]
@@ -130,8 +176,13 @@ impl Spool {
         let result = write_bodies(&self.segment_path(open.number), open, bodies);
         match result {
             Ok(at) => {
-                let number = open.number;
-                *segs.live.entry(number).or_default() += at.len() as u64;
+                let (number, len) = (open.number, open.len);
+                let bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+                let live = segs.live.entry(number).or_default();
+                live.count += at.len() as u64;
+                live.bytes += bytes;
+                live.len = len;
+                live.written = SystemTime::now();
                 Ok((at, created))
             }
             Err(e) => {
@@ -152,10 +203,12 @@ impl Spool {
     /// comes back with the segment's last live message.
     pub fn abandon(&self, bodies: &[BodyAt]) {
         let mut segs = self.segments();
-        let mut counts: HashMap<u64, u64> = HashMap::new();
+        let mut counts: HashMap<u64, LiveCount> = HashMap::new();
         for at in bodies {
-            if let BodyAt::Segment { segment, .. } = *at {
-                *counts.entry(segment).or_default() += 1;
+            if let BodyAt::Segment { segment, len, .. } = *at {
+                let c = counts.entry(segment).or_default();
+                c.count += 1;
+                c.bytes += len;
             }
         }
         for (segment, n) in counts {
@@ -172,7 +225,7 @@ impl Spool {
     /// their files, and every segment they leave empty (except the one being appended to).
     pub fn release(&self, bodies: &[(u64, BodyAt)]) -> Result<(), StorageError> {
         let mut first_error = None;
-        let mut per_segment: HashMap<u64, u64> = HashMap::new();
+        let mut per_segment: HashMap<u64, LiveCount> = HashMap::new();
         for &(id, at) in bodies {
             match at {
                 BodyAt::File => {
@@ -180,7 +233,11 @@ impl Spool {
                         first_error.get_or_insert(e);
                     }
                 }
-                BodyAt::Segment { segment, .. } => *per_segment.entry(segment).or_default() += 1,
+                BodyAt::Segment { segment, len, .. } => {
+                    let c = per_segment.entry(segment).or_default();
+                    c.count += 1;
+                    c.bytes += len;
+                }
             }
         }
         if !per_segment.is_empty() {
@@ -194,21 +251,42 @@ impl Spool {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// At open: take every segment's live count (from the records), delete segments no record
-    /// refers to when `delete`, and report the lengths of the others.
+    /// At open: take every segment's live count and bytes (from the records), delete segments
+    /// no record refers to when `delete`, and report the lengths of the others.
     pub fn reconcile(
         &self,
-        live: HashMap<u64, u64>,
+        counted: HashMap<u64, LiveCount>,
         delete: bool,
     ) -> Result<SpoolReport, StorageError> {
         let mut report = SpoolReport::default();
-        for (number, len) in self.segment_files()? {
-            if live.contains_key(&number) || !delete {
+        let mut live = HashMap::with_capacity(counted.len());
+        for (number, len, written) in self.segment_files()? {
+            if let Some(c) = counted.get(&number) {
+                live.insert(
+                    number,
+                    Live {
+                        count: c.count,
+                        bytes: c.bytes,
+                        len,
+                        written,
+                    },
+                );
+            }
+            if counted.contains_key(&number) || !delete {
                 report.lengths.insert(number, len);
             } else {
                 remove_file(&self.segment_path(number))?;
                 report.segments_removed += 1;
             }
+        }
+        // Records pointing at a missing segment (reported by the caller) keep a count, so
+        // that nothing is released below zero.
+        for (&number, c) in &counted {
+            live.entry(number).or_insert(Live {
+                count: c.count,
+                bytes: c.bytes,
+                ..Live::default()
+            });
         }
         let mut segs = self.segments();
         segs.open = None;
@@ -216,8 +294,67 @@ impl Spool {
         Ok(report)
     }
 
-    /// Segment files and their lengths.
-    fn segment_files(&self) -> Result<Vec<(u64, u64)>, StorageError> {
+    /// Closed segments whose live bytes are below `max_live_percent` % of their file and
+    /// which nothing was appended to for `min_age`, sparsest first, as many as needed to
+    /// copy about `max_bytes` (at least one when any qualifies). The open segment is never a
+    /// victim.
+    pub fn victims(&self, max_live_percent: u64, min_age: Duration, max_bytes: u64) -> Vec<Victim> {
+        let now = SystemTime::now();
+        let segs = self.segments();
+        let open = segs.open.as_ref().map(|o| o.number);
+        let mut found: Vec<Victim> = segs
+            .live
+            .iter()
+            .filter(|&(&number, live)| {
+                Some(number) != open
+                    && live.count > 0
+                    && live.len > 0
+                    && u128::from(live.bytes) * 100
+                        < u128::from(live.len) * u128::from(max_live_percent)
+                    && now
+                        .duration_since(live.written)
+                        .is_ok_and(|age| age >= min_age)
+            })
+            .map(|(&segment, live)| Victim {
+                segment,
+                len: live.len,
+                live_bytes: live.bytes,
+            })
+            .collect();
+        // Sparsest first: the most space back per byte copied.
+        found.sort_by(|a, b| {
+            (u128::from(a.live_bytes) * u128::from(b.len))
+                .cmp(&(u128::from(b.live_bytes) * u128::from(a.len)))
+                .then(a.segment.cmp(&b.segment))
+        });
+        let mut copied = 0u64;
+        let mut chosen = Vec::new();
+        for v in found {
+            if !chosen.is_empty() && copied.saturating_add(v.live_bytes) > max_bytes {
+                break;
+            }
+            copied = copied.saturating_add(v.live_bytes);
+            chosen.push(v);
+        }
+        chosen
+    }
+
+    /// Whether segment `number` is still kept (some record refers to it, or it is open).
+    pub fn has_segment(&self, number: u64) -> bool {
+        let segs = self.segments();
+        segs.live.contains_key(&number) || segs.open.as_ref().is_some_and(|o| o.number == number)
+    }
+
+    /// Live messages and bytes of segment `number` (for tests and tools).
+    pub fn live(&self, number: u64) -> Option<LiveCount> {
+        self.segments().live.get(&number).map(|l| LiveCount {
+            count: l.count,
+            bytes: l.bytes,
+        })
+    }
+
+    /// Segment files, their lengths and modification times.
+    fn segment_files(&self) -> Result<Vec<(u64, u64, SystemTime)>, StorageError> {
         let ctx = || format!("listing spool directory {}", self.dir.display());
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).map_err(|e| StorageError::io(ctx(), e))? {
@@ -229,11 +366,9 @@ impl Spool {
                 .filter(|n| n.len() == 16)
                 .and_then(|n| u64::from_str_radix(n, 16).ok())
             {
-                let len = entry
-                    .metadata()
-                    .map_err(|e| StorageError::io(ctx(), e))?
-                    .len();
-                out.push((number, len));
+                let meta = entry.metadata().map_err(|e| StorageError::io(ctx(), e))?;
+                let written = meta.modified().unwrap_or_else(|_| SystemTime::now());
+                out.push((number, meta.len(), written));
             }
         }
         Ok(out)
@@ -334,7 +469,7 @@ impl Segments {
     /// Stop appending to the open segment; delete it if nothing in it is live.
     fn close_open(&mut self, spool: &Spool) {
         if let Some(open) = self.open.take()
-            && self.live.get(&open.number).is_none_or(|&n| n == 0)
+            && self.live.get(&open.number).is_none_or(|l| l.count == 0)
         {
             self.live.remove(&open.number);
             if let Err(e) = remove_file(&spool.segment_path(open.number)) {
@@ -344,11 +479,12 @@ impl Segments {
     }
 
     /// `n` messages of `segment` are gone; delete it when none is left and it is not open.
-    fn release(&mut self, spool: &Spool, segment: u64, n: u64) -> Result<(), StorageError> {
+    fn release(&mut self, spool: &Spool, segment: u64, n: LiveCount) -> Result<(), StorageError> {
         let left = {
             let live = self.live.entry(segment).or_default();
-            *live = live.saturating_sub(n);
-            *live
+            live.count = live.count.saturating_sub(n.count);
+            live.bytes = live.bytes.saturating_sub(n.bytes);
+            live.count
         };
         let is_open = self.open.as_ref().is_some_and(|o| o.number == segment);
         if left == 0 && !is_open {

@@ -306,6 +306,8 @@ fn queue_administration_while_running_and_stopped() {
     );
     let (ok, _, err) = relay.queue_cli(&["show", &a]);
     assert!(!ok && err.contains("no message"), "{err}");
+    let (ok, out, err) = relay.queue_cli(&["compact"]);
+    assert!(ok && out.contains("sparse segment(s)"), "{out}{err}");
     // Stopped: the same commands work on the data directory.
     let dir = relay.stop();
     let cli = |args: &[&str]| {
@@ -323,6 +325,12 @@ fn queue_administration_while_running_and_stopped() {
         .next()
         .unwrap()
         .to_string();
+    // A compaction pass on the stopped relay's queue (every segment is closed now): the
+    // DSN's body is still there.
+    let (ok, out) = cli(&["compact"]);
+    assert!(ok && out.contains("sparse segment(s)"), "{out}");
+    let (ok, show) = cli(&["show", &dsn_id]);
+    assert!(ok && show.contains("Subject:"), "{show}");
     assert!(cli(&["delete", &dsn_id]).0);
     assert_eq!(cli(&["list"]).1, "queue is empty\n");
 }

@@ -87,6 +87,8 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub commit_batch: Histogram,
     pub commit_failures: IntCounter,
+    pub compaction_copied_bytes: IntCounter,
+    pub compaction_freed_bytes: IntCounter,
     pub queue_messages: IntGaugeVec,
     pub queue_oldest_age: Gauge,
     pub storage_healthy: IntGauge,
@@ -370,6 +372,16 @@ impl Metrics {
                 &r,
                 "amtp_queue_commit_failures_total",
                 "Group commits that failed (every message in them was answered 451).",
+            ),
+            compaction_copied_bytes: counter(
+                &r,
+                "amtp_queue_compaction_copied_bytes_total",
+                "Message body bytes copied out of sparse spool segments by compaction.",
+            ),
+            compaction_freed_bytes: counter(
+                &r,
+                "amtp_queue_compaction_freed_bytes_total",
+                "Spool segment bytes deleted because compaction moved their last live messages.",
             ),
             queue_messages: gauge_vec(
                 &r,
