@@ -711,10 +711,10 @@ impl Queue {
             return Ok(());
         };
         let contents: Vec<&[u8]> = messages.iter().map(|m| &m.body[..]).collect();
-        let (at, created) = self.spool.append_batch(first.0, &contents)?;
+        let (at, dir_owed) = self.spool.append_batch(first.0, &contents)?;
         *bodies = at;
-        if created {
-            self.spool.sync_dir()?;
+        if dir_owed {
+            self.spool.sync_dir_of(bodies)?;
         }
         let mut batch = sled::Batch::default();
         for ((m, id), at) in messages.iter().zip(ids.iter()).zip(bodies.iter()) {

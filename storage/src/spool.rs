@@ -99,6 +99,9 @@ struct OpenSegment {
     number: u64,
     file: File,
     len: u64,
+    /// Whether a directory fsync has succeeded since the file was created: until then its
+    /// name may not survive a power loss, whoever appended to it.
+    dir_synced: bool,
 }
 
 /// What [`Spool::reconcile`] found.
@@ -139,9 +142,10 @@ impl Spool {
     }
 
     /// Append a batch's bodies to the open segment (a new one, numbered `number`, when none is
-    /// open or it is full) and `fdatasync` it. Returns where each body is, and whether a new
-    /// segment file was created: its name is durable only after [`Spool::sync_dir`], which the
-    /// caller owes before any record refers to it.
+    /// open or it is full) and `fdatasync` it. Returns where each body is, and whether the
+    /// segment's name is not yet known to be durable (a directory fsync has not succeeded since
+    /// it was created — by this caller or by another writer appending to the same segment):
+    /// then the caller owes [`Spool::sync_dir_of`] before any record refers to the bodies.
     ///
     /// On error nothing of the batch stays on disk (the segment is cut back to where the batch
     /// began, or deleted if the batch created it), and the segment is no longer appended to:
@@ -152,7 +156,6 @@ impl Spool {
         bodies: &[&[u8]],
     ) -> Result<(Vec<BodyAt>, bool), StorageError> {
         let mut segs = self.segments();
-        let mut created = false;
         if segs.open.as_ref().is_none_or(|s| s.len >= SEGMENT_BYTES) {
             segs.close_open(self);
             let path = self.segment_path(number);
@@ -166,8 +169,8 @@ impl Spool {
                 number,
                 file,
                 len: 0,
+                dir_synced: false,
             });
-            created = true;
         }
         let Some(open) = segs.open.as_mut() else {
             unreachable!("a segment was just opened");
@@ -176,14 +179,14 @@ impl Spool {
         let result = write_bodies(&self.segment_path(open.number), open, bodies);
         match result {
             Ok(at) => {
-                let (number, len) = (open.number, open.len);
+                let (number, len, owed) = (open.number, open.len, !open.dir_synced);
                 let bytes: u64 = bodies.iter().map(|b| b.len() as u64).sum();
                 let live = segs.live.entry(number).or_default();
                 live.count += at.len() as u64;
                 live.bytes += bytes;
                 live.len = len;
                 live.written = SystemTime::now();
-                Ok((at, created))
+                Ok((at, owed))
             }
             Err(e) => {
                 // Cut the batch off, and append to a fresh segment from now on.
@@ -345,6 +348,23 @@ impl Spool {
         segs.live.contains_key(&number) || segs.open.as_ref().is_some_and(|o| o.number == number)
     }
 
+    /// Every segment's live messages and bytes (for tests: compare with the records).
+    pub fn live_segments(&self) -> Vec<(u64, LiveCount)> {
+        self.segments()
+            .live
+            .iter()
+            .map(|(&n, l)| {
+                (
+                    n,
+                    LiveCount {
+                        count: l.count,
+                        bytes: l.bytes,
+                    },
+                )
+            })
+            .collect()
+    }
+
     /// Live messages and bytes of segment `number` (for tests and tools).
     pub fn live(&self, number: u64) -> Option<LiveCount> {
         self.segments().live.get(&number).map(|l| LiveCount {
@@ -403,6 +423,21 @@ impl Spool {
     /// fsync the directory so that created (or removed) names are durable.
     pub fn sync_dir(&self) -> Result<(), StorageError> {
         sync_dir(&self.dir)
+    }
+
+    /// fsync the directory for bodies [`Spool::append_batch`] just wrote, and remember that
+    /// their segment's name is durable, so later writers to it need not.
+    pub fn sync_dir_of(&self, bodies: &[BodyAt]) -> Result<(), StorageError> {
+        sync_dir(&self.dir)?;
+        let mut segs = self.segments();
+        if let Some(open) = segs.open.as_mut()
+            && bodies
+                .iter()
+                .any(|b| matches!(b, BodyAt::Segment { segment, .. } if *segment == open.number))
+        {
+            open.dir_synced = true;
+        }
+        Ok(())
     }
 
     /// Read message `id`'s body from `at`.
@@ -550,4 +585,39 @@ pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StorageError::io(format!("fsync of directory {}", dir.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A segment's name is owed a directory fsync by every writer until one succeeds: a
+    /// second writer appending before the creator's fsync must not write records that point
+    /// into a file whose name a power loss could take away.
+    #[test]
+    fn every_writer_owes_the_directory_fsync_until_one_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().to_path_buf()).unwrap();
+        let body = vec![7u8; 1024];
+        let (first, owed) = spool.append_batch(1, &[&body]).unwrap();
+        assert!(owed, "the creator owes it");
+        let (second, owed) = spool.append_batch(2, &[&body]).unwrap();
+        assert!(
+            owed,
+            "so does a writer appending before any directory fsync"
+        );
+        assert_eq!(first.len() + second.len(), 2);
+        spool.sync_dir_of(&first).unwrap();
+        let (_, owed) = spool.append_batch(3, &[&body]).unwrap();
+        assert!(!owed, "once it succeeded, nobody owes it for this segment");
+        // A new segment (the open one is full) is owed again.
+        let big = vec![0u8; usize::try_from(SEGMENT_BYTES).unwrap()];
+        let (_, owed) = spool.append_batch(4, &[&big]).unwrap();
+        assert!(!owed, "still the synced segment");
+        let (at, owed) = spool.append_batch(5, &[&body]).unwrap();
+        assert!(
+            owed && matches!(at[0], BodyAt::Segment { segment: 5, .. }),
+            "{at:?}"
+        );
+    }
 }

@@ -14,7 +14,15 @@
 //! [`CompactionPolicy::min_age`] (fresh segments whose mail is still being delivered empty
 //! by themselves). A pass copies about [`CompactionPolicy::max_bytes_per_pass`], in chunks of
 //! at most [`CHUNK_BYTES`] (one append, one sled batch, one fsync each), so that a commit
-//! never waits behind more than one chunk.
+//! waits behind at most one chunk's append. Finding the victims' messages scans the in-memory
+//! index once per pass under its lock: commits (their index insert before the `250`), leases
+//! and completions wait for that scan (68 ms for a whole pass over 1,000,000 messages on the
+//! reference machine; it runs only when a victim exists, at most once a minute). A body larger
+//! than a chunk is a chunk of its own.
+//!
+//! Spool errors in a pass (a full disk) mark storage unhealthy like a failed commit, and a
+//! segment's name is made durable (directory fsync) before any record points into it, by
+//! whichever writer appended to it first (see `Spool::sync_dir_of`).
 //!
 //! # The move (per victim, holding the store's read lock throughout, so that a database
 //! reopen and its recount of the segments never fall inside it)
@@ -315,11 +323,14 @@ impl Queue {
         }
         let number = store.db.generate_id().map_err(|e| self.failed(e.into()))?;
         let contents: Vec<&[u8]> = bodies.iter().map(|b| &b.2[..]).collect();
-        let (new_at, created) = self.spool.append_batch(number, &contents)?;
-        if created && let Err(e) = self.spool.sync_dir() {
+        let (new_at, dir_owed) = self
+            .spool
+            .append_batch(number, &contents)
+            .map_err(|e| self.failed(e))?;
+        if dir_owed && let Err(e) = self.spool.sync_dir_of(&new_at) {
             // No record refers to the copies: take them back.
             self.spool.abandon(&new_at);
-            return Err(e);
+            return Err(self.failed(e));
         }
         self.compaction_step(MoveStep::Appended);
         // c. Point the records that still point into the victim at their copies.
@@ -438,5 +449,109 @@ mod tests {
             queue.read_body(kept, looked_up, usize::MAX).unwrap(),
             vec![1u8; 64 << 10]
         );
+    }
+
+    /// Per segment, the live messages and bytes the records (the index) point at.
+    fn live_from_records(queue: &Queue) -> std::collections::BTreeMap<u64, (u64, u64)> {
+        let mut live = std::collections::BTreeMap::new();
+        for (_, slot) in queue.index().iter() {
+            if let BodyAt::Segment { segment, len, .. } = slot.body {
+                let e = live.entry(segment).or_insert((0, 0));
+                e.0 += 1;
+                e.1 += len;
+            }
+        }
+        live
+    }
+
+    /// The spool's counts match the records exactly: a segment counted for a message that no
+    /// longer points into it is deleted late (space), one not counted for a message that does
+    /// is deleted early (a lost body).
+    fn assert_counts_match_records(queue: &Queue, when: &str) {
+        let records = live_from_records(queue);
+        let spool: std::collections::BTreeMap<u64, (u64, u64)> = queue
+            .spool
+            .live_segments()
+            .into_iter()
+            .filter(|(_, l)| l.count > 0)
+            .map(|(n, l)| (n, (l.count, l.bytes)))
+            .collect();
+        assert_eq!(spool, records, "{when}: spool counts vs records");
+    }
+
+    /// A victim keeps a leased message (not moved), loses one to a removal in the middle of
+    /// the move (its copy is released, not the victim's slot twice), and moves the rest: every
+    /// segment's live count and bytes still equal what the records point at, and the leased
+    /// message's body is still readable where it is.
+    #[test]
+    fn live_counts_match_the_records_after_a_move_with_a_lease_and_a_removal() {
+        let dir = tempfile::tempdir().unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        let done = || RecipientStatus {
+            address: "r@b.test".into(),
+            state: RecipientState::Delivered,
+            last_reply: None,
+            status: None,
+        };
+        let (mut leased, mut removed, mut moved) = (None, None, None);
+        for b in 0..9u8 {
+            let batch: Vec<NewMessage> = (0..16).map(|i| message(b * 16 + i)).collect();
+            for (i, id) in queue.enqueue_batch(&batch).unwrap().into_iter().enumerate() {
+                match (b, i) {
+                    (0, 1) => leased = Some(id),
+                    (0, 2) => removed = Some(id),
+                    (0, 3) => moved = Some(id),
+                    (b, _) if b < 8 => {
+                        queue.complete(id, &[done()]).unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (leased, removed, moved) = (leased.unwrap(), removed.unwrap(), moved.unwrap());
+        assert_counts_match_records(&queue, "before");
+        let now = crate::now_ms();
+        assert!(queue.lease(leased, now, now + 600_000).unwrap().is_some());
+        let victim_at = queue.body_at(leased).unwrap();
+        let q = std::sync::Arc::new(queue);
+        let hook_queue = std::sync::Arc::downgrade(&q);
+        q.set_compaction_hook(Some(std::sync::Arc::new(move |step| {
+            if step == MoveStep::Appended
+                && let Some(q) = hook_queue.upgrade()
+            {
+                q.complete(removed, &[done()]).unwrap();
+            }
+        })));
+        let report = q
+            .compact_with(&CompactionPolicy {
+                min_age: Duration::ZERO,
+                ..CompactionPolicy::default()
+            })
+            .unwrap();
+        q.set_compaction_hook(None);
+        assert!(report.messages >= 1, "{report:?}");
+        assert_eq!(
+            q.body_at(leased).unwrap(),
+            victim_at,
+            "the leased message stays"
+        );
+        assert_ne!(q.body_at(moved).unwrap(), victim_at, "the other one moved");
+        assert!(
+            q.body_at(removed).is_err(),
+            "removed in the middle of the move"
+        );
+        assert_counts_match_records(&q, "after the move");
+        assert_eq!(
+            q.read_body(leased, victim_at, usize::MAX).unwrap(),
+            vec![1u8; 64 << 10]
+        );
+        assert_eq!(
+            q.read_body(moved, q.body_at(moved).unwrap(), usize::MAX)
+                .unwrap(),
+            vec![3u8; 64 << 10]
+        );
+        // The lease ends with a delivery: the victim goes with its last message.
+        q.complete(leased, &[done()]).unwrap();
+        assert_counts_match_records(&q, "after the leased message left");
     }
 }
