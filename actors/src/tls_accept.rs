@@ -33,6 +33,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
+/// How much a read of the ClientHello asks for at least.
+const READ_AHEAD: usize = 8 * 1024;
+
 /// The server configurations of an implicit-TLS AMTP listener.
 #[derive(Clone)]
 pub struct Acceptors {
@@ -121,13 +124,14 @@ impl Acceptors {
                 .await?;
             return Ok((tls, Chosen::Full));
         }
-        let mut received = Vec::with_capacity(2048);
+        // One read takes a whole ClientHello as a rule (a ticket makes it 1-3 KB).
+        let mut received = Vec::with_capacity(READ_AHEAD);
         let facts = loop {
             match client_hello::read(&received) {
                 Progress::Complete(facts) => break Some(facts),
                 Progress::Unreadable => break None,
                 Progress::NeedAtLeast(n) => {
-                    let want = n.saturating_sub(received.len()).max(1024);
+                    let want = n.saturating_sub(received.len()).max(READ_AHEAD);
                     let before = received.len();
                     received.resize(before + want, 0);
                     let got = stream.read(&mut received[before..]).await?;
