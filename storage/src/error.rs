@@ -1,5 +1,7 @@
 //! Storage errors. Callers branch on them: `Locked` and `Corrupt` stop start-up with a clear
-//! message; everything else on the hot path becomes a 451 4.3.0 reply.
+//! message; `BodyMissing` tells delivery that a message can never be sent (it fails it with a
+//! DSN) where an `Io` error while reading is worth another try; everything else on the hot
+//! path becomes a 451 4.3.0 reply.
 
 use std::path::PathBuf;
 
@@ -43,6 +45,17 @@ pub enum StorageError {
     /// No such message.
     #[error("no message {0} in the queue")]
     NotFound(String),
+    /// The message's record is there but its body is not: no body file, no segment file, or
+    /// a segment shorter than the record's range (deleted or truncated outside the relay, a
+    /// disk fault, a restore from an incomplete backup). Unlike [`StorageError::Io`], trying
+    /// again cannot help: the message can never be delivered.
+    #[error("the body of message {id} is missing from the spool: {detail}")]
+    BodyMissing {
+        /// Queue id (hex).
+        id: String,
+        /// What is missing, with the path.
+        detail: String,
+    },
 }
 
 /// sled shows an I/O error with its `Debug` form; the OS's own words read better in a log

@@ -93,7 +93,9 @@ pub struct OpenReport {
     /// between its last message's removal and the segment's deletion), deleted.
     pub segments_removed: usize,
     /// Records whose body is missing — no file, no segment, or a segment too short for its
-    /// range (should never happen; reported, kept for the operator).
+    /// range (should never happen: a file deleted or truncated outside the relay, a disk
+    /// fault, an incomplete restore). Kept here; delivery fails each of them on its next
+    /// attempt ([`StorageError::BodyMissing`]) with a DSN to its sender.
     pub missing_bodies: Vec<QueueId>,
     /// sled said it recovered an existing database.
     pub recovered: bool,

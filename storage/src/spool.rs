@@ -446,13 +446,24 @@ impl Spool {
     }
 
     /// Read at most `limit` bytes of message `id`'s body at `at` (for showing headers).
+    ///
+    /// A body that is not there — no file, no segment, or a segment that ends before the
+    /// record's range does — is [`StorageError::BodyMissing`]; any other failure is
+    /// [`StorageError::Io`] (worth another try).
     pub fn read_prefix(&self, id: u64, at: BodyAt, limit: usize) -> Result<Vec<u8>, StorageError> {
-        use std::io::Read;
+        use std::io::{ErrorKind, Read};
+        let missing = |detail: String| StorageError::BodyMissing {
+            id: format!("{id:016x}"),
+            detail,
+        };
         match at {
             BodyAt::File => {
                 let path = self.path(id);
                 let ctx = || format!("reading spool file {}", path.display());
-                let f = File::open(&path).map_err(|e| StorageError::io(ctx(), e))?;
+                let f = File::open(&path).map_err(|e| match e.kind() {
+                    ErrorKind::NotFound => missing(format!("no spool file {}", path.display())),
+                    _ => StorageError::io(ctx(), e),
+                })?;
                 let mut out = Vec::new();
                 f.take(u64::try_from(limit).unwrap_or(u64::MAX))
                     .read_to_end(&mut out)
@@ -470,7 +481,17 @@ impl Spool {
                 let mut out = vec![0u8; n];
                 File::open(&path)
                     .and_then(|f| f.read_exact_at(&mut out, offset))
-                    .map_err(|e| StorageError::io(ctx(), e))?;
+                    .map_err(|e| match e.kind() {
+                        ErrorKind::NotFound => {
+                            missing(format!("no segment file {}", path.display()))
+                        }
+                        ErrorKind::UnexpectedEof => missing(format!(
+                            "segment {} ends before {} bytes at {offset}",
+                            path.display(),
+                            len
+                        )),
+                        _ => StorageError::io(ctx(), e),
+                    })?;
                 Ok(out)
             }
         }
@@ -619,5 +640,33 @@ mod tests {
             owed && matches!(at[0], BodyAt::Segment { segment: 5, .. }),
             "{at:?}"
         );
+    }
+
+    /// A body whose segment is gone or cut short is reported as missing (nothing to retry),
+    /// not as an I/O error; so is a one-file body whose file is gone.
+    #[test]
+    fn a_deleted_or_truncated_body_is_missing_not_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().to_path_buf()).unwrap();
+        let (at, _) = spool.append_batch(1, &[b"first", b"second"]).unwrap();
+        assert_eq!(spool.read(10, at[1]).unwrap(), b"second");
+        let segment = spool.segment_path(1);
+        File::options()
+            .write(true)
+            .open(&segment)
+            .unwrap()
+            .set_len(7)
+            .unwrap();
+        assert_eq!(spool.read(10, at[0]).unwrap(), b"first", "still whole");
+        let cut = spool.read(11, at[1]).unwrap_err();
+        assert!(
+            matches!(&cut, StorageError::BodyMissing { id, .. } if id == "000000000000000b"),
+            "{cut}"
+        );
+        fs::remove_file(&segment).unwrap();
+        let gone = spool.read(10, at[0]).unwrap_err();
+        assert!(matches!(gone, StorageError::BodyMissing { .. }), "{gone}");
+        let file = spool.read(12, BodyAt::File).unwrap_err();
+        assert!(matches!(file, StorageError::BodyMissing { .. }), "{file}");
     }
 }
