@@ -132,6 +132,13 @@ pub enum Cause {
     LocalConfig(String),
     /// Too much is queued for the destination right now.
     Busy(String),
+    /// The message's body is gone from this relay's queue (deleted or truncated on disk):
+    /// it can never be delivered, the sender must send it again.
+    BodyLost,
+    /// This relay could not read the message's body from its queue (an I/O error): tried
+    /// again later. The detail (with paths) is in the relay's log, not here: the text of a
+    /// cause can reach the sender in a DSN.
+    QueueRead,
     /// The message outlived its lifetime; the last temporary cause.
     Expired(Box<Cause>),
 }
@@ -174,6 +181,8 @@ impl Cause {
             Self::Connection(_) => st(4, 4, 2),
             Self::LocalConfig(_) => st(4, 3, 5),
             Self::Busy(_) => st(4, 4, 5),
+            Self::BodyLost => st(5, 3, 0),
+            Self::QueueRead => st(4, 3, 0),
             Self::Expired(_) => st(4, 4, 7),
         }
     }
@@ -232,6 +241,10 @@ impl fmt::Display for Cause {
             Self::Connection(d) => write!(f, "connection failed: {d}"),
             Self::LocalConfig(d) => write!(f, "local configuration error: {d}"),
             Self::Busy(d) => f.write_str(d),
+            Self::BodyLost => {
+                f.write_str("message body lost in the relay's queue; please send it again")
+            }
+            Self::QueueRead => f.write_str("cannot read the message from the relay's queue"),
             Self::Expired(last) => write!(f, "delivery time expired; last error: {last}"),
         }
     }
@@ -374,6 +387,8 @@ mod tests {
             (Cause::Connection("reset".into()), "4.4.2", None, Relay),
             (Cause::LocalConfig("no cert".into()), "4.3.5", None, Relay),
             (Cause::Busy("busy".into()), "4.4.5", None, Relay),
+            (Cause::BodyLost, "5.3.0", None, Relay),
+            (Cause::QueueRead, "4.3.0", None, Relay),
             (
                 Cause::Expired(Box::new(peer(451, "4.3.0", Stage::EndOfData))),
                 "4.4.7",

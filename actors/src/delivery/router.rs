@@ -28,7 +28,7 @@ use crate::resolver::ResolverHandle;
 use actix::dev::SendError;
 use actix::prelude::*;
 use amtp_proto::client::{Cause, Disposition};
-use amtp_storage::{Finish, MessageRecord, Queue, QueueId};
+use amtp_storage::{Finish, MessageRecord, Queue, QueueId, StorageError};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -166,8 +166,10 @@ impl Router {
             let leased = tokio::task::spawn_blocking(move || lease_due(&s, &fresh, &skip, room))
                 .await
                 .unwrap_or_default();
-            let mut plans = Vec::with_capacity(leased.len());
-            for (id, record, body) in leased {
+            // Unreadable messages are decided already; the others are routed.
+            let mut plans = leased.unreadable;
+            plans.reserve(leased.ready.len());
+            for (id, record, body) in leased.ready {
                 plans.push(lookup::plan_message(&shared, id, record, body).await);
             }
             plans
@@ -438,40 +440,79 @@ impl Handler<ReplaceShared> for Router {
     }
 }
 
+/// What [`lease_due`] leased.
+#[derive(Default)]
+struct Leased {
+    /// Messages with their bodies, to be routed.
+    ready: Vec<(QueueId, MessageRecord, Bytes)>,
+    /// Messages whose body could not be read, decided without a connection (see
+    /// [`unreadable`]).
+    unreadable: Vec<Plan>,
+}
+
 /// Lease up to `room` due messages (not already in flight) with their bodies: from memory
-/// when the commit left them in `fresh`, else read from the spool.
-fn lease_due(
-    s: &RouterShared,
-    fresh: &Fresh,
-    skip: &HashSet<QueueId>,
-    room: usize,
-) -> Vec<(QueueId, MessageRecord, Bytes)> {
+/// when the commit left them in `fresh`, else read from the spool. A message whose body
+/// cannot be read is planned at once by [`unreadable`].
+fn lease_due(s: &RouterShared, fresh: &Fresh, skip: &HashSet<QueueId>, room: usize) -> Leased {
     let now = amtp_storage::now_ms();
     let until = now + u64::try_from(s.lease.as_millis()).unwrap_or(u64::MAX);
     let due = match s.queue.due_except(now, BATCH, skip) {
         Ok(d) => d,
         Err(e) => {
             tracing::error!(error = %e, "cannot read due messages");
-            return vec![];
+            return Leased::default();
         }
     };
-    let mut out = Vec::new();
+    let mut out = Leased::default();
     for id in due.into_iter().take(room) {
         match s.queue.lease(id, now, until) {
             Ok(Some(rec)) => match fresh
                 .take(id)
                 .map_or_else(|| s.queue.body(id).map(Bytes::from), Ok)
             {
-                Ok(body) => out.push((id, rec, body)),
-                Err(e) => {
-                    tracing::error!(id = %id, error = %e, "cannot read message body; will retry")
-                }
+                Ok(body) => out.ready.push((id, rec, body)),
+                Err(e) => out.unreadable.extend(unreadable(id, rec, &e)),
             },
             Ok(None) => {}
             Err(e) => tracing::warn!(id = %id, error = %e, "cannot lease message"),
         }
     }
     out
+}
+
+/// The plan for a leased message whose body cannot be read: every pending recipient decided
+/// at once, so that the message goes through the same results path as any attempt (the
+/// per-recipient log trail and metrics, DSNs queued durably before the record changes).
+///
+/// A body that is gone ([`StorageError::BodyMissing`]) can never be delivered: every
+/// recipient fails (`5.3.0`), the sender gets a DSN and the message leaves the queue. Any
+/// other read error may pass: the attempt is counted as deferred and retried on the normal
+/// schedule, so the message's lifetime still ends it. A message removed meanwhile is left
+/// alone.
+fn unreadable(id: QueueId, record: MessageRecord, e: &StorageError) -> Option<Plan> {
+    let recipients = record.pending().count();
+    let sender = format!("<{}>", record.envelope.sender);
+    let disposition = match e {
+        StorageError::NotFound(_) => return None,
+        StorageError::BodyMissing { .. } => {
+            tracing::error!(queue_id = %id, sender = %sender, recipients, error = %e, "message body missing from the spool; the message cannot be delivered: every pending recipient fails and the sender gets a DSN (none to a null sender)");
+            Disposition::Failed(Cause::BodyLost)
+        }
+        _ => {
+            tracing::error!(queue_id = %id, sender = %sender, recipients, error = %e, "cannot read message body; counted as a deferred attempt and retried on the retry schedule");
+            Disposition::Deferred(Cause::QueueRead)
+        }
+    };
+    let immediate = record
+        .pending()
+        .map(|r| (r.address.clone(), disposition.clone()))
+        .collect();
+    Some(Plan {
+        id,
+        record,
+        groups: Vec::new(),
+        immediate,
+    })
 }
 
 fn lock(writes: &std::sync::Mutex<Writes>) -> std::sync::MutexGuard<'_, Writes> {
@@ -647,7 +688,11 @@ mod tests {
     /// Settings under which the router never leases by itself (`max_in_flight` 0), so the
     /// test alone decides what is in flight.
     fn shared(queue: Arc<Queue>) -> Arc<RouterShared> {
-        Arc::new(RouterShared {
+        Arc::new(settings(queue))
+    }
+
+    fn settings(queue: Arc<Queue>) -> RouterShared {
+        RouterShared {
             queue,
             resolver: None,
             routes: HashMap::new(),
@@ -673,7 +718,7 @@ mod tests {
             hostname: "relay.test".into(),
             meter: Meter::new("router", 0),
             destination_meter: Meter::new("destination", 0),
-        })
+        }
     }
 
     fn delivered(id: QueueId, rcpt: &str) -> JobResult {
@@ -712,7 +757,7 @@ mod tests {
         let other = queue.enqueue_batch(&[message(BATCH + 4)]).unwrap()[0];
         let skip: HashSet<QueueId> = held.iter().copied().collect();
         let leased = lease_due(&shared(queue), &Fresh::new(1 << 20), &skip, 10);
-        let ids: Vec<QueueId> = leased.iter().map(|(id, _, _)| *id).collect();
+        let ids: Vec<QueueId> = leased.ready.iter().map(|(id, _, _)| *id).collect();
         assert_eq!(ids, vec![other]);
     }
 
@@ -819,5 +864,227 @@ mod tests {
             ["r3@other.test"]
         );
         assert!(queue.due(now + 1000, 10).unwrap().is_empty());
+    }
+
+    /// One message as an SMTP sink received it.
+    #[derive(Debug, Clone)]
+    struct Received {
+        from: String,
+        to: Vec<String>,
+        data: String,
+    }
+
+    /// A minimal SMTP server on loopback that accepts everything and keeps what it got.
+    async fn smtp_sink() -> (u16, Arc<std::sync::Mutex<Vec<Received>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let store = got.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"220 sink.test\r\n").await.unwrap();
+                    let mut current = Received {
+                        from: String::new(),
+                        to: Vec::new(),
+                        data: String::new(),
+                    };
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let upper = line.to_ascii_uppercase();
+                        let reply: &[u8] = if upper.starts_with("EHLO") {
+                            b"250-sink.test\r\n250 8BITMIME\r\n"
+                        } else if upper.starts_with("MAIL FROM:") {
+                            current.from = line[10..].trim().to_string();
+                            b"250 2.1.0 ok\r\n"
+                        } else if upper.starts_with("RCPT TO:") {
+                            current.to.push(line[8..].trim().to_string());
+                            b"250 2.1.5 ok\r\n"
+                        } else if upper == "DATA" {
+                            write.write_all(b"354 go on\r\n").await.unwrap();
+                            while let Ok(Some(l)) = lines.next_line().await {
+                                if l == "." {
+                                    break;
+                                }
+                                current.data.push_str(&l);
+                                current.data.push('\n');
+                            }
+                            let done = std::mem::replace(
+                                &mut current,
+                                Received {
+                                    from: String::new(),
+                                    to: Vec::new(),
+                                    data: String::new(),
+                                },
+                            );
+                            store.lock().unwrap().push(done);
+                            b"250 2.0.0 queued\r\n"
+                        } else if upper == "QUIT" {
+                            let _ = write.write_all(b"221 bye\r\n").await;
+                            break;
+                        } else {
+                            b"250 ok\r\n"
+                        };
+                        if write.write_all(reply).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (port, got)
+    }
+
+    /// A message whose body is gone from the spool (its segment file deleted) can never be
+    /// delivered: its sender gets exactly one failure DSN naming its recipients and why, the
+    /// message leaves the queue, and the other messages are delivered as usual. (It used to
+    /// be skipped with "will retry" on every lease, for ever, with no attempt counted.)
+    #[actix_rt::test]
+    async fn a_message_whose_body_is_gone_is_bounced_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let lost = {
+            let (queue, _) = Queue::open(dir.path()).unwrap();
+            // Two recipients at two domains; the body in its own segment (a reopened queue
+            // never appends to an old segment).
+            queue.enqueue_batch(&[message(3)]).unwrap()[0]
+        };
+        let (queue, report) = Queue::open(dir.path()).unwrap();
+        assert!(report.missing_bodies.is_empty());
+        let queue = Arc::new(queue);
+        let other = queue.enqueue_batch(&[message(1)]).unwrap()[0];
+        let segments: Vec<_> = std::fs::read_dir(dir.path().join("spool"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('s'))
+            })
+            .collect();
+        assert_eq!(segments.len(), 2, "{segments:?}");
+        // The older segment holds the lost message (segment numbers grow).
+        let oldest = segments.iter().min().unwrap();
+        std::fs::remove_file(oldest).unwrap();
+        assert!(matches!(
+            queue.body(lost),
+            Err(amtp_storage::StorageError::BodyMissing { .. })
+        ));
+
+        let (port, sink) = smtp_sink().await;
+        let mut settings = settings(queue.clone());
+        for domain in ["dst.test", "src.test"] {
+            settings.routes.insert(
+                domain.into(),
+                RouteConfig {
+                    domains: vec![domain.into()],
+                    host: "127.0.0.1".into(),
+                    port,
+                    protocol: crate::config::HopProtocol::Smtp,
+                    tls: HopTls::None,
+                },
+            );
+        }
+        settings.max_in_flight = 16;
+        settings.poll_interval = Duration::from_millis(50);
+        let _router = Router::new(Arc::new(settings), Arc::new(Fresh::new(1 << 20))).start();
+
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !queue.is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the queue keeps {:?}; the sink got {:?}",
+                queue.list().unwrap(),
+                sink.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(queue.get(lost).unwrap().is_none());
+        assert!(queue.get(other).unwrap().is_none());
+        let got = sink.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "{got:?}");
+        let delivered: Vec<_> = got.iter().filter(|m| m.from == "<a@src.test>").collect();
+        assert_eq!(delivered.len(), 1, "{got:?}");
+        assert_eq!(delivered[0].to, ["<r1@dst.test>"]);
+        assert!(delivered[0].data.contains("Subject: 1"), "{got:?}");
+        let dsns: Vec<_> = got.iter().filter(|m| m.from == "<>").collect();
+        assert_eq!(dsns.len(), 1, "exactly one DSN: {got:?}");
+        assert_eq!(dsns[0].to, ["<a@src.test>"]);
+        let text = &dsns[0].data;
+        for needle in [
+            "Final-Recipient: rfc822; r3@dst.test",
+            "Final-Recipient: rfc822; r3@other.test",
+            "Action: failed",
+            "Status: 5.3.0",
+            "message body lost in the relay's queue; please send it again",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in the DSN:\n{text}");
+        }
+        // Its segment slot was released: nothing counts the lost message any more.
+        assert!(queue.spool_usage().unwrap().0 <= 1);
+    }
+
+    /// A body that cannot be read for another reason (here: an I/O error, the segment's name
+    /// taken by a directory) is worth another try, but not silently for ever: the attempt is
+    /// counted as deferred (`4.3.0`) and retried on the schedule, so the lifetime ends it.
+    #[test]
+    fn an_unreadable_body_counts_a_deferred_attempt() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let (queue, _) = Queue::open(dir.path()).unwrap();
+            queue.enqueue_batch(&[message(3)]).unwrap()[0]
+        };
+        let spool = dir.path().join("spool");
+        let segment = std::fs::read_dir(&spool)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with('s'))
+            .unwrap();
+        let (queue, _) = Queue::open(dir.path()).unwrap();
+        std::fs::remove_file(&segment).unwrap();
+        std::fs::create_dir(&segment).unwrap();
+        let s = shared(Arc::new(queue));
+        let leased = lease_due(&s, &Fresh::new(1 << 20), &HashSet::new(), 10);
+        assert!(leased.ready.is_empty());
+        let [plan] = <[Plan; 1]>::try_from(leased.unreadable).unwrap();
+        assert_eq!(plan.id, id);
+        assert!(
+            plan.immediate
+                .iter()
+                .all(|(_, d)| *d == Disposition::Deferred(Cause::QueueRead)),
+            "{:?}",
+            plan.immediate
+        );
+        let before = amtp_storage::now_ms();
+        let outcomes = plan
+            .immediate
+            .into_iter()
+            .map(|(address, disposition)| Attempted {
+                address,
+                hop: "-".into(),
+                next_hop: None,
+                disposition,
+            })
+            .collect();
+        write_results(
+            &s,
+            vec![Done {
+                id,
+                record: plan.record,
+                outcomes,
+                postponed: None,
+            }],
+        );
+        let rec = s.queue.get(id).unwrap().unwrap();
+        assert_eq!((rec.attempts, rec.lease_until), (1, 0));
+        assert!(rec.next_attempt > before, "retried later, on the schedule");
+        assert_eq!(rec.pending().count(), 2);
+        assert!(
+            rec.recipients
+                .iter()
+                .all(|r| r.status.as_deref() == Some("4.3.0"))
+        );
     }
 }
