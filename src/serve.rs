@@ -64,7 +64,7 @@ pub fn run(config: Config, path: Option<PathBuf>, level: LevelHandle) -> Result<
         "queue opened"
     );
     if !report.missing_bodies.is_empty() {
-        tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without their body (file or segment); inspect with `amtp-relay queue show`");
+        tracing::error!(ids = ?report.missing_bodies.iter().map(ToString::to_string).collect::<Vec<_>>(), "queue records without their body (file or segment deleted or truncated): they can never be delivered; when delivery is enabled each fails on its next attempt with a DSN (5.3.0) to its sender and leaves the queue (`amtp-relay queue list` shows them until then)");
     }
     let delivery = reload::delivery_settings(&config)?;
     if delivery.is_none() {
