@@ -1,7 +1,8 @@
 //! Delivery end to end: the relay binary delivering to an SMTP sink on loopback through a
 //! configured route — the MPC header added when mail leaves AMTP, retries after the next hop
 //! comes back, bounces for permanent failures (with typed DSN fields), 8-bit and SMTPUTF8 mail
-//! (RFC 6152, RFC 6531), and no loss across kill -9 mid-delivery.
+//! (RFC 6152, RFC 6531), no loss across kill -9 mid-delivery, and a message whose body was
+//! deleted from the spool returned to its sender.
 
 use crate::harness::{Client, Relay, wait_until};
 use crate::sink::Sink;
@@ -561,4 +562,95 @@ fn utf8_headers_to_a_hop_without_smtputf8_are_bounced_with_5_6_7() {
         "{}",
         got[0].data
     );
+}
+
+/// Every spool segment file under `dir` (`s` + 16 hex digits), oldest (lowest number) first.
+fn segment_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if name.len() == 17
+                && name.starts_with('s')
+                && name[1..].bytes().all(|b| b.is_ascii_hexdigit())
+            {
+                found.push(path);
+            }
+        }
+    }
+    found.sort_by(|a, b| a.file_name().cmp(&b.file_name()));
+    found
+}
+
+/// A queued message whose body was deleted from the spool while the relay was stopped: the
+/// start-up log names it, its sender gets one DSN saying the body was lost, and it leaves the
+/// queue; the message next to it is delivered. (It used to be retried every lease period for
+/// ever, never attempted, never bounced.)
+#[test]
+fn a_message_whose_body_was_deleted_is_returned_to_its_sender() {
+    let sink = Sink::start("127.0.0.1:0");
+    let held = config(sink.addr.port(), "enabled = false");
+    // Two runs with delivery off, one message each: each run appends to a new segment.
+    let relay = Relay::start_config(&held);
+    let lost = submit(
+        &relay,
+        "alice@example.test",
+        "bob@example.test",
+        Some("per/individual"),
+        "lost",
+    );
+    let relay = Relay::start_config_in(relay.stop(), &held);
+    let kept = submit(
+        &relay,
+        "carol@example.test",
+        "dave@example.test",
+        Some("per/individual"),
+        "kept",
+    );
+    let dir = relay.stop();
+    let segments = segment_files(&dir.path().join("data"));
+    assert_eq!(segments.len(), 2, "{segments:?}");
+    std::fs::remove_file(&segments[0]).unwrap();
+
+    let relay = Relay::start_config_in(dir, &config(sink.addr.port(), ""));
+    assert!(
+        relay.logged(&["queue records without their body", &lost]),
+        "the start-up log names the message"
+    );
+    let got = sink.wait_for(2, 20);
+    assert_eq!(got.len(), 2, "{got:?}");
+    let delivered: Vec<_> = got
+        .iter()
+        .filter(|m| m.from == "carol@example.test")
+        .collect();
+    assert_eq!(delivered.len(), 1, "{got:?}");
+    assert!(delivered[0].data.contains("Subject: kept"));
+    let dsn = got.iter().find(|m| m.from.is_empty()).unwrap();
+    assert_eq!(dsn.rcpts, ["alice@example.test"]);
+    for needle in [
+        "Final-Recipient: rfc822; bob@example.test",
+        "Status: 5.3.0",
+        "Diagnostic-Code: X-AMTP-Relay; message body lost in the relay's queue; please send it again",
+        "Message-ID: <lost@sender.test>",
+    ] {
+        assert!(dsn.data.contains(needle), "{needle} in\n{}", dsn.data);
+    }
+    assert!(
+        wait_until(10, || relay.queued() == 0),
+        "neither the lost message nor the DSN stays: {}",
+        relay.queue_cli(&["list"]).1
+    );
+    assert!(relay.logged(&[
+        "message body missing from the spool",
+        &lost,
+        "\"recipients\":1",
+        "<alice@example.test>"
+    ]));
+    assert!(!relay.logged(&[&kept, "message body missing"]));
+    // The queue is empty: nothing more can arrive (one DSN, no retries).
+    assert_eq!(sink.messages.lock().unwrap().len(), 2);
 }
