@@ -48,10 +48,15 @@ pub fn answer(queue: &Queue, query: &str, hostname: &str) -> Result<String, Stri
         ["show", i] => {
             let i = id(i)?;
             let rec = record(i)?;
-            let head = queue
-                .body_prefix(i, HEADER_LIMIT)
-                .map_err(|e| e.to_string())?;
-            Ok(format_show(i, &rec, &head))
+            match queue.body_prefix(i, HEADER_LIMIT) {
+                Ok(head) => Ok(format_show(i, &rec, &head)),
+                // The record is what is left to see: show it, and say what becomes of it.
+                Err(e @ amtp_storage::StorageError::BodyMissing { .. }) => Ok(format!(
+                    "{}  (none: {e}; delivery returns the message to its sender with a DSN, 5.3.0)\n",
+                    format_show(i, &rec, b"")
+                )),
+                Err(e) => Err(e.to_string()),
+            }
         }
         ["stats"] => queue
             .list()

@@ -615,6 +615,11 @@ fn a_message_whose_body_was_deleted_is_returned_to_its_sender() {
     let segments = segment_files(&dir.path().join("data"));
     assert_eq!(segments.len(), 2, "{segments:?}");
     std::fs::remove_file(&segments[0]).unwrap();
+    let (ok, show, err) = crate::harness::queue_cli(&dir.path().join("data"), &["show", &lost]);
+    assert!(
+        ok && show.contains("bob@example.test") && show.contains("is missing from the spool"),
+        "the record is still shown, with what is missing: {show}{err}"
+    );
 
     let relay = Relay::start_config_in(dir, &config(sink.addr.port(), ""));
     assert!(

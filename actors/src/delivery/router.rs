@@ -940,8 +940,9 @@ mod tests {
 
     /// A message whose body is gone from the spool (its segment file deleted) can never be
     /// delivered: its sender gets exactly one failure DSN naming its recipients and why, the
-    /// message leaves the queue, and the other messages are delivered as usual. (It used to
-    /// be skipped with "will retry" on every lease, for ever, with no attempt counted.)
+    /// message leaves the queue (one from the null sender too, without a DSN), and the other
+    /// messages are delivered as usual. (It used to be skipped with "will retry" on every
+    /// lease, for ever, with no attempt counted.)
     #[actix_rt::test]
     async fn a_message_whose_body_is_gone_is_bounced_and_removed() {
         let dir = tempfile::tempdir().unwrap();
@@ -949,8 +950,12 @@ mod tests {
             let (queue, _) = Queue::open(dir.path()).unwrap();
             // Two recipients at two domains; the body in its own segment (a reopened queue
             // never appends to an old segment).
-            queue.enqueue_batch(&[message(3)]).unwrap()[0]
+            let mut from_null = message(4);
+            from_null.envelope.sender = String::new();
+            let ids = queue.enqueue_batch(&[message(3), from_null]).unwrap();
+            [ids[0], ids[1]]
         };
+        let [lost, lost_from_null] = lost;
         let (queue, report) = Queue::open(dir.path()).unwrap();
         assert!(report.missing_bodies.is_empty());
         let queue = Arc::new(queue);
@@ -1002,6 +1007,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(queue.get(lost).unwrap().is_none());
+        assert!(
+            queue.get(lost_from_null).unwrap().is_none(),
+            "removed, no DSN"
+        );
         assert!(queue.get(other).unwrap().is_none());
         let got = sink.lock().unwrap().clone();
         assert_eq!(got.len(), 2, "{got:?}");
