@@ -297,7 +297,7 @@ impl Metrics {
             tls_classical_resumptions: counter(
                 &r,
                 "amtp_tls_classical_resumptions_total",
-                "AMTP handshakes answered from the classical-groups configuration because the client offered a ticket the relay honours ([amtp] resumption_kx = \"classical\"); the rest of amtp_tls_handshakes_total{kind=\"resumed\"} used the full handshake's groups.",
+                "AMTP handshakes answered from the classical-groups configuration because the client offered a ticket the relay honours ([amtp] resumption_kx = \"classical\"); the rest of amtp_tls_handshakes_total{result=\"resumed\"} used the full handshake's groups.",
             ),
             identity_checks: counter_vec(
                 &r,
