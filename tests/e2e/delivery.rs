@@ -659,3 +659,83 @@ fn a_message_whose_body_was_deleted_is_returned_to_its_sender() {
     // The queue is empty: nothing more can arrive (one DSN, no retries).
     assert_eq!(sink.messages.lock().unwrap().len(), 2);
 }
+
+/// Spool compaction on a real relay's queue: one deferred message keeps the segment its
+/// delivered neighbours shared; `queue compact` on the stopped relay's queue moves it to a
+/// segment of its own and deletes the old one, and the message keeps its exact body.
+#[test]
+fn compaction_frees_a_segment_held_by_one_deferred_message() {
+    let sink = Sink::start("127.0.0.1:0");
+    // A next hop that refuses connections: its mail is deferred for an hour.
+    let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let config = config(sink.addr.port(), "")
+        .replace("first_retry = \"1s\"", "first_retry = \"1h\"")
+        .replace(
+            "local_domains = [\"example.test\"]",
+            "local_domains = [\"example.test\", \"dead.test\"]",
+        )
+        + &format!(
+            "\n[[delivery.route]]\ndomains = [\"dead.test\"]\nhost = \"127.0.0.1\"\nport = {dead_port}\nprotocol = \"smtp\"\ntls = \"none\"\n"
+        );
+    let relay = Relay::start_config(&config);
+    let kept = submit(
+        &relay,
+        "alice@sender.test",
+        "nobody@dead.test",
+        None,
+        "pinned",
+    );
+    for n in 0..20 {
+        submit(
+            &relay,
+            "alice@sender.test",
+            "bob@example.test",
+            None,
+            &format!("gone-{n}"),
+        );
+    }
+    assert_eq!(sink.wait_for(20, 20).len(), 20, "the 20 were delivered");
+    assert!(
+        wait_until(10, || relay.queued() == 1),
+        "only the deferred message is left"
+    );
+    let dir = relay.stop();
+    let data = dir.path().join("data");
+    let segments = || {
+        std::fs::read_dir(data.join("queue/spool"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('s'))
+            .collect::<Vec<_>>()
+    };
+    let before = segments();
+    assert_eq!(before.len(), 1, "all 21 bodies in one segment: {before:?}");
+    let (ok, shown_before, err) = crate::harness::queue_cli(&data, &["show", &kept]);
+    assert!(
+        ok && shown_before.contains("Subject: pinned"),
+        "{shown_before}{err}"
+    );
+    let (ok, out, err) = crate::harness::queue_cli(&data, &["compact"]);
+    assert!(
+        ok && out.starts_with("1 sparse segment(s): 1 message(s) moved")
+            && out.contains("1 segment(s) deleted"),
+        "{out}{err}"
+    );
+    let after = segments();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(
+        after, before,
+        "the old segment is gone, the message has a new one"
+    );
+    let (ok, shown_after, err) = crate::harness::queue_cli(&data, &["show", &kept]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        shown_after, shown_before,
+        "the message is unchanged, body included"
+    );
+}
