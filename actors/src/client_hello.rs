@@ -7,6 +7,8 @@
 //! malformed with the right alert. Whatever this module cannot read is simply "no facts", and
 //! the connection gets the configuration a full handshake gets.
 
+use crate::tls_wire::Reader;
+
 /// The TLS record type of handshake messages.
 const HANDSHAKE: u8 = 22;
 /// The handshake message type of a ClientHello.
@@ -80,76 +82,38 @@ pub fn read(received: &[u8]) -> Progress {
     }
 }
 
-/// A cursor over a byte slice that fails (returns `None`) instead of reading past the end.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-
-    fn u8(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    fn u16(&mut self) -> Option<u16> {
-        self.take(2).map(|b| u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    /// A vector with a one-byte length.
-    fn vec8(&mut self) -> Option<&'a [u8]> {
-        let n = self.u8()?;
-        self.take(usize::from(n))
-    }
-
-    /// A vector with a two-byte length.
-    fn vec16(&mut self) -> Option<Reader<'a>> {
-        let n = self.u16()?;
-        self.take(usize::from(n)).map(Reader)
-    }
-
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-}
-
 fn parse_body(body: &[u8]) -> Option<ClientHelloFacts> {
-    let mut r = Reader(body);
+    let mut r = Reader::new(body);
     r.take(2 + 32)?; // legacy_version, random
-    r.vec8()?; // legacy_session_id
-    r.vec16()?; // cipher_suites
-    r.vec8()?; // legacy_compression_methods
+    r.vec(1)?; // legacy_session_id
+    r.vec(2)?; // cipher_suites
+    r.vec(1)?; // legacy_compression_methods
     let mut facts = ClientHelloFacts::default();
     if r.is_empty() {
         return Some(facts); // no extensions at all (TLS 1.2 and older)
     }
-    let mut extensions = r.vec16()?;
+    let mut extensions = r.vec(2)?;
     while !extensions.is_empty() {
         let kind = extensions.u16()?;
-        let mut data = extensions.vec16()?;
+        let mut data = extensions.vec(2)?;
         match kind {
             SUPPORTED_GROUPS => {
-                let mut list = data.vec16()?;
+                let mut list = data.vec(2)?;
                 while !list.is_empty() {
                     facts.groups.push(list.u16()?);
                 }
             }
             KEY_SHARE => {
-                let mut shares = data.vec16()?;
+                let mut shares = data.vec(2)?;
                 while !shares.is_empty() {
                     facts.key_shares.push(shares.u16()?);
-                    shares.vec16()?;
+                    shares.vec(2)?;
                 }
             }
             PRE_SHARED_KEY => {
-                let mut identities = data.vec16()?;
-                let identity = identities.vec16()?;
-                facts.ticket = Some(identity.0.to_vec());
+                let mut identities = data.vec(2)?;
+                let identity = identities.vec(2)?;
+                facts.ticket = Some(identity.rest().to_vec());
             }
             _ => {}
         }

@@ -27,6 +27,7 @@
 //! - [`tickets`] — stateless session tickets: keys, lifetime, the re-check of a resumed AMTP chain.
 //! - [`tls_accept`] — the implicit-TLS AMTP accept: a returning peer's ClientHello ([`client_hello`])
 //!   picks the classical-groups configuration.
+//! - [`tls_wire`] — the cursor over TLS encodings that [`client_hello`] and [`tickets`] read with.
 //! - [`chain_cache`] — verified AMTP client chains, so a known peer's full handshake skips the CA signatures.
 //! - [`amtp_policy`] — MPC rules (published and unadvertised), rate limits, AMTP relay limits.
 //! - [`amtp_tls`] — AMTP mutual TLS: public/private trust sets, depth limit, CRLs, classification.
@@ -62,6 +63,7 @@ pub mod session;
 pub mod tickets;
 pub mod tls;
 pub mod tls_accept;
+pub mod tls_wire;
 pub mod ttl_cache;
 pub mod units;
 pub mod validate;

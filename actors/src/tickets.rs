@@ -25,6 +25,7 @@
 //! 0.23, pinned in the workspace). Whatever cannot be read is declined: a format change costs
 //! speed (full handshakes), never a revocation. The e2e resumption test fails if that happens.
 
+use crate::tls_wire::Reader;
 use crate::units::parse_duration;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::ProducesTickets;
@@ -287,41 +288,6 @@ struct StoredSession<'a> {
     chain: Vec<CertificateDer<'a>>,
 }
 
-/// A cursor over big-endian TLS encodings.
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        if self.0.len() < n {
-            return None;
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Some(head)
-    }
-    fn uint(&mut self, bytes: usize) -> Option<u64> {
-        Some(
-            self.take(bytes)?
-                .iter()
-                .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)),
-        )
-    }
-    fn len(&mut self, bytes: usize) -> Option<usize> {
-        usize::try_from(self.uint(bytes)?).ok()
-    }
-    fn u8_flag(&mut self) -> Option<bool> {
-        match self.uint(1)? {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        }
-    }
-    fn vec_u8(&mut self) -> Option<&'a [u8]> {
-        let n = self.len(1)?;
-        self.take(n)
-    }
-}
-
 impl<'a> StoredSession<'a> {
     /// rustls 0.23's `ServerSessionValue` encoding: optional SNI (u8 flag, u8-length name),
     /// version (u16), cipher suite (u16), master secret (u8 length), extended master secret
@@ -329,30 +295,27 @@ impl<'a> StoredSession<'a> {
     /// optional ALPN (u8 flag, u8 length), application data (u16 length), creation time
     /// (u64 seconds), age offset (u32).
     fn read(plain: &'a [u8]) -> Option<Self> {
-        let mut r = Reader(plain);
-        if r.u8_flag()? {
-            r.vec_u8()?;
+        let mut r = Reader::new(plain);
+        if r.flag()? {
+            r.vec(1)?;
         }
         r.take(4)?;
-        r.vec_u8()?;
+        r.vec(1)?;
         r.take(1)?;
         let mut chain = Vec::new();
-        if r.u8_flag()? {
-            let n = r.len(3)?;
-            let mut list = Reader(r.take(n)?);
-            while !list.0.is_empty() {
-                let len = list.len(3)?;
-                chain.push(CertificateDer::from(list.take(len)?));
+        if r.flag()? {
+            let mut list = r.vec(3)?;
+            while !list.is_empty() {
+                chain.push(CertificateDer::from(list.vec(3)?.rest()));
             }
         }
-        if r.u8_flag()? {
-            r.vec_u8()?;
+        if r.flag()? {
+            r.vec(1)?;
         }
-        let app = r.len(2)?;
-        r.take(app)?;
+        r.vec(2)?;
         let created = r.uint(8)?;
         r.take(4)?;
-        r.0.is_empty().then_some(Self { created, chain })
+        r.is_empty().then_some(Self { created, chain })
     }
 }
 
