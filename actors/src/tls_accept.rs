@@ -152,11 +152,6 @@ impl Acceptors {
             .await?;
         Ok((tls, chosen))
     }
-
-    /// The configuration full handshakes get.
-    pub fn full(&self) -> &TlsAcceptor {
-        &self.full
-    }
 }
 
 /// A stream that first yields bytes already read from it (the ClientHello), then reads on.
@@ -177,11 +172,6 @@ impl<S> Prefixed<S> {
             at: 0,
             inner,
         }
-    }
-
-    /// The stream underneath.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
     }
 }
 

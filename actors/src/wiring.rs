@@ -478,6 +478,10 @@ fn worker_shared(deps: SessionDeps, mailbox: usize, live: &LiveSettings) -> Work
         identity.require_forward_confirmation = a.require_forward_confirmation;
     }
     WorkerShared {
+        submissions: live
+            .tls
+            .clone()
+            .map(|config| crate::tls_accept::Acceptors::new(config, None)),
         deps,
         hostname: Arc::from(live.hostname.as_str()),
         limits: Arc::new(live.session.clone()),

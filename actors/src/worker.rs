@@ -33,6 +33,9 @@ use std::time::Instant;
 pub struct WorkerShared {
     /// Actor recipients and TLS.
     pub deps: SessionDeps,
+    /// The implicit-TLS SMTP listeners' (`submissions`) acceptors: the SMTP TLS configuration
+    /// (the one STARTTLS uses, `deps.tls`), without a returning-peer configuration.
+    pub submissions: Option<Acceptors>,
     /// Our host name.
     pub hostname: Arc<str>,
     /// Session limits.
@@ -152,29 +155,17 @@ async fn serve_connection(conn: Connection, shared: Arc<WorkerShared>) {
                 banner = Banner::Queued;
             }
         };
-        let accepted = match (is_amtp, &shared.amtp, &shared.deps.tls) {
-            (true, Some(a), _) => {
-                tokio::time::timeout(
-                    shared.limits.tls_handshake_timeout.0,
-                    a.acceptors.accept(stream, queue),
-                )
-                .await
-            }
-            (false, _, Some(acceptor)) => {
-                tokio::time::timeout(shared.limits.tls_handshake_timeout.0, async {
-                    let tls = acceptor
-                        .accept_with(Prefixed::new(stream, Vec::new()), queue)
-                        .await?;
-                    Ok((tls, Chosen::Full))
-                })
-                .await
-            }
-            _ => {
-                tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
-                return;
-            }
+        let acceptors = if is_amtp {
+            shared.amtp.as_ref().map(|a| &a.acceptors)
+        } else {
+            shared.submissions.as_ref()
         };
-        match accepted {
+        let Some(acceptors) = acceptors else {
+            tracing::error!(listener = %listener.name, "implicit TLS listener without a certificate");
+            return;
+        };
+        let accept = acceptors.accept(stream, queue);
+        match tokio::time::timeout(shared.limits.tls_handshake_timeout.0, accept).await {
             Ok(Ok((tls, chosen))) => {
                 metrics::tls_handshake(&listener.name, Ok(resumed(&tls)), handshake.elapsed());
                 if chosen == Chosen::Resuming {
