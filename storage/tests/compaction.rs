@@ -4,37 +4,24 @@
 
 use amtp_storage::queue::compaction::{MoveHook, MoveStep};
 use amtp_storage::{
-    BodyType, CompactionPolicy, Envelope, Finish, NewMessage, Origin, Queue, QueueId,
-    RecipientState, RecipientStatus,
+    CompactionPolicy, Finish, NewMessage, Queue, QueueId, RecipientState, RecipientStatus,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 fn message(n: u64, len: usize) -> NewMessage {
-    NewMessage {
-        id: None,
-        envelope: Envelope {
-            sender: format!("s{n}@a.test"),
-            mpc: None,
-            origin: Origin::Smtp,
-            listener: "mx".into(),
-            client_ip: "127.0.0.1".into(),
-            auth_user: None,
-            message_id: None,
-            body: BodyType::Unspecified,
-            smtputf8: false,
-        },
-        recipients: vec![format!("r{n}@b.test"), format!("q{n}@c.test")],
-        body: body(n, len).into(),
-    }
+    common::message(
+        format!("s{n}@a.test"),
+        vec![format!("r{n}@b.test"), format!("q{n}@c.test")],
+        body(n, len),
+    )
 }
 
 fn body(n: u64, len: usize) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(n);
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v);
-    v
+    common::random_body(n, len)
 }
 
 fn delivered(queue: &Queue, id: QueueId) -> Finish {

@@ -3,15 +3,36 @@
 //! reopens the queue and checks that every acknowledged message is present and
 //! byte-identical. Repeated for many rounds on the same directory.
 
-use amtp_storage::{
-    BodyType, Committer, CommitterConfig, Envelope, NewMessage, Origin, Queue, QueueId,
-};
+use amtp_storage::{Committer, CommitterConfig, NewMessage, Queue, QueueId};
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 const ROUNDS: usize = 24;
+
+/// This test binary again, as a child running only the ignored test `name` with `env`; its
+/// stdout (the `ACK` lines) piped to the parent.
+fn spawn_child(name: &str, env: &[(&str, &OsStr)]) -> std::process::Child {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args([
+            "--exact",
+            name,
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().unwrap()
+}
 
 /// The body for `(thread, n)`: deterministic so the parent can check it byte for byte.
 /// Sizes cover small messages and bodies over sled's 128 KiB blob threshold.
@@ -53,22 +74,11 @@ fn crash_child() {
                 let thread = round * 16 + t;
                 for n in 0.. {
                     let (tx, rx) = std::sync::mpsc::channel();
-                    let msg = NewMessage {
-                        id: None,
-                        envelope: Envelope {
-                            sender: format!("t{thread}@crash.test"),
-                            mpc: None,
-                            origin: Origin::Smtp,
-                            listener: "mx".into(),
-                            client_ip: "127.0.0.1".into(),
-                            auth_user: None,
-                            message_id: None,
-                            body: BodyType::Unspecified,
-                            smtputf8: false,
-                        },
-                        recipients: vec![format!("n{n}@crash.test")],
-                        body: body(thread, n).into(),
-                    };
+                    let msg = common::message(
+                        format!("t{thread}@crash.test"),
+                        vec![format!("n{n}@crash.test")],
+                        body(thread, n),
+                    );
                     if committer
                         .submit(msg, Box::new(move |r| tx.send(r).unwrap()))
                         .is_err()
@@ -91,23 +101,15 @@ fn crash_child() {
 #[test]
 fn crash_kill_9_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut acked: Vec<(QueueId, u64, u64)> = Vec::new();
     for round in 0..ROUNDS {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "crash_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("AMTP_CRASH_DIR", dir.path())
-            .env("AMTP_CRASH_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child(
+            "crash_child",
+            &[
+                ("AMTP_CRASH_DIR", dir.path().as_os_str()),
+                ("AMTP_CRASH_ROUND", OsStr::new(&round.to_string())),
+            ],
+        );
         let stdout = child.stdout.take().unwrap();
         let (first_ack, acked_once) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
@@ -184,22 +186,11 @@ fn numbered_body(k: u64) -> Vec<u8> {
 }
 
 fn numbered_message(k: u64) -> NewMessage {
-    NewMessage {
-        id: None,
-        envelope: Envelope {
-            sender: format!("b{k}@complete.test"),
-            mpc: None,
-            origin: Origin::Smtp,
-            listener: "mx".into(),
-            client_ip: "127.0.0.1".into(),
-            auth_user: None,
-            message_id: None,
-            body: BodyType::Unspecified,
-            smtputf8: false,
-        },
-        recipients: vec![format!("r{k}@complete.test"), format!("s{k}@complete.test")],
-        body: numbered_body(k).into(),
-    }
+    common::message(
+        format!("b{k}@complete.test"),
+        vec![format!("r{k}@complete.test"), format!("s{k}@complete.test")],
+        numbered_body(k),
+    )
 }
 
 /// The child side of the completion crash test: enqueues a few messages, then completes the
@@ -268,24 +259,16 @@ fn complete_child() {
 fn crash_during_batched_completions_loses_nothing() {
     use std::collections::{HashMap, HashSet};
     let dir = tempfile::tempdir().unwrap();
-    let exe = std::env::current_exe().unwrap();
     let mut acked: HashMap<QueueId, u64> = HashMap::new();
     let mut done: HashSet<QueueId> = HashSet::new();
     for round in 0..12u64 {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "complete_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("AMTP_COMPLETE_DIR", dir.path())
-            .env("AMTP_CRASH_ROUND", round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child(
+            "complete_child",
+            &[
+                ("AMTP_COMPLETE_DIR", dir.path().as_os_str()),
+                ("AMTP_CRASH_ROUND", OsStr::new(&round.to_string())),
+            ],
+        );
         let stdout = child.stdout.take().unwrap();
         let (first, started) = std::sync::mpsc::channel::<()>();
         let reader = std::thread::spawn(move || {
@@ -482,20 +465,13 @@ fn compact_child() {
 fn crash_during_compaction_loses_nothing() {
     for at in ["appended", "synced"] {
         let dir = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "compact_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("AMTP_COMPACT_DIR", dir.path())
-            .env("AMTP_COMPACT_AT", at)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_child(
+            "compact_child",
+            &[
+                ("AMTP_COMPACT_DIR", dir.path().as_os_str()),
+                ("AMTP_COMPACT_AT", OsStr::new(at)),
+            ],
+        );
         let mut acked: Vec<(QueueId, u64)> = Vec::new();
         let mut reached = false;
         for line in BufReader::new(child.stdout.take().unwrap()).lines() {

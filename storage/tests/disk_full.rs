@@ -9,13 +9,27 @@
 //! Mounting needs root (CI runs as root). Elsewhere the tests say so and skip, unless
 //! `AMTP_TEST_REQUIRE_TMPFS=1` is set (CI sets it), in which case not mounting is a failure.
 
-use amtp_storage::{
-    BodyType, Committer, CommitterConfig, Envelope, Health, NewMessage, Origin, Queue, QueueId,
-};
+use amtp_storage::{Committer, CommitterConfig, Health, NewMessage, Queue, QueueId};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod common;
+
+fn message(n: u64, body_len: usize, recipients: usize) -> NewMessage {
+    common::message(
+        format!("s{n}@full.test"),
+        (0..recipients)
+            .map(|r| format!("recipient-number-{r:04}-of-message-{n}@full.test"))
+            .collect(),
+        body(n, body_len),
+    )
+}
+
+fn body(n: u64, len: usize) -> Vec<u8> {
+    common::random_body(n, len)
+}
 
 /// A tmpfs mounted on a temporary directory for the life of the value.
 struct Tmpfs {
@@ -77,34 +91,6 @@ fn fill(dir: &Path) -> PathBuf {
         }
     }
     path
-}
-
-fn message(n: u64, body_len: usize, recipients: usize) -> NewMessage {
-    NewMessage {
-        id: None,
-        envelope: Envelope {
-            sender: format!("s{n}@full.test"),
-            mpc: None,
-            origin: Origin::Smtp,
-            listener: "mx".into(),
-            client_ip: "127.0.0.1".into(),
-            auth_user: None,
-            message_id: None,
-            body: BodyType::Unspecified,
-            smtputf8: false,
-        },
-        recipients: (0..recipients)
-            .map(|r| format!("recipient-number-{r:04}-of-message-{n}@full.test"))
-            .collect(),
-        body: body(n, body_len).into(),
-    }
-}
-
-fn body(n: u64, len: usize) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(n);
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v);
-    v
 }
 
 /// Bytes of every file in the spool.

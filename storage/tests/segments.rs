@@ -2,35 +2,22 @@
 //! finds, what is reclaimed and when, on real sled files and a real spool directory.
 
 use amtp_storage::{
-    BodyType, Completion, Envelope, Finish, MessageRecord, NewMessage, Origin, Queue, QueueId,
-    RecipientState, RecipientStatus,
+    Completion, Finish, MessageRecord, NewMessage, Queue, QueueId, RecipientState, RecipientStatus,
 };
 use std::path::Path;
 
+mod common;
+
 fn message(n: u64, len: usize) -> NewMessage {
-    NewMessage {
-        id: None,
-        envelope: Envelope {
-            sender: format!("s{n}@a.test"),
-            mpc: None,
-            origin: Origin::Smtp,
-            listener: "mx".into(),
-            client_ip: "127.0.0.1".into(),
-            auth_user: None,
-            message_id: None,
-            body: BodyType::Unspecified,
-            smtputf8: false,
-        },
-        recipients: vec![format!("r{n}@b.test")],
-        body: body(n, len).into(),
-    }
+    common::message(
+        format!("s{n}@a.test"),
+        vec![format!("r{n}@b.test")],
+        body(n, len),
+    )
 }
 
 fn body(n: u64, len: usize) -> Vec<u8> {
-    let mut rng = fastrand::Rng::with_seed(n);
-    let mut v = vec![0u8; len];
-    rng.fill(&mut v);
-    v
+    common::random_body(n, len)
 }
 
 fn delivered(queue: &Queue, id: QueueId, retry_at: Option<u64>) -> Finish {
