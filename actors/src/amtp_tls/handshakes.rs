@@ -118,18 +118,26 @@ impl Pki {
 
     /// A client that keeps its tickets (rustls' default in-memory store).
     fn client_config(&self, cert: &CertificateDer<'static>, key: &KeyPair) -> Arc<ClientConfig> {
+        self.client_config_with(rustls::crypto::aws_lc_rs::default_provider(), cert, key)
+    }
+
+    /// [`Pki::client_config`] over `provider` (e.g. other key-exchange groups).
+    fn client_config_with(
+        &self,
+        provider: rustls::crypto::CryptoProvider,
+        cert: &CertificateDer<'static>,
+        key: &KeyPair,
+    ) -> Arc<ClientConfig> {
         Arc::new(
-            ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::aws_lc_rs::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(self.server_ca.clone())
-            .with_client_auth_cert(
-                vec![cert.clone()],
-                rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-            )
-            .unwrap(),
+            ClientConfig::builder_with_provider(Arc::new(provider))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(self.server_ca.clone())
+                .with_client_auth_cert(
+                    vec![cert.clone()],
+                    rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+                )
+                .unwrap(),
         )
     }
 }
@@ -157,32 +165,9 @@ fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> Outcome 
     let mut s = ServerConnection::new(server.clone()).unwrap();
     let (mut server_error, mut client_error) = (None, None);
     for _ in 0..20 {
-        let mut moved = false;
-        let mut buf = Vec::new();
-        while c.wants_write() {
-            c.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let mut rd = &buf[..];
-            while !rd.is_empty() && s.read_tls(&mut rd).unwrap() > 0 {}
-            if let Err(e) = s.process_new_packets() {
-                server_error.get_or_insert(e);
-            }
-        }
-        let mut buf = Vec::new();
-        while s.wants_write() {
-            s.write_tls(&mut buf).unwrap();
-        }
-        if !buf.is_empty() {
-            moved = true;
-            let mut rd = &buf[..];
-            while !rd.is_empty() && c.read_tls(&mut rd).unwrap() > 0 {}
-            if let Err(e) = c.process_new_packets() {
-                client_error.get_or_insert(e);
-            }
-        }
-        if !moved || server_error.is_some() || client_error.is_some() {
+        let to_server = deliver(&mut c, &mut s, &mut server_error);
+        let to_client = deliver(&mut s, &mut c, &mut client_error);
+        if !(to_server || to_client) || server_error.is_some() || client_error.is_some() {
             break;
         }
     }
@@ -192,6 +177,27 @@ fn handshake(server: &Arc<ServerConfig>, client: &Arc<ClientConfig>) -> Outcome 
         server_error,
         client_error,
     }
+}
+
+/// Move what `from` has to send into `to`; keep `to`'s first error. Whether anything moved.
+fn deliver<A, B>(
+    from: &mut rustls::ConnectionCommon<A>,
+    to: &mut rustls::ConnectionCommon<B>,
+    error: &mut Option<rustls::Error>,
+) -> bool {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    if buf.is_empty() {
+        return false;
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() && to.read_tls(&mut rd).unwrap() > 0 {}
+    if let Err(e) = to.process_new_packets() {
+        error.get_or_insert(e);
+    }
+    true
 }
 
 fn revoked_alert(o: &Outcome) -> bool {
@@ -580,17 +586,7 @@ mod resumption_kx {
         provider
             .kx_groups
             .retain(|g| g.name() == NamedGroup::X25519MLKEM768);
-        let hybrid_only = Arc::new(
-            ClientConfig::builder_with_provider(Arc::new(provider))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(pki.server_ca.clone())
-                .with_client_auth_cert(
-                    vec![cert.clone()],
-                    rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
-                )
-                .unwrap(),
-        );
+        let hybrid_only = pki.client_config_with(provider, &cert, &key);
         connect(&a, &hybrid_only).await.unwrap();
         let again = connect(&a, &hybrid_only).await.unwrap();
         assert_eq!(
