@@ -25,7 +25,7 @@ CONCURRENCY=${CONCURRENCY:-20}
 OUT=${OUT:-backlog}
 SMTP=127.0.0.1:28125 DEAD=28199
 
-die() { echo "backlog: $*" >&2; exit 1; }
+. loadtest/lib.sh
 (exec 3<>"/dev/tcp/127.0.0.1/$DEAD") 2>/dev/null && die "something listens on the dead hop's port $DEAD"
 echo "== building release binaries"
 cargo build --release --locked -q -p amtp-relay -p amtp-loadtest
@@ -42,14 +42,6 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1"
-}
 
 rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 # Bytes allocated on disk (blocks, not apparent sizes: a 1 KB file takes a whole block).
@@ -106,7 +98,7 @@ run() { # run ROUND SIZE
     if [ "$size" -eq 0 ]; then rm -rf "$dir" && cp -a "$OUT/empty-template" "$dir"; fi
     (cd "$dir" && exec "$RELAY_BIN" serve --config relay.toml) > "$dir/relay-$n.log" 2>&1 &
     RELAY_PID=$!
-    wait_port "$SMTP"
+    wait_port "$SMTP" 60
     sleep 3 # the relay reads the queue at start; let its memory settle
     local rss_start; rss_start=$(rss_kib "$RELAY_PID")
     "$LOAD" blast --target "$SMTP" --connections "$CONCURRENCY" --messages "$MESSAGES" \

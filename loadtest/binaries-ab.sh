@@ -21,7 +21,7 @@ SIZE=${SIZE:-10k}
 OUT=${OUT:-binaries-ab}
 SMTP=127.0.0.1:28225 SINK=127.0.0.1:28226
 
-die() { echo "binaries-ab: $*" >&2; exit 1; }
+. loadtest/lib.sh
 cargo build --release --locked -q -p amtp-loadtest
 LOAD=$PWD/target/release/amtp-loadtest
 
@@ -33,14 +33,6 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1"
-}
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=binaries-ab \
     -keyout "$OUT/ca-key.pem" -out "$OUT/ca.pem" 2>/dev/null || die "openssl could not make a CA"

@@ -34,7 +34,7 @@ DEST_CONCURRENCY=${DEST_CONCURRENCY:-"1 4 16"}
 MAX_WORKERS=${MAX_WORKERS:-8}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
-die() { echo "capacity: $*" >&2; exit 1; }
+. loadtest/lib.sh
 echo "== building release binaries"
 cargo build --release --locked -q -p amtp-relay -p amtp-loadtest
 RELAY_BIN=$PWD/target/release/amtp-relay
@@ -49,14 +49,6 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1"
-}
 
 "$LOAD" fixtures --out "$OUT/fixtures" --clients "$CLIENTS" \
     --relay-smtp "$SMTP" --relay-amtp "$AMTP" --relay-tls "$TLS" --dns "$DNS" --sink "$SINK" \

@@ -31,7 +31,7 @@ POSTFIX_SINK=$((PORT_BASE + 26))
 RELAY_PORT=$((PORT_BASE + 125))
 RELAY_SINK=$((PORT_BASE + 126))
 
-die() { echo "compare-postfix: $*" >&2; exit 1; }
+. loadtest/lib.sh
 [ "$(id -u)" = 0 ] || die "run as root: a Postfix instance's master process must start as root"
 
 if ! command -v postfix >/dev/null || ! command -v smtp-source >/dev/null; then
@@ -155,14 +155,6 @@ port = $RELAY_SINK
 protocol = "smtp"
 tls = "none"
 CONF
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$1"
-}
 
 echo "== starting Postfix $(postconf -c "$PF/etc" -h mail_version) from $PF/etc"
 postfix -c "$PF/etc" start >/dev/null 2>&1 || { cat "$PF/maillog" 2>/dev/null; die "postfix did not start"; }

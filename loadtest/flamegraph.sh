@@ -46,7 +46,7 @@ LEVEL=${LEVEL:-warn}
 RELAY_PORT=$((PORT_BASE + 25))
 SINK_PORT=$((PORT_BASE + 26))
 
-die() { echo "flamegraph: $*" >&2; exit 1; }
+. loadtest/lib.sh
 command -v perf >/dev/null || die "perf is not installed (Debian: apt-get install linux-perf)"
 case $OUT_SVG in /*) ;; *) OUT_SVG=$PWD/$OUT_SVG ;; esac
 
@@ -72,14 +72,6 @@ cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then echo "work directory kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$1"
-}
 
 # Delivery needs trust anchors for outbound AMTP (check-config refuses it otherwise); this run
 # only delivers over plain SMTP to the sink, so a throwaway CA does.

@@ -19,7 +19,7 @@ SIZE=${SIZE:-10k}
 OUT=${OUT:-metrics-ab}
 SMTP=127.0.0.1:28025 SINK=127.0.0.1:28026 METRICS=127.0.0.1:28425
 
-die() { echo "metrics-ab: $*" >&2; exit 1; }
+. loadtest/lib.sh
 echo "== building release binaries"
 cargo build --release --locked -q -p amtp-relay -p amtp-loadtest
 RELAY_BIN=$PWD/target/release/amtp-relay
@@ -33,14 +33,6 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
-
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1"
-}
 
 # Delivery needs trust anchors for outbound AMTP (check-config refuses it otherwise); this run
 # only delivers over plain SMTP to the sink, so a throwaway CA does.

@@ -18,7 +18,7 @@ SIZE=${SIZE:-10k}
 OUT=${OUT:-metrics-cost}
 SMTP=127.0.0.1:28125 SINK=127.0.0.1:28126 METRICS=127.0.0.1:28127
 
-die() { echo "metrics-cost: $*" >&2; exit 1; }
+. loadtest/lib.sh
 command -v valgrind >/dev/null || die "valgrind is not installed"
 echo "== building release binaries"
 cargo build --release --locked -q -p amtp-relay -p amtp-loadtest
@@ -34,19 +34,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 1 600); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1"
-}
-
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=metrics-cost \
     -keyout "$OUT/ca-key.pem" -out "$OUT/ca.pem" 2>/dev/null || die "openssl could not make a CA"
 "$LOAD" sink --listen "$SINK" --duration 1h 2> "$OUT/sink.log" > /dev/null &
 SINK_PID=$!
-wait_port "$SINK"
+wait_port "$SINK" 60
 
 run() { # run on|off MESSAGES: prints the relay's instruction count
     local side=$1 n=$2 dir="$OUT/$1-$2"
@@ -79,7 +71,7 @@ EOF
     (cd "$dir" && exec valgrind --tool=callgrind --callgrind-out-file=callgrind.out \
         "$RELAY_BIN" serve --config relay.toml) > "$dir/relay.log" 2>&1 &
     RELAY_PID=$!
-    wait_port "$SMTP"
+    wait_port "$SMTP" 60
     "$LOAD" blast --target "$SMTP" --connections 4 --messages "$n" --messages-per-connection 50 \
         --size "$SIZE" --duration 600s --json > "$dir/blast.json" || die "blast failed ($side $n)"
     # Let delivery finish: the queue is empty when the sink has them all.

@@ -26,7 +26,7 @@ LEVEL_A=${LEVEL_A:-warn}
 LEVEL_B=${LEVEL_B:-warn}
 RELAY_PORT=$((PORT_BASE + 25))
 SINK_PORT=$((PORT_BASE + 26))
-die() { echo "relay-ab: $*" >&2; exit 1; }
+. loadtest/lib.sh
 LOAD_BIN=${LOAD_BIN:-$PWD/target/release/amtp-loadtest}
 [ -x "$LOAD_BIN" ] || cargo build --release --locked -q -p amtp-loadtest
 for bin in "$A" "$B"; do [ -x "$bin" ] || die "not an executable: $bin"; done
@@ -42,13 +42,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on 127.0.0.1:$1"
-}
 # CPU ticks (utime + stime, 1/100 s) of a process; context switches of all its threads.
 cpu_ticks() { awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$1/stat"; }
 switches() {

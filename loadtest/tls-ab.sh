@@ -30,7 +30,7 @@ ROUNDS=${ROUNDS:-3}
 OUT=${OUT:-tls-ab-results}
 SMTP=127.0.0.1:28025 SINK=127.0.0.1:28026 DNS=127.0.0.1:28053 AMTP=127.0.0.1:28125
 TLS=127.0.0.1:28465 METRICS=127.0.0.1:28425
-die() { echo "tls-ab: $*" >&2; exit 1; }
+. loadtest/lib.sh
 
 if [ -z "${NEW:-}" ]; then
     cargo build --release --locked -q -p amtp-relay -p amtp-loadtest
@@ -48,13 +48,6 @@ cleanup() {
     wait 2>/dev/null || true
 }
 trap cleanup EXIT
-wait_port() {
-    for _ in $(seq 1 100); do
-        (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "nothing listens on $1"
-}
 
 "$LOAD" fixtures --out "$OUT/fixtures" --clients "$CLIENTS" \
     --relay-smtp "$SMTP" --relay-amtp "$AMTP" --relay-tls "$TLS" --dns "$DNS" --sink "$SINK" \
